@@ -1,0 +1,10 @@
+"""beatleader: run Celery beat on every instance; ZooKeeper elects the one that sends.
+
+Use ``celery -A proj beat -S beatleader.Scheduler`` (or ``-S beatleader``) on every instance.
+"""
+
+from beatleader._version import __version__
+from beatleader.config import ConfigError, Settings
+from beatleader.scheduler import Scheduler
+
+__all__ = ["ConfigError", "Scheduler", "Settings", "__version__"]

@@ -1,0 +1,199 @@
+"""Every beatleader setting: its name, its default, its environment variable, its validation.
+
+A setting is read from the Celery app's configuration (``app.conf.beatleader_<name>``); when that
+key is unset, from the environment variable ``BEATLEADER_<NAME>``; otherwise the default applies.
+Keyword overrides (used by :class:`beatleader.EmbeddedBeat`) win over all three.
+
+An invalid value raises :class:`ConfigError` whose message is one line naming the setting, where the
+value came from, and what would be valid. Nothing here talks to ZooKeeper.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: kazoo hosts string used when none is configured.
+DEFAULT_ZK_HOSTS = "127.0.0.1:2181"
+#: Parent of every app's root znode; the app's ``main`` name is appended.
+DEFAULT_PATH_PREFIX = "/beatleader"
+#: Seconds; ZooKeeper expires a crashed leader's session after this long: the crash-failover time.
+DEFAULT_SESSION_TIMEOUT = 10.0
+#: Bounds accepted for the session timeout (the server may still narrow what it grants).
+SESSION_TIMEOUT_RANGE = (0.2, 3600.0)
+#: Longest pause between two attempts to reach an unreachable ZooKeeper.
+MAX_RECONNECT_DELAY = 5.0
+#: Largest number of entry writes in one ZooKeeper transaction (stays far below jute.maxbuffer).
+MAX_OPS_PER_COMMIT = 250
+
+
+class ConfigError(ValueError):
+    """A setting has a value beatleader cannot use; the message is one line for operators."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated settings of one beatleader instance."""
+
+    zk_hosts: str
+    path: str
+    session_timeout: float
+    identity: str
+    misfire_grace: float | None
+
+    @classmethod
+    def from_app(cls, app: Any, **overrides: Any) -> Settings:
+        """Read, default and validate every setting for ``app``; raise :class:`ConfigError`."""
+        conf: Mapping[str, Any] = getattr(app, "conf", None) or {}
+        app_name = getattr(app, "main", None) or "default"
+        values = {}
+        for name, (validate, default) in _SETTINGS.items():
+            raw, source = _lookup(name, conf, overrides)
+            if raw is None:
+                raw = default(app_name) if callable(default) else default
+                source = "default"
+            values[name] = validate(_label(name, source), raw)
+        return cls(**values)
+
+
+def setting_key(name: str) -> str:
+    """The ``app.conf`` key of setting ``name``."""
+    return f"beatleader_{name}"
+
+
+def setting_env(name: str) -> str:
+    """The environment variable of setting ``name``."""
+    return f"BEATLEADER_{name.upper()}"
+
+
+def _lookup(name: str, conf: Mapping[str, Any], overrides: Mapping[str, Any]) -> tuple[Any, str]:
+    if overrides.get(name) is not None:
+        return overrides[name], "argument"
+    value = conf.get(setting_key(name))
+    if value is not None:
+        return value, "app.conf"
+    env_value = os.environ.get(setting_env(name))
+    if env_value not in (None, ""):
+        return env_value, "environment"
+    return None, "default"
+
+
+def _label(name: str, source: str) -> str:
+    if source == "environment":
+        return f"{setting_key(name)} (from {setting_env(name)})"
+    if source == "argument":
+        return f"{name} (argument)"
+    return setting_key(name)
+
+
+def _fail(label: str, value: Any, valid: str) -> ConfigError:
+    return ConfigError(f"{label} = {value!r} is invalid: {valid}")
+
+
+def validate_zk_hosts(label: str, value: Any) -> str:
+    """A kazoo hosts string: ``host[:port][,host[:port]...][/chroot]``."""
+    valid = "expected 'host:port[,host:port...][/chroot]', e.g. '127.0.0.1:2181'"
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value.strip()):
+        raise _fail(label, value, valid)
+    hosts, slash, chroot = value.strip().partition("/")
+    if slash:
+        _check_path(label, value, "/" + chroot, allow_root=False, valid=valid)
+    for host in hosts.split(","):
+        if not _is_host_port(host):
+            raise _fail(label, value, valid)
+    return value.strip()
+
+
+def _is_host_port(host: str) -> bool:
+    if host.startswith("["):  # [IPv6]:port
+        address, bracket, rest = host[1:].partition("]")
+        if not bracket or not address:
+            return False
+        return rest == "" or (rest.startswith(":") and _is_port(rest[1:]))
+    name, colon, port = host.rpartition(":") if ":" in host else (host, "", "")
+    if not name or any(c in name for c in ":@"):
+        return False
+    return not colon or _is_port(port)
+
+
+def _is_port(text: str) -> bool:
+    return text.isdigit() and 0 < int(text) < 65536
+
+
+def validate_path(label: str, value: Any) -> str:
+    """An absolute znode path, no trailing slash, no empty, '.' or '..' segment."""
+    valid = "expected an absolute znode path such as '/beatleader/proj'"
+    if not isinstance(value, str):
+        raise _fail(label, value, valid)
+    return _check_path(label, value, value, allow_root=False, valid=valid)
+
+
+def _check_path(label: str, original: Any, path: str, *, allow_root: bool, valid: str) -> str:
+    if not path.startswith("/") or (path == "/" and not allow_root):
+        raise _fail(label, original, valid)
+    segments = path[1:].split("/")
+    if any(s in ("", ".", "..") or "\x00" in s for s in segments):
+        raise _fail(label, original, valid)
+    return path
+
+
+def validate_session_timeout(label: str, value: Any) -> float:
+    """Seconds, within :data:`SESSION_TIMEOUT_RANGE`."""
+    low, high = SESSION_TIMEOUT_RANGE
+    seconds = _as_seconds(value)
+    if seconds is None or not low <= seconds <= high:
+        raise _fail(label, value, f"expected a number of seconds from {low:g} to {high:g}")
+    return seconds
+
+
+def validate_identity(label: str, value: Any) -> str:
+    """Free text shown to operators, one line, at most 200 characters."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 200 or "\n" in value:
+        raise _fail(label, value, "expected a non-empty single line of at most 200 characters")
+    return value.strip()
+
+
+def validate_misfire_grace(label: str, value: Any) -> float | None:
+    """Unset (None, '' or 'none') or a number of seconds >= 0."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    seconds = _as_seconds(value)
+    if seconds is None or seconds < 0:
+        raise _fail(label, value, "expected a number of seconds >= 0, or unset")
+    return seconds
+
+
+def _as_seconds(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if seconds == seconds and seconds not in (float("inf"), float("-inf")) else None
+
+
+def default_identity(_app_name: str) -> str:
+    """``<hostname>:<pid>``, read when the settings are built (after any fork)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def default_path(app_name: str) -> str:
+    """``/beatleader/<app.main>``, with characters a znode name cannot hold replaced."""
+    safe = app_name.replace("/", "_").strip(".") or "default"
+    return f"{DEFAULT_PATH_PREFIX}/{safe}"
+
+
+Validator = Callable[[str, Any], Any]
+
+#: setting name -> (validator, default value or factory taking the app's main name)
+_SETTINGS: dict[str, tuple[Validator, Any]] = {
+    "zk_hosts": (validate_zk_hosts, DEFAULT_ZK_HOSTS),
+    "path": (validate_path, default_path),
+    "session_timeout": (validate_session_timeout, DEFAULT_SESSION_TIMEOUT),
+    "identity": (validate_identity, default_identity),
+    "misfire_grace": (validate_misfire_grace, None),
+}

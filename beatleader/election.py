@@ -1,0 +1,247 @@
+"""Leader election among beat instances over ZooKeeper ephemeral sequential znodes.
+
+Each instance owns one contender node ``<root>/election/<uuid>__contender__<seq>``; the lowest
+sequence leads. A contender watches only its predecessor (no herd effect) and its own node, so a
+waiting instance costs ZooKeeper nothing until the queue in front of it changes.
+
+Guarantees:
+
+* :attr:`LeaderElection.is_leader` is true only between "own node is first, confirmed over a live
+  connection" and the first sign that this may no longer hold: SUSPENDED (connection lost; the
+  session may still live), LOST (session expired; the node is gone), or the own node deleted from
+  outside (``beatleader resign``). Connection listeners and watches only flip flags and wake the
+  worker thread; every ZooKeeper call happens in that thread.
+* After SUSPENDED -> CONNECTED with the same session the own node is confirmed again before leading
+  resumes. After LOST, or after the own node was deleted, a new node is created at the back of the
+  queue. The election never gives up and never exits the process.
+* Each acquisition of leadership increments :attr:`LeaderElection.generation`, so the scheduler can
+  tell that it must reload shared state before sending.
+
+Not guaranteed: that no other instance believes it leads at the same moment (a paused process
+cannot know it was paused). That is what the fence in ``state.py`` is for: every send is preceded by
+a transaction that checks the own node still exists.
+
+Node creation is protected as in Curator: the uuid in the name lets a create whose reply was lost
+find its node again instead of leaving an orphan that would lead with nobody behind it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import posixpath
+import threading
+import time
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import KazooException, NodeExistsError
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.states import WatchedEvent
+
+from beatleader import layout
+from beatleader.layout import ContenderInfo
+
+logger = logging.getLogger(__name__)
+
+#: First and longest pause between "still waiting for ZooKeeper" log lines.
+WAITING_LOG_FIRST = 2.0
+WAITING_LOG_MAX = 60.0
+#: Pause after a failed ZooKeeper call before the worker tries again.
+RETRY_DELAY = 0.5
+
+
+class LeaderElection:
+    """One contender in the election under ``root``; see the module docstring."""
+
+    def __init__(
+        self, client: KazooClient, root: str, info: ContenderInfo, entry_names: list[str]
+    ) -> None:
+        self._client = client
+        self._entry_names = entry_names
+        self._root = root
+        self._election_path = layout.election_path(root)
+        self._info = info
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._cond = threading.Condition()
+        self._leading = False
+        self._generation = 0
+        self._leader_since: float | None = None
+        # Worker-thread state, plus flags the listener and watches raise for it.
+        self._node: str | None = None
+        self._pending_prefix: str | None = None
+        self._session_expired = False
+        self._own_node_deleted = False
+        self._thread: threading.Thread | None = None
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leading
+
+    @property
+    def generation(self) -> int:
+        """How many times this instance has become leader."""
+        return self._generation
+
+    @property
+    def node(self) -> str | None:
+        """Full path of the own contender node, when there is one."""
+        return self._node
+
+    @property
+    def leader_since(self) -> float | None:
+        """``time.time()`` when the current leadership began, or None when not leading."""
+        return self._leader_since
+
+    def start(self) -> None:
+        self._client.add_listener(self._on_connection_state)
+        self._thread = threading.Thread(target=self._run, name="beatleader-election", daemon=True)
+        self._thread.start()
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop contending; the caller closes the session, which removes the node at once."""
+        self._stopped.set()
+        self._set_leading(False)
+        self._wake.set()
+        self._client.remove_listener(self._on_connection_state)
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def wait_for_leadership(self, timeout: float) -> bool:
+        """Block until leading, stopped, or ``timeout`` passed; return :attr:`is_leader`."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._leading or self._stopped.is_set(), timeout)
+            return self._leading
+
+    def step_down(self, reason: str) -> None:
+        """Stop leading now (the fence failed) and let the worker re-examine the queue."""
+        if self._leading:
+            logger.warning("beatleader: no longer leading: %s", reason)
+        self._set_leading(False)
+        self._wake.set()
+
+    # -- listener and watches: flags only, no ZooKeeper calls ------------------------------------
+
+    def _on_connection_state(self, state: str) -> None:
+        if state == KazooState.SUSPENDED:
+            self._set_leading(False, "connection to ZooKeeper suspended")
+        elif state == KazooState.LOST:
+            self._session_expired = True
+            self._set_leading(False, "ZooKeeper session lost")
+        self._wake.set()
+
+    def _on_own_node_event(self, event: WatchedEvent) -> None:
+        if event.type == "DELETED" and event.path == self._node:
+            self._own_node_deleted = True
+            self._set_leading(False, "own contender node was deleted (resign)")
+        self._wake.set()
+
+    def _on_predecessor_event(self, _event: WatchedEvent) -> None:
+        self._wake.set()
+
+    def _set_leading(self, leading: bool, reason: str = "") -> None:
+        with self._cond:
+            if leading and not self._leading:
+                self._generation += 1
+                self._leader_since = time.time()
+            elif not leading and self._leading:
+                self._leader_since = None
+                if reason:
+                    logger.warning("beatleader: stopped leading: %s", reason)
+            self._leading = leading
+            self._cond.notify_all()
+
+    # -- worker thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        waiting_since: float | None = None
+        next_waiting_log = WAITING_LOG_FIRST
+        while not self._stopped.is_set():
+            self._wake.wait(timeout=WAITING_LOG_FIRST if waiting_since else None)
+            self._wake.clear()
+            if self._stopped.is_set():
+                return
+            if not self._client.connected:
+                waiting_since = waiting_since or time.monotonic()
+                waited = time.monotonic() - waiting_since
+                if waited >= next_waiting_log:
+                    logger.warning(
+                        "beatleader: waiting for ZooKeeper at %s (%.0f s so far); not sending",
+                        self._client.hosts,
+                        waited,
+                    )
+                    next_waiting_log = min(next_waiting_log * 2, WAITING_LOG_MAX)
+                continue
+            waiting_since, next_waiting_log = None, WAITING_LOG_FIRST
+            try:
+                self._contend()
+            except (KazooException, KazooTimeoutError) as exc:
+                logger.warning("beatleader: election step failed (%r); retrying", exc)
+                self._stopped.wait(RETRY_DELAY)
+                self._wake.set()
+
+    def _contend(self) -> None:
+        """One pass: make sure we have a node, then lead or watch our predecessor."""
+        if self._session_expired:
+            self._session_expired = False
+            self._node = self._pending_prefix = None
+        if self._own_node_deleted:
+            self._own_node_deleted = False
+            self._node = None
+        if self._node is None:
+            self._publish_schedule()
+            self._node = self._create_node()
+            logger.info("beatleader: contending as %s", self._node)
+        queue = layout.sorted_contenders(self._client.get_children(self._election_path))
+        own = posixpath.basename(self._node)
+        if own not in queue:  # deleted between our watch and now
+            self._own_node_deleted = True
+            self._set_leading(False, "own contender node is gone")
+            self._wake.set()
+            return
+        position = queue.index(own)
+        if position == 0:
+            if not self._leading:
+                self._set_leading(True)
+                logger.info("beatleader: leading (%s)", self._info.identity)
+            return
+        self._set_leading(False, "another contender is first in the queue")
+        predecessor = f"{self._election_path}/{queue[position - 1]}"
+        if self._client.exists(predecessor, watch=self._on_predecessor_event) is None:
+            self._wake.set()  # it vanished before the watch was set: look again
+
+    def _publish_schedule(self) -> None:
+        """Record which entries this schedule fingerprint holds, for ``beatleader status``.
+
+        The node is content-addressed (one per fingerprint, never rewritten), so a follower
+        writing it cannot disturb anything: it is not schedule state.
+        """
+        path = layout.schedule_path(self._root, self._info.fingerprint)
+        with contextlib.suppress(NodeExistsError):
+            self._client.create(path, json.dumps(self._entry_names).encode(), makepath=True)
+
+    def _create_node(self) -> str:
+        """Create the own contender node, or find the one a lost reply created."""
+        if self._pending_prefix is not None:
+            token = posixpath.basename(self._pending_prefix)
+            for child in self._client.get_children(self._election_path):
+                if child.startswith(token):
+                    return self._watch_own(f"{self._election_path}/{child}")
+        self._pending_prefix = layout.contender_prefix(self._root)
+        node: str = self._client.create(
+            self._pending_prefix, self._info.encode(), ephemeral=True, sequence=True, makepath=True
+        )
+        self._pending_prefix = None
+        return self._watch_own(node)
+
+    def _watch_own(self, node: str) -> str:
+        self._pending_prefix = None
+        if self._client.exists(node, watch=self._on_own_node_event) is None:
+            raise KazooException(f"own contender node {node} vanished right after creation")
+        return node

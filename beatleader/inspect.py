@@ -1,0 +1,345 @@
+"""Read what beatleader keeps in ZooKeeper, for operators; move leadership by hand.
+
+Every function takes a started ``KazooClient`` and an app's root path and returns plain
+dataclasses (with ``as_dict()`` for JSON); nothing here prints, parses options or reads settings,
+so the CLI, the scheduler's embedded status and the tests can all reuse it.
+
+Guarantees:
+
+* :func:`read_status` only reads. Nodes that vanish while it reads (an instance stopping) are
+  skipped, never an error; a missing root reads as "no contender, no entry".
+* The leader is the first contender in queue order (lowest sequence), exactly as the election
+  decides it; ``since`` is that contender node's creation time (ctime), in UTC.
+* :func:`resign_leader` deletes only the node that led when it looked; it never touches entry
+  state. The resigned instance queues again at the back by itself.
+* Kazoo errors (connection loss, timeouts, permissions) propagate to the caller unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from kazoo.exceptions import NoNodeError
+
+from .layout import (
+    ContenderInfo,
+    EntryState,
+    contender_sequence,
+    election_path,
+    entries_path,
+    sorted_contenders,
+    unquote_entry_name,
+)
+
+#: Child of the root holding, per schedule fingerprint, the JSON list of that schedule's entry
+#: names (``<root>/schedules/<fingerprint>``, persistent, written by the scheduler on start).
+SCHEDULES = "schedules"
+
+#: How often the waiting functions look at the election queue again, in seconds.
+POLL_INTERVAL = 0.05
+
+
+def schedules_path(root: str) -> str:
+    return f"{root}/{SCHEDULES}"
+
+
+def schedule_path(root: str, fingerprint: str) -> str:
+    """Where the entry names of the schedule with ``fingerprint`` are published."""
+    return f"{schedules_path(root)}/{fingerprint}"
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One running instance waiting in (or heading) the election queue."""
+
+    node: str
+    sequence: int
+    since: str | None  # ctime of the node, UTC ISO 8601
+    info: ContenderInfo | None  # None when the node holds no readable ContenderInfo
+
+    @property
+    def identity(self) -> str | None:
+        return self.info.identity if self.info else None
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.info.fingerprint if self.info else None
+
+    def same_instance(self, other: Contender) -> bool:
+        """True when both nodes were published by the same process (a re-queued leader)."""
+        if self.info is None or other.info is None:
+            return self.node == other.node
+        mine = (self.info.identity, self.info.host, self.info.pid)
+        return mine == (other.info.identity, other.info.host, other.info.pid)
+
+    def label(self) -> str:
+        """``identity (host, pid N)`` for messages, or the node name when unreadable."""
+        if self.info is None:
+            return f"<unreadable contender {self.node}>"
+        return f"{self.info.identity} (host {self.info.host}, pid {self.info.pid})"
+
+    def as_dict(self) -> dict[str, Any]:
+        info = self.info
+        return {
+            "node": self.node,
+            "sequence": self.sequence,
+            "since": self.since,
+            "identity": info.identity if info else None,
+            "host": info.host if info else None,
+            "pid": info.pid if info else None,
+            "version": info.version if info else None,
+            "started_at": info.started_at if info else None,
+            "fingerprint": info.fingerprint if info else None,
+        }
+
+
+@dataclass(frozen=True)
+class Entry:
+    """The shared state of one schedule entry, as the leaders wrote it."""
+
+    name: str
+    state: EntryState | None  # None when the node's data is unreadable
+
+    def as_dict(self) -> dict[str, Any]:
+        state = self.state
+        return {
+            "name": self.name,
+            "last_run_at": state.last_run_at if state else None,
+            "total_run_count": state.total_run_count if state else None,
+            "last_task_id": state.last_task_id if state else None,
+            "written_by": state.written_by if state else None,
+            "skipped_count": state.skipped_count if state else None,
+        }
+
+
+@dataclass(frozen=True)
+class Status:
+    """A snapshot of one app's election queue and schedule state."""
+
+    root: str
+    contenders: tuple[Contender, ...]
+    entries: tuple[Entry, ...]
+    #: Entry names of every running schedule, when every contender published them; else None.
+    scheduled_names: frozenset[str] | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def leader(self) -> Contender | None:
+        return self.contenders[0] if self.contenders else None
+
+    def as_dict(self) -> dict[str, Any]:
+        leader = self.leader
+        return {
+            "path": self.root,
+            "leader": leader.as_dict() if leader else None,
+            "contenders": [c.as_dict() for c in self.contenders],
+            "entries": [e.as_dict() for e in self.entries],
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass(frozen=True)
+class ResignResult:
+    """What :func:`resign_leader` did: who led, who leads now, whether leadership moved."""
+
+    previous: Contender | None  # None: there was no leader, nothing was deleted
+    current: Contender | None  # first in the queue when the wait ended
+    other_contenders: int  # contenders besides the resigned leader when it resigned
+
+    @property
+    def moved(self) -> bool:
+        """A different instance now heads the queue."""
+        if self.previous is None or self.current is None:
+            return False
+        return not self.current.same_instance(self.previous)
+
+
+def read_status(client: Any, root: str) -> Status:
+    """Read contenders, entry state and published schedules under ``root``."""
+    contenders = read_contenders(client, root)
+    entries = read_entries(client, root)
+    schedules = read_schedules(client, root, contenders)
+    scheduled = _scheduled_names(contenders, schedules)
+    warnings = _warnings(root, contenders, entries, scheduled)
+    return Status(root, tuple(contenders), tuple(entries), scheduled, tuple(warnings))
+
+
+def read_contenders(client: Any, root: str) -> list[Contender]:
+    """Every contender in queue order; the first one leads."""
+    base = election_path(root)
+    found = []
+    for name in sorted_contenders(_children(client, base)):
+        node = _get(client, f"{base}/{name}")
+        if node is not None:
+            data, ctime_ms = node
+            info = ContenderInfo.decode(data)
+            found.append(Contender(name, contender_sequence(name), _iso(ctime_ms), info))
+    return found
+
+
+def read_leader(client: Any, root: str) -> Contender | None:
+    """The contender that leads now, or None."""
+    contenders = read_contenders(client, root)
+    return contenders[0] if contenders else None
+
+
+def read_entries(client: Any, root: str) -> list[Entry]:
+    """The state of every entry that has state, sorted by entry name."""
+    base = entries_path(root)
+    found = []
+    for quoted in _children(client, base):
+        node = _get(client, f"{base}/{quoted}")
+        if node is not None:
+            found.append(Entry(unquote_entry_name(quoted), EntryState.decode(node[0])))
+    return sorted(found, key=lambda e: e.name)
+
+
+def read_schedules(
+    client: Any, root: str, contenders: Iterable[Contender]
+) -> dict[str, list[str] | None]:
+    """fingerprint -> published entry names (None when absent or unreadable)."""
+    result: dict[str, list[str] | None] = {}
+    for fingerprint in {c.fingerprint for c in contenders if c.fingerprint}:
+        result[fingerprint] = _read_schedule(client, root, fingerprint)
+    return result
+
+
+def _read_schedule(client: Any, root: str, fingerprint: str) -> list[str] | None:
+    if "/" in fingerprint or fingerprint in (".", ".."):
+        return None
+    node = _get(client, schedule_path(root, fingerprint))
+    if node is None:
+        return None
+    try:
+        names = json.loads(node[0].decode() if node[0] else "null")
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None
+    return names
+
+
+def _scheduled_names(
+    contenders: list[Contender], schedules: dict[str, list[str] | None]
+) -> frozenset[str] | None:
+    """Union of every contender's schedule, or None when any of them is unknown."""
+    if not contenders or any(c.fingerprint is None for c in contenders):
+        return None
+    names: set[str] = set()
+    for listed in schedules.values():
+        if listed is None:
+            return None
+        names.update(listed)
+    return frozenset(names)
+
+
+def _warnings(
+    root: str,
+    contenders: list[Contender],
+    entries: list[Entry],
+    scheduled: frozenset[str] | None,
+) -> list[str]:
+    warnings = []
+    if not contenders:
+        warnings.append(f"no leader: no instance is contending under {root}")
+    warnings.extend(_unreadable_warnings(contenders, entries))
+    mismatch = fingerprint_mismatch(contenders)
+    if mismatch:
+        warnings.append(mismatch)
+    orphans = orphaned_entries(entries, scheduled)
+    if orphans:
+        listed = ", ".join(repr(name) for name in orphans)
+        warnings.append(f"state kept for entries that no running instance schedules: {listed}")
+    return warnings
+
+
+def _unreadable_warnings(contenders: list[Contender], entries: list[Entry]) -> list[str]:
+    found = [
+        f"contender node {c.node} holds no readable ContenderInfo"
+        for c in contenders
+        if c.info is None
+    ]
+    found += [f"entry {e.name!r} has unreadable state" for e in entries if e.state is None]
+    return found
+
+
+def fingerprint_mismatch(contenders: list[Contender]) -> str | None:
+    """A warning when the instances run different schedules (e.g. during a rolling deploy)."""
+    groups: dict[str, list[str]] = {}
+    for contender in contenders:
+        if contender.info is not None:
+            groups.setdefault(contender.info.fingerprint, []).append(contender.info.identity)
+    if len(groups) < 2:
+        return None
+    parts = "; ".join(f"{fp}: {', '.join(ids)}" for fp, ids in groups.items())
+    return f"instances run different schedules (rolling deploy?): {parts}"
+
+
+def orphaned_entries(entries: list[Entry], scheduled: frozenset[str] | None) -> list[str]:
+    """Names with state that no running schedule contains ([] when schedules are unknown)."""
+    if scheduled is None:
+        return []
+    return [e.name for e in entries if e.name not in scheduled]
+
+
+def resign_leader(client: Any, root: str, timeout: float = 5.0) -> ResignResult:
+    """Delete the leader's contender node; wait up to ``timeout`` for another to lead.
+
+    Returns at once when there is no leader (nothing deleted) or no other contender (the
+    resigned instance will re-queue and lead again).
+    """
+    contenders = read_contenders(client, root)
+    if not contenders:
+        return ResignResult(None, None, 0)
+    previous = contenders[0]
+    others = [c for c in contenders[1:] if not c.same_instance(previous)]
+    # NoNodeError: it stepped down (or died) by itself meanwhile; the wait below still applies.
+    with suppress(NoNodeError):
+        client.delete(f"{election_path(root)}/{previous.node}")
+    if not others:
+        return ResignResult(previous, read_leader(client, root), 0)
+    current = wait_for_leader(client, root, lambda c: not c.same_instance(previous), timeout)
+    return ResignResult(previous, current or read_leader(client, root), len(others))
+
+
+def wait_for_leader(
+    client: Any,
+    root: str,
+    accept: Callable[[Contender], bool] = lambda _c: True,
+    timeout: float = 5.0,
+) -> Contender | None:
+    """Poll until a leader for which ``accept`` is true heads the queue; None on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        leader = read_leader(client, root)
+        if leader is not None and accept(leader):
+            return leader
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(POLL_INTERVAL)
+
+
+def _children(client: Any, path: str) -> list[str]:
+    try:
+        return list(client.get_children(path))
+    except NoNodeError:
+        return []
+
+
+def _get(client: Any, path: str) -> tuple[bytes, int] | None:
+    """(data, ctime in ms) of ``path``, or None when it does not exist (any more)."""
+    try:
+        data, stat = client.get(path)
+    except NoNodeError:
+        return None
+    return bytes(data or b""), int(stat.ctime)
+
+
+def _iso(epoch_ms: int) -> str:
+    return datetime.fromtimestamp(epoch_ms / 1000, timezone.utc).isoformat(timespec="milliseconds")

@@ -1,0 +1,146 @@
+"""Where beatleader keeps things in ZooKeeper, and how their data is encoded.
+
+Under an app's root path (``/beatleader/<app.main>`` by default)::
+
+    election/<uuid>__contender__<seq>   EPHEMERAL|SEQUENTIAL, one per running instance, JSON
+                                        ContenderInfo; the lowest sequence leads.
+    entries/<quoted entry name>         persistent JSON EntryState, written only by the leader
+                                        through the fenced commit (see ``state.py``).
+    schedules/<fingerprint>             persistent JSON list of the entry names of one schedule
+                                        version; content-addressed, written once by any instance.
+
+Entry names are percent-quoted so that any Celery entry name (spaces, slashes, non-ASCII) is a
+single valid znode name; :func:`unquote_entry_name` gives the original back. This module only
+names and encodes: it never talks to ZooKeeper.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote, unquote
+
+ELECTION = "election"
+ENTRIES = "entries"
+SCHEDULES = "schedules"
+CONTENDER_MARKER = "__contender__"
+
+#: Namespace of the deterministic task ids (uuid5 of path, entry name and run ordinal).
+TASK_ID_NAMESPACE = uuid.UUID("6f6c2d55-9b1e-4c1b-a7f4-626561746c64")
+
+
+def election_path(root: str) -> str:
+    return f"{root}/{ELECTION}"
+
+
+def entries_path(root: str) -> str:
+    return f"{root}/{ENTRIES}"
+
+
+def schedule_path(root: str, fingerprint: str) -> str:
+    """JSON list of the entry names of the schedule with this fingerprint."""
+    return f"{root}/{SCHEDULES}/{fingerprint}"
+
+
+def entry_path(root: str, name: str) -> str:
+    return f"{entries_path(root)}/{quote_entry_name(name)}"
+
+
+def quote_entry_name(name: str) -> str:
+    """A znode-safe name for ``name`` ('/' and every unsafe byte percent-encoded)."""
+    quoted = quote(name, safe="")
+    # "." and ".." are reserved znode names; "%2E" unquotes back to ".".
+    return quoted.replace(".", "%2E") if quoted.strip(".") == "" else quoted
+
+
+def unquote_entry_name(quoted: str) -> str:
+    return unquote(quoted)
+
+
+def contender_prefix(root: str) -> str:
+    """Prefix for a new contender node; ZooKeeper appends the 10-digit sequence."""
+    return f"{election_path(root)}/{uuid.uuid4().hex}{CONTENDER_MARKER}"
+
+
+def contender_sequence(node_name: str) -> int:
+    """The sequence number ZooKeeper gave a contender node (its queue position)."""
+    return int(node_name.rsplit(CONTENDER_MARKER, 1)[1])
+
+
+def sorted_contenders(children: list[str]) -> list[str]:
+    """Contender node names in queue order: the first one leads."""
+    return sorted((c for c in children if CONTENDER_MARKER in c), key=contender_sequence)
+
+
+def run_task_id(root: str, entry_name: str, ordinal: int) -> str:
+    """The task id of run number ``ordinal`` of entry ``entry_name``: same run, same id."""
+    return str(uuid.uuid5(TASK_ID_NAMESPACE, f"{root}\x00{entry_name}\x00{ordinal}"))
+
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+@dataclass(frozen=True)
+class ContenderInfo:
+    """What each instance publishes in its contender node, for operators and the CLI."""
+
+    identity: str
+    host: str
+    pid: int
+    version: str
+    started_at: str
+    fingerprint: str
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> ContenderInfo | None:
+        """The info in ``data``, or None when it is not a beatleader contender's."""
+        fields = _json_object(data)
+        try:
+            return cls(**{k: fields[k] for k in cls.__dataclass_fields__})
+        except (KeyError, TypeError):
+            return None
+
+
+@dataclass(frozen=True)
+class EntryState:
+    """The shared state of one schedule entry: what a new leader continues from."""
+
+    last_run_at: str | None  # UTC, ISO 8601
+    total_run_count: int
+    last_task_id: str | None
+    written_by: str
+    #: Runs skipped because they were later than the misfire grace.
+    skipped_count: int = 0
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> EntryState | None:
+        """The state in ``data``, or None when it is unreadable (treated as no state)."""
+        fields = _json_object(data)
+        try:
+            return cls(
+                last_run_at=fields.get("last_run_at"),
+                total_run_count=int(fields.get("total_run_count", 0)),
+                last_task_id=fields.get("last_task_id"),
+                written_by=str(fields.get("written_by", "")),
+                skipped_count=int(fields.get("skipped_count", 0)),
+            )
+        except (TypeError, ValueError):
+            return None
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(data.decode() if data else "null")
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
