@@ -275,7 +275,7 @@ def watch_status(client: Any, target: Target, interval: float = WATCH_INTERVAL) 
     """Clear the screen and redraw the status every ``interval`` seconds until Ctrl-C."""
     try:
         while True:
-            frame = _watch_frame(client, target)
+            frame = _watch_frame(client, target, interval)
             click.clear()
             click.echo(frame)
             time.sleep(interval)
@@ -283,9 +283,11 @@ def watch_status(client: Any, target: Target, interval: float = WATCH_INTERVAL) 
         return
 
 
-def _watch_frame(client: Any, target: Target) -> str:
+def _watch_frame(client: Any, target: Target, interval: float) -> str:
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    header = f"beatleader status, every {WATCH_INTERVAL:g} s (Ctrl-C to stop)  {stamp}\n"
+    header = f"beatleader status, every {interval:g} s (Ctrl-C to stop)  {stamp}\n"
+    if not client.connected:
+        return header + f"ZooKeeper unreachable at {target.settings.zk_hosts}: reconnecting"
     try:
         return header + render_status(read_status(client, target.settings.path), target)
     except _ZK_ERRORS as exc:

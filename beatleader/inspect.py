@@ -33,25 +33,13 @@ from .layout import (
     contender_sequence,
     election_path,
     entries_path,
+    schedule_path,
     sorted_contenders,
     unquote_entry_name,
 )
 
-#: Child of the root holding, per schedule fingerprint, the JSON list of that schedule's entry
-#: names (``<root>/schedules/<fingerprint>``, persistent, written by the scheduler on start).
-SCHEDULES = "schedules"
-
 #: How often the waiting functions look at the election queue again, in seconds.
 POLL_INTERVAL = 0.05
-
-
-def schedules_path(root: str) -> str:
-    return f"{root}/{SCHEDULES}"
-
-
-def schedule_path(root: str, fingerprint: str) -> str:
-    """Where the entry names of the schedule with ``fingerprint`` are published."""
-    return f"{schedules_path(root)}/{fingerprint}"
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     #: Seconds to wait after a ZooKeeper error in the leader's tick before trying again.
     error_retry_delay = 0.5
 
+    #: Seconds a closed scheduler's tick asks celery to sleep (short, so an embedded loop ends).
+    closed_tick_interval = 0.1
+
     #: Seconds ``close`` waits for the election thread to finish.
     close_timeout = 5.0
 
@@ -101,7 +104,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._check_process()
         election = self._election
         if election is None or self._closed:
-            return float(self.max_interval)
+            return self.closed_tick_interval
         if not election.is_leader:
             election.wait_for_leadership(timeout=self.max_interval)
             return 0.0

@@ -28,12 +28,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, RolledBackError
+from kazoo.exceptions import (
+    BadVersionError,
+    NodeExistsError,
+    NoNodeError,
+    RolledBackError,
+    RuntimeInconsistency,
+)
 from kazoo.protocol.states import ZnodeStat
 
 from beatleader import layout
 from beatleader.config import MAX_OPS_PER_COMMIT
 from beatleader.layout import EntryState
+
+#: What a failed transaction answers for the ops that did not fail themselves (before and after).
+NOT_APPLIED = (RolledBackError, RuntimeInconsistency)
 
 #: Contender nodes are never rewritten, so their data version stays 0 for their whole life.
 CONTENDER_NODE_VERSION = 0
@@ -100,6 +109,8 @@ class StateStore:
     def commit(self, fence_node: str, writes: Sequence[Write]) -> CommitOutcome:
         """Write ``writes`` under the fence of ``fence_node``; see the module docstring."""
         outcome = CommitOutcome()
+        if any(write.expected_version is None for write in writes):
+            self._client.ensure_path(self._entries_path)  # first run of some entry
         for start in range(0, len(writes), MAX_OPS_PER_COMMIT):
             self._commit_batch(fence_node, writes[start : start + MAX_OPS_PER_COMMIT], outcome)
             if not outcome.ok:
@@ -118,7 +129,7 @@ class StateStore:
             else:
                 transaction.set_data(path, write.state.encode(), version=write.expected_version)
         fence_result, *results = transaction.commit()
-        if isinstance(fence_result, Exception):
+        if isinstance(fence_result, Exception) and not isinstance(fence_result, NOT_APPLIED):
             outcome.lost_leadership = True
             return
         for write, result in zip(batch, results, strict=True):
@@ -128,7 +139,5 @@ class StateStore:
                 outcome.committed[write.name] = 0
             elif isinstance(result, BadVersionError | NodeExistsError | NoNodeError):
                 outcome.conflicts.append(write.name)
-            elif not isinstance(result, RolledBackError):
+            elif not isinstance(result, NOT_APPLIED):
                 raise result
-            # A failed transaction answers RolledBackError for every op but the one that failed,
-            # so nothing of a failed batch lands in ``committed``.

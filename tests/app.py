@@ -1,0 +1,137 @@
+"""The Celery app that test beat and worker processes run: ``celery -A tests.app beat ...``.
+
+Shaped entirely by environment variables, read when the module is imported:
+
+``TEST_BROKER_DIR``
+    kombu filesystem transport in that folder (consumed messages are kept in ``processed/``).
+``TEST_REDIS_URL``
+    broker URL when there is no ``TEST_BROKER_DIR``; always also ``redbeat_redis_url``.
+``TEST_SCHEDULE``
+    JSON ``{name: {"every": seconds} | {"crontab": "m h dom mon dow"}, ...}``; optional keys
+    ``"task"`` (default ``tests.app.record``) and ``"options"`` (apply_async options). Every
+    entry's args are ``[name]``.
+``TEST_MAX_INTERVAL``
+    ``beat_max_loop_interval`` in seconds.
+``TEST_RESULT_DIR``
+    ``file://`` result backend with ``result_expires=60`` (celery adds ``celery.backend_cleanup``).
+``TEST_EXECUTION_LOG``
+    file that :func:`record` appends one JSON line per execution to.
+
+beatleader's own settings come from ``BEATLEADER_*`` variables; nothing here sets them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, Task
+from celery.schedules import crontab, schedule
+
+APP_NAME = "beatleader_tests"
+RECORD_TASK = "tests.app.record"
+#: How often a worker polls the filesystem broker (kombu's default is 1 s).
+FILESYSTEM_POLLING_INTERVAL = 0.05
+
+
+def make_app(environ: Mapping[str, str], *, set_as_current: bool = True) -> Celery:
+    """A fresh app configured from ``environ`` (tests may build one without touching os.environ)."""
+    celery_app = Celery(APP_NAME, set_as_current=set_as_current)
+    celery_app.conf.update(build_config(environ))
+
+    @celery_app.task(name=RECORD_TASK, bind=True, shared=False)
+    def record(self: Task, name: str) -> None:
+        """Append one JSON line about this execution to ``TEST_EXECUTION_LOG``."""
+        append_execution(environ.get("TEST_EXECUTION_LOG"), name, self.request.id)
+
+    return celery_app
+
+
+def build_config(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The celery settings ``environ`` asks for."""
+    conf: dict[str, Any] = {
+        "timezone": "UTC",
+        "enable_utc": True,
+        "task_always_eager": False,
+        "broker_url": "memory://",
+        "broker_connection_retry_on_startup": True,
+    }
+    broker_dir = environ.get("TEST_BROKER_DIR")
+    redis_url = environ.get("TEST_REDIS_URL")
+    if broker_dir:
+        folder = Path(broker_dir)
+        conf["broker_url"] = "filesystem://"
+        conf["broker_transport_options"] = {
+            "data_folder_in": str(folder),
+            "data_folder_out": str(folder),
+            "store_processed": True,
+            "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
+            "polling_interval": FILESYSTEM_POLLING_INTERVAL,
+        }
+        (folder / "processed").mkdir(parents=True, exist_ok=True)
+    elif redis_url:
+        conf["broker_url"] = redis_url
+    if redis_url:
+        conf["redbeat_redis_url"] = redis_url
+    if environ.get("TEST_MAX_INTERVAL"):
+        conf["beat_max_loop_interval"] = float(environ["TEST_MAX_INTERVAL"])
+    if environ.get("TEST_RESULT_DIR"):
+        conf["result_backend"] = f"file://{Path(environ['TEST_RESULT_DIR']).resolve()}"
+        conf["result_expires"] = 60
+    conf["beat_schedule"] = parse_schedule(environ.get("TEST_SCHEDULE") or "{}")
+    return conf
+
+
+def parse_schedule(text: str) -> dict[str, dict[str, Any]]:
+    """``TEST_SCHEDULE`` JSON -> a celery ``beat_schedule`` dict."""
+    specs = json.loads(text)
+    if not isinstance(specs, dict):
+        raise ValueError(f"TEST_SCHEDULE must be a JSON object, not {text!r}")
+    beat_schedule: dict[str, dict[str, Any]] = {}
+    for name, spec in specs.items():
+        entry: dict[str, Any] = {
+            "task": spec.get("task", RECORD_TASK),
+            "schedule": _schedule(name, spec),
+            "args": [name],
+        }
+        if spec.get("options"):
+            entry["options"] = dict(spec["options"])
+        beat_schedule[name] = entry
+    return beat_schedule
+
+
+def _schedule(name: str, spec: Mapping[str, Any]) -> schedule | crontab:
+    if "every" in spec:
+        return schedule(timedelta(seconds=float(spec["every"])))
+    if "crontab" in spec:
+        minute, hour, day_of_month, month_of_year, day_of_week = str(spec["crontab"]).split()
+        return crontab(
+            minute=minute,
+            hour=hour,
+            day_of_month=day_of_month,
+            month_of_year=month_of_year,
+            day_of_week=day_of_week,
+        )
+    raise ValueError(f"schedule entry {name!r} needs 'every' or 'crontab': {spec!r}")
+
+
+def append_execution(log_path: str | None, name: str, task_id: str | None) -> None:
+    """One atomic O_APPEND write of ``{"name", "id", "pid", "ts"}`` to ``log_path``."""
+    if not log_path:
+        raise RuntimeError("TEST_EXECUTION_LOG is not set")
+    line = json.dumps({"name": name, "id": task_id, "pid": os.getpid(), "ts": time.time()})
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+app = make_app(os.environ)
+record = app.tasks[RECORD_TASK]
