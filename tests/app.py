@@ -8,8 +8,8 @@ Shaped entirely by environment variables, read when the module is imported:
     broker URL when there is no ``TEST_BROKER_DIR``; always also ``redbeat_redis_url``.
 ``TEST_SCHEDULE``
     JSON ``{name: {"every": seconds} | {"crontab": "m h dom mon dow"}, ...}``; optional keys
-    ``"task"`` (default ``tests.app.record``) and ``"options"`` (apply_async options). Every
-    entry's args are ``[name]``.
+    ``"task"`` (default ``tests.app.record``), ``"args"`` (default ``[name]``) and
+    ``"options"`` (apply_async options).
 ``TEST_MAX_INTERVAL``
     ``beat_max_loop_interval`` in seconds.
 ``TEST_RESULT_DIR``
@@ -98,7 +98,7 @@ def parse_schedule(text: str) -> dict[str, dict[str, Any]]:
         entry: dict[str, Any] = {
             "task": spec.get("task", RECORD_TASK),
             "schedule": _schedule(name, spec),
-            "args": [name],
+            "args": list(spec.get("args", [name])),
         }
         if spec.get("options"):
             entry["options"] = dict(spec["options"])

@@ -1,0 +1,88 @@
+"""Helpers for tests that run several real ``celery beat -S beatleader.Scheduler`` processes."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from kazoo.client import KazooClient
+
+from beatleader import layout
+from tests.harness import BeatProcess, FilesystemBroker, SentMessage, contenders, wait_for
+
+
+def schedule_env(**entries: dict[str, Any]) -> dict[str, str]:
+    """``TEST_SCHEDULE`` for ``tests.app``: entry name -> spec such as ``{"every": 1}``."""
+    return {"TEST_SCHEDULE": json.dumps(entries)}
+
+
+def every(seconds: float, **extra: Any) -> dict[str, Any]:
+    return {"every": seconds, **extra}
+
+
+def now_ms() -> int:
+    """CLOCK_MONOTONIC in ms, the clock of ``SentMessage.sent_ms``."""
+    return int(time.monotonic() * 1000)
+
+
+def sender_pid(message: SentMessage) -> int:
+    """The pid of the process that published ``message`` (celery's origin ``gen<pid>@host``)."""
+    origin = str(message.headers["origin"])
+    return int(origin.split("@", 1)[0].removeprefix("gen"))
+
+
+def run_ids(root: str, entry: str, count: int) -> set[str]:
+    """The task ids of runs 1..count of ``entry``."""
+    return {layout.run_task_id(root, entry, ordinal) for ordinal in range(1, count + 1)}
+
+
+def assert_exact_runs(messages: Sequence[SentMessage], root: str, entry: str) -> None:
+    """Every run of ``entry`` was sent exactly once, with no ordinal skipped."""
+    ids = [m.task_id for m in messages]
+    assert len(ids) == len(set(ids)), f"duplicate task ids: {ids}"
+    assert set(ids) == run_ids(root, entry, len(ids)), "runs are not 1..N exactly"
+
+
+def start_instances(
+    beats: Any, client: KazooClient, root: str, count: int, env: dict[str, str] | None = None
+) -> list[BeatProcess]:
+    """Start ``count`` beats and wait until all contend and one leads."""
+    processes = [beats(env=env) for _ in range(count)]
+    wait_for(lambda: len(contenders(client, root)) == count, 30, message=f"{count} contenders")
+    return processes
+
+
+def leader_process(processes: Sequence[BeatProcess], client: KazooClient, root: str) -> BeatProcess:
+    """The process whose contender node is first in the queue."""
+    queue = contenders(client, root)
+    assert queue, "nobody contends"
+    by_pid = {p.pid: p for p in processes}
+    return by_pid[queue[0]["pid"]]
+
+
+def wait_for_messages(
+    broker: FilesystemBroker, entry: str, count: int, timeout: float, after_ms: int = 0
+) -> list[SentMessage]:
+    """Wait until ``entry`` has ``count`` messages sent after ``after_ms``; return those."""
+
+    def enough() -> list[SentMessage] | None:
+        found = [m for m in broker.for_entry(entry) if m.sent_ms > after_ms]
+        return found if len(found) >= count else None
+
+    result: list[SentMessage] = wait_for(
+        enough, timeout, message=f"{count} messages of {entry!r} after {after_ms}"
+    )
+    return result
+
+
+def wait_for_new_leader(
+    client: KazooClient, root: str, old_pid: int, timeout: float
+) -> dict[str, Any]:
+    def other() -> dict[str, Any] | None:
+        queue = contenders(client, root)
+        return queue[0] if queue and queue[0]["pid"] != old_pid else None
+
+    result: dict[str, Any] = wait_for(other, timeout, message=f"a leader other than {old_pid}")
+    return result
