@@ -24,8 +24,9 @@ DEFAULT_PATH_PREFIX = "/beatleader"
 DEFAULT_SESSION_TIMEOUT = 10.0
 #: Bounds accepted for the session timeout (the server may still narrow what it grants).
 SESSION_TIMEOUT_RANGE = (0.2, 3600.0)
-#: Longest pause between two attempts to reach an unreachable ZooKeeper.
-MAX_RECONNECT_DELAY = 5.0
+#: Longest pause between two attempts to reach an unreachable ZooKeeper (it bounds how long
+#: a leader stays idle after ZooKeeper comes back).
+MAX_RECONNECT_DELAY = 2.0
 #: Largest number of entry writes in one ZooKeeper transaction (stays far below jute.maxbuffer).
 MAX_OPS_PER_COMMIT = 250
 

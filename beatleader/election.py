@@ -173,7 +173,7 @@ class LeaderElection:
                 if waited >= next_waiting_log:
                     logger.warning(
                         "beatleader: waiting for ZooKeeper at %s (%.0f s so far); not sending",
-                        self._client.hosts,
+                        _hosts_label(self._client),
                         waited,
                     )
                     next_waiting_log = min(next_waiting_log * 2, WAITING_LOG_MAX)
@@ -245,3 +245,8 @@ class LeaderElection:
         if self._client.exists(node, watch=self._on_own_node_event) is None:
             raise KazooException(f"own contender node {node} vanished right after creation")
         return node
+
+
+def _hosts_label(client: KazooClient) -> str:
+    """``host:port,...`` of the servers ``client`` tries, for log lines."""
+    return ",".join(f"{host}:{port}" for host, port in client.hosts)

@@ -79,8 +79,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def __init__(self, app: Any, *args: Any, lazy: bool = False, **kwargs: Any) -> None:
         try:
             self.settings = Settings.from_app(app, **kwargs.pop("beatleader_overrides", {}))
-        except ConfigError as exc:
-            logger.critical("beatleader: %s", exc)
+        except ConfigError as exc:  # one line for the operator, no traceback
             raise SystemExit(f"beatleader: {exc}") from None
         self._zk: KazooClient | None = None
         self._election: LeaderElection | None = None
@@ -113,6 +112,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 self._take_over(election.generation)
             return self._run_due()
         except ZOOKEEPER_ERRORS as exc:
+            if self._closed:  # close() ended the session under this tick
+                return self.closed_tick_interval
             logger.warning("beatleader: ZooKeeper error while leading (%r); not sending", exc)
             self._loaded_generation = 0  # reload state once we lead for sure again
             return self.error_retry_delay
@@ -137,6 +138,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     @property
     def is_leader(self) -> bool:
         return self._election is not None and self._election.is_leader
+
+    @property
+    def zk_connected(self) -> bool:
+        return self._zk is not None and bool(self._zk.connected)
 
     @property
     def election(self) -> LeaderElection | None:

@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-ruff check beatleader tests scripts
+ruff check beatleader tests scripts examples
 mypy
 exec python3 -m pytest "$@"

@@ -25,7 +25,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
 from beatleader import layout
-from tests.zkserver import ZooKeeperEnsemble, ZooKeeperServer, free_port
+from beatleader.localzk import ZooKeeperEnsemble, ZooKeeperServer, free_port
 
 __all__ = [
     "REPO_ROOT",

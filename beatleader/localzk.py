@@ -1,13 +1,26 @@
-"""Real ZooKeeper servers for tests: a standalone server, and a small loopback ensemble.
+"""A throwaway local ZooKeeper: a standalone server or a small ensemble on loopback.
+
+For the demo (``scripts/demo.py``), the native deployment topology (``deploy/topology.py``) and
+the tests; **not for production**: it binds 127.0.0.1 only, disables fsync (``forceSync=no``)
+and uses a 200 ms tick so that sessions and elections are fast. It runs the ZooKeeper 3.8 of
+Debian's ``zookeeper`` package (jars in ``/usr/share/java``) with the ``java`` on ``PATH``;
+:func:`missing_requirements` says what is absent.
 
 The JVM is started directly (``java -cp ... QuorumPeerMain zoo.cfg``) rather than through
 Debian's ``zkServer.sh``: its ``zkEnv.sh`` overwrites ``ZOOCFGDIR`` and ``ZOO_LOG_DIR`` with the
 system paths, and the jar ships without an slf4j binding, so the script gives no logs. Here the
 server logs (log4j console appender) go to ``<base_dir>/zookeeper.log``, appended across restarts.
 
-Readiness: a standalone server answers ``ruok`` with ``imok`` *before* it has loaded its database
-(other commands then say "not currently serving requests"), so :meth:`ZooKeeperServer.start` waits
-for ``imok`` and then for ``srvr`` to report a ``Mode:``.
+Guarantees:
+
+* Every server runs in its own process group on a port that was free when it was chosen; its
+  client port and data directory stay the same across restarts.
+* :meth:`ZooKeeperServer.start` returns only once the server serves requests. A standalone server
+  answers ``ruok`` with ``imok`` *before* it has loaded its database (other commands then say
+  "not currently serving requests"), so it waits for ``imok`` and then for ``srvr`` to report a
+  ``Mode:``; an ensemble member reports a mode only once a quorum has formed.
+* No JVM outlives the Python process that started it normally (an ``atexit`` hook kills leftovers;
+  a SIGKILLed parent cannot run it, so call ``stop()`` in a ``finally``).
 """
 
 from __future__ import annotations
@@ -60,6 +73,16 @@ def free_port() -> int:
             _handed_out_ports.add(port)
             return port
     raise RuntimeError("no free port found")
+
+
+def missing_requirements() -> list[str]:
+    """What this machine lacks to run a local ZooKeeper (empty when nothing is missing)."""
+    missing = []
+    if shutil.which("java") is None:
+        missing.append("java (Debian package default-jre-headless)")
+    if not (JAVA_LIB / "zookeeper.jar").exists():
+        missing.append(f"{JAVA_LIB / 'zookeeper.jar'} (Debian package zookeeper)")
+    return missing
 
 
 @atexit.register
@@ -412,6 +435,18 @@ class ZooKeeperEnsemble:
     def leader(self) -> ZooKeeperServer | None:
         """The member currently in mode ``leader``."""
         return next((s for s in self.servers if s.mode() == "leader"), None)
+
+    def followers(self) -> list[ZooKeeperServer]:
+        """The members currently in mode ``follower``."""
+        return [s for s in self.servers if s.mode() == "follower"]
+
+    def serving(self) -> list[ZooKeeperServer]:
+        """The members that serve requests now (none while the quorum is lost)."""
+        return [s for s in self.servers if s.is_running and s.is_serving()]
+
+    def diagnostics(self) -> list[tuple[str, str]]:
+        """(title, text) sections for a failed test's report, one per member."""
+        return [section for server in self.servers for section in server.diagnostics()]
 
     def __enter__(self) -> ZooKeeperEnsemble:
         self.start()

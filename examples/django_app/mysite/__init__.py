@@ -1,0 +1,1 @@
+"""A minimal Django project whose ``beatapp`` starts beatleader's beat in ``AppConfig.ready()``."""

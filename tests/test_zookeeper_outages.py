@@ -1,0 +1,120 @@
+"""Beat processes while their ZooKeeper is down, restarted, or never reachable; and bad settings.
+
+Each test owns its ZooKeeper server (``private_zk_server``) so stopping it disturbs no other test.
+"""
+
+from __future__ import annotations
+
+import time
+
+from tests.cluster import (
+    assert_exact_runs,
+    every,
+    now_ms,
+    schedule_env,
+    sender_pid,
+    start_instances,
+    wait_for_messages,
+)
+from tests.harness import FilesystemBroker, contenders, wait_for
+
+ENTRY = "every second"
+
+
+def _env(server, session_timeout: float) -> dict[str, str]:
+    return {
+        **schedule_env(**{ENTRY: every(1)}),
+        "BEATLEADER_ZK_HOSTS": server.hosts,
+        "BEATLEADER_SESSION_TIMEOUT": str(session_timeout),
+    }
+
+
+def _client(server):
+    from kazoo.client import KazooClient
+
+    client = KazooClient(hosts=server.hosts, timeout=5)
+    client.start(timeout=15)
+    return client
+
+
+def _assert_one_sender_after(broker: FilesystemBroker, moment_ms: int) -> None:
+    after = [m for m in broker.for_entry(ENTRY) if m.sent_ms > moment_ms]
+    assert len({sender_pid(m) for m in after}) == 1, "more than one instance sent"
+
+
+def test_restart_within_the_session_timeout_keeps_one_leader_and_sends_no_duplicate(
+    beats, private_zk_server, zk_root, broker_dir
+) -> None:
+    broker = FilesystemBroker(broker_dir)
+    client = _client(private_zk_server)
+    try:
+        processes = start_instances(beats, client, zk_root, 3, _env(private_zk_server, 8))
+        wait_for_messages(broker, ENTRY, 2, timeout=20)
+        client.stop()
+        private_zk_server.stop()
+        private_zk_server.start()
+        restarted = now_ms()
+        client.start(timeout=15)
+        wait_for_messages(broker, ENTRY, 3, timeout=20, after_ms=restarted)
+
+        assert all(p.alive for p in processes)
+        _assert_one_sender_after(broker, restarted)
+        assert_exact_runs(broker.for_entry(ENTRY), zk_root, ENTRY)
+    finally:
+        client.stop()
+        client.close()
+
+
+def test_outage_longer_than_the_session_every_instance_stays_and_one_leads_after(
+    beats, private_zk_server, zk_root, broker_dir
+) -> None:
+    broker = FilesystemBroker(broker_dir)
+    client = _client(private_zk_server)
+    try:
+        processes = start_instances(beats, client, zk_root, 3, _env(private_zk_server, 2))
+        wait_for_messages(broker, ENTRY, 2, timeout=20)
+        client.stop()
+        private_zk_server.stop()
+        time.sleep(5)  # the fault: ZooKeeper stays down for 2.5 session timeouts
+        private_zk_server.start()
+        restarted = now_ms()
+        client.start(timeout=15)
+        wait_for_messages(broker, ENTRY, 3, timeout=30, after_ms=restarted)
+
+        wait_for(lambda: len(contenders(client, zk_root)) == 3, 15, message="all contend again")
+        assert all(p.alive for p in processes)
+        _assert_one_sender_after(broker, restarted)
+        assert_exact_runs(broker.for_entry(ENTRY), zk_root, ENTRY)
+        assert all(p.log_matches(r"waiting for ZooKeeper") for p in processes)
+    finally:
+        client.stop()
+        client.close()
+
+
+def test_unreachable_zookeeper_at_start_is_waited_for_not_fatal(
+    beats, private_zk_server, zk_root, broker_dir
+) -> None:
+    broker = FilesystemBroker(broker_dir)
+    private_zk_server.stop()
+    beat = beats(env=_env(private_zk_server, 2))
+    beat.wait_for_log(r"waiting for ZooKeeper at 127\.0\.0\.1:\d+", timeout=20)
+    assert beat.alive and broker.count() == 0
+
+    private_zk_server.start()
+    wait_for_messages(broker, ENTRY, 2, timeout=30)
+    assert_exact_runs(broker.for_entry(ENTRY), zk_root, ENTRY)
+
+
+def test_an_invalid_setting_stops_beat_with_one_line_before_sending(
+    beats, broker_dir
+) -> None:
+    beat = beats(env={"BEATLEADER_SESSION_TIMEOUT": "soon", **schedule_env(x=every(1))})
+    assert beat.wait_exit(30) != 0
+    log = beat.log()
+    assert "Traceback" not in log
+    expected = (
+        "beatleader: beatleader_session_timeout (from BEATLEADER_SESSION_TIMEOUT) = 'soon' "
+        "is invalid: expected a number of seconds from 0.2 to 3600"
+    )
+    assert log.count(expected) == 1
+    assert FilesystemBroker(broker_dir).count() == 0
