@@ -88,7 +88,6 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._loaded_generation = 0
         self._owner_pid = os.getpid()
         self._closed = False
-        kwargs.pop("schedule_filename", None)
         super().__init__(app, *args, lazy=lazy, **kwargs)
 
     # -- celery hooks -----------------------------------------------------------------------------

@@ -230,3 +230,17 @@ def test_only_the_leader_writes_state_and_sends_backend_cleanup(
     assert {sender_pid(m) for m in cleanups()} == {leader.pid}
     assert_exact_runs(cleanups(), zk_root, cleanup)
     assert all(not f.sent() for f in followers)
+
+
+def test_worker_dash_b_with_the_entry_point_alias_elects_one_sender(
+    workers, zk_client, zk_root, broker_dir
+) -> None:
+    """``celery worker -B --scheduler beatleader``: beat runs in a forked child of each worker."""
+    broker = FilesystemBroker(broker_dir)
+    for _ in range(2):
+        workers(env=ONE_SECOND, extra_args=["-B", "--scheduler", "beatleader"])
+    wait_for(lambda: len(contenders(zk_client, zk_root)) == 2, 30, message="2 contenders")
+    messages = wait_for_messages(broker, ENTRY, 3, timeout=20)
+
+    assert {sender_pid(m) for m in messages} == {contenders(zk_client, zk_root)[0]["pid"]}
+    assert_exact_runs(broker.for_entry(ENTRY), zk_root, ENTRY)
