@@ -21,7 +21,7 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
@@ -73,17 +73,11 @@ class Contender:
         return f"{self.info.identity} (host {self.info.host}, pid {self.info.pid})"
 
     def as_dict(self) -> dict[str, Any]:
-        info = self.info
         return {
             "node": self.node,
             "sequence": self.sequence,
             "since": self.since,
-            "identity": info.identity if info else None,
-            "host": info.host if info else None,
-            "pid": info.pid if info else None,
-            "version": info.version if info else None,
-            "started_at": info.started_at if info else None,
-            "fingerprint": info.fingerprint if info else None,
+            **_fields_or_none(self.info, ContenderInfo),
         }
 
 
@@ -95,15 +89,12 @@ class Entry:
     state: EntryState | None  # None when the node's data is unreadable
 
     def as_dict(self) -> dict[str, Any]:
-        state = self.state
-        return {
-            "name": self.name,
-            "last_run_at": state.last_run_at if state else None,
-            "total_run_count": state.total_run_count if state else None,
-            "last_task_id": state.last_task_id if state else None,
-            "written_by": state.written_by if state else None,
-            "skipped_count": state.skipped_count if state else None,
-        }
+        return {"name": self.name, **_fields_or_none(self.state, EntryState)}
+
+
+def _fields_or_none(value: Any, cls: type) -> dict[str, Any]:
+    """``value``'s dataclass fields, or every field of ``cls`` as None when ``value`` is None."""
+    return asdict(value) if value is not None else dict.fromkeys(f.name for f in fields(cls))
 
 
 @dataclass(frozen=True)
