@@ -26,16 +26,15 @@ Guarantees:
 from __future__ import annotations
 
 import atexit
-import os
 import re
 import shutil
-import signal
 import socket
-import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from beatleader.localproc import LoggedProcess
 
 JAVA_LIB = Path("/usr/share/java")
 #: zookeeper.jar's manifest lists its own dependencies; the two others give it a log binding.
@@ -60,7 +59,7 @@ log4j.logger.org.apache.zookeeper.server.command.FourLetterCommands=WARN
 NOT_SERVING = "not currently serving requests"
 
 _handed_out_ports: set[int] = set()
-_live_processes: set[subprocess.Popen[bytes]] = set()
+_live_processes: set[LoggedProcess] = set()
 
 
 def free_port() -> int:
@@ -89,9 +88,8 @@ def missing_requirements() -> list[str]:
 def _kill_leftovers() -> None:
     """Last resort: never leave a JVM behind when the test process exits."""
     for proc in list(_live_processes):
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        proc.kill()
+        proc.wait_exit()
 
 
 class ZooKeeperServer:
@@ -119,7 +117,7 @@ class ZooKeeperServer:
         self.data_dir = self.base_dir / "data"
         self.config_path = self.base_dir / "zoo.cfg"
         self.log_path = self.base_dir / "zookeeper.log"
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: LoggedProcess | None = None
         self._write_config()
 
     # -- configuration ---------------------------------------------------------------------------
@@ -185,7 +183,7 @@ class ZooKeeperServer:
 
     @property
     def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._proc is not None and self._proc.alive
 
     def launch(self) -> None:
         """Start the JVM without waiting for it to serve."""
@@ -194,15 +192,7 @@ class ZooKeeperServer:
         self._write_config()
         with open(self.log_path, "ab") as log:
             log.write(f"==== launching at {time.time():.3f}\n".encode())
-            log.flush()
-            self._proc = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.base_dir,
-                start_new_session=True,
-            )
+        self._proc = LoggedProcess(self.command(), self.log_path, cwd=self.base_dir)
         _live_processes.add(self._proc)
 
     def start(self, timeout: float = 30) -> None:
@@ -250,27 +240,19 @@ class ZooKeeperServer:
         proc = self._proc
         if proc is None:
             return None
-        if proc.poll() is None:
-            self._signal(signal.SIGCONT)  # a paused JVM cannot handle SIGTERM
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        returncode = proc.stop(timeout)
         _live_processes.discard(proc)
-        return proc.returncode
+        return returncode
 
     def kill(self) -> int | None:
         """SIGKILL (a crash: nothing is flushed or closed); returns the exit code."""
         proc = self._proc
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        proc.kill()
+        returncode = proc.wait_exit()
         _live_processes.discard(proc)
-        return proc.returncode
+        return returncode
 
     def restart(self, timeout: float = 30) -> None:
         """Stop and start again on the same port and data directory."""
@@ -279,15 +261,13 @@ class ZooKeeperServer:
 
     def pause(self) -> None:
         """SIGSTOP: the server keeps its sockets but answers nothing (a hung server)."""
-        self._signal(signal.SIGSTOP)
+        if self._proc is not None:
+            self._proc.pause()
 
     def resume(self) -> None:
         """SIGCONT after :meth:`pause`."""
-        self._signal(signal.SIGCONT)
-
-    def _signal(self, signum: int) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            os.kill(self._proc.pid, signum)
+        if self._proc is not None:
+            self._proc.resume()
 
     def _returncode(self) -> int | None:
         return self._proc.returncode if self._proc is not None else None
@@ -302,14 +282,11 @@ class ZooKeeperServer:
     # -- inspection ------------------------------------------------------------------------------
 
     def log(self) -> str:
-        """Everything the server logged so far (all runs)."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        """Everything the server logged so far (all runs; nothing before the first launch)."""
+        return self._proc.log() if self._proc is not None else ""
 
     def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
+        return self._proc.log_tail(lines) if self._proc is not None else ""
 
     def diagnostics(self) -> list[tuple[str, str]]:
         """(title, text) sections for a failed test's report."""

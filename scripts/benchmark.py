@@ -56,7 +56,6 @@ import platform
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -75,6 +74,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import redis  # noqa: E402
 
+from beatleader.localproc import LoggedProcess  # noqa: E402
 from tests.harness import (  # noqa: E402
     FilesystemBroker,
     RedisServer,
@@ -118,50 +118,18 @@ def sleep_until(deadline_ms: float) -> None:
 # -- processes ---------------------------------------------------------------------------------
 
 
-class Beat:
+class Beat(LoggedProcess):
     """One ``celery -A bench_app beat -S <scheduler>`` subprocess logging to a file."""
 
     def __init__(
         self, name: str, workdir: Path, env: Mapping[str, str], scheduler: str, loglevel: str
     ) -> None:
-        self.name = name
-        self.log_path = workdir / f"{name}.log"
         args = [
             *(sys.executable, "-m", "celery", "-A", "bench_app", "beat", "-S", scheduler),
             f"--loglevel={loglevel}",
             *("--schedule", str(workdir / f"{name}.db")),
         ]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                args,
-                cwd=REPO_ROOT,
-                env=dict(env),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C in the terminal reaches only the benchmark
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def signal(self, signum: int) -> None:
-        if self.alive:
-            os.kill(self.pid, signum)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout``; reaps the process."""
-        self.signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            self.proc.wait()
+        super().__init__(args, workdir / f"{name}.log", cwd=REPO_ROOT, env=env, name=name)
 
 
 class Fleet:
@@ -186,9 +154,8 @@ class Fleet:
 
     def close(self) -> None:
         for beat in self.beats:
-            if beat.alive:
-                beat.signal(signal.SIGKILL)
-            beat.proc.wait()
+            beat.kill()
+            beat.wait_exit()
 
 
 def stop_all(beats: Sequence[Beat]) -> None:
@@ -386,7 +353,7 @@ def signal_leader(ctx: Context, broker: FilesystemBroker, kind: str, not_before:
     leader = ctx.fleet.by_pid(send.pid)
     sleep_until(send.sent_ms + ctx.args.signal_phase * 1000)
     at = now_ms()
-    leader.signal(getattr(signal, kind))
+    leader.send_signal(getattr(signal, kind))
     progress(f"  {kind} -> {leader.name} (pid {leader.pid}), {at - send.sent_ms} ms after its send")
     return Event(kind, at, leader.pid)
 

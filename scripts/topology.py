@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,6 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from beatleader.localproc import LoggedProcess
 from beatleader.localzk import ZooKeeperEnsemble, ZooKeeperServer, missing_requirements
 
 SCRIPTS_DIR = Path(__file__).resolve().parent
@@ -66,59 +66,23 @@ class Instance(Protocol):
 Spawn = Callable[[str, str, Mapping[str, str]], Instance]
 
 
-class CeleryInstance:
+class CeleryInstance(LoggedProcess):
     """``python -m celery -A demo_app <beat|worker> ...`` logging to ``<workdir>/<name>.log``."""
 
     def __init__(self, kind: str, name: str, env: Mapping[str, str], workdir: Path) -> None:
         self.kind = kind
-        self.name = name
-        self.log_path = workdir / f"{name}.log"
         args = beat_args(workdir / f"{name}.schedule") if kind == "beat" else worker_args(name)
-        self.command = [sys.executable, "-m", "celery", "-A", DEMO_APP, *args]
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                self.command,
-                cwd=workdir,
-                env=celery_environment(env),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    @property
-    def alive(self) -> bool:
-        return self._proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: a crash."""
-        if self.alive:
-            os.kill(self.pid, signal.SIGKILL)
+        super().__init__(
+            [sys.executable, "-m", "celery", "-A", DEMO_APP, *args],
+            workdir / f"{name}.log",
+            cwd=workdir,
+            env=celery_environment(env),
+            name=name,
+        )
 
     def close(self) -> None:
         """SIGTERM (an orderly stop), SIGKILL after :data:`STOP_GRACE`; reaps the process."""
-        if self.alive:
-            os.kill(self.pid, signal.SIGCONT)
-            self._proc.terminate()
-        try:
-            self._proc.wait(STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def diagnostics(self) -> list[tuple[str, str]]:
-        tail = "\n".join(self.log().splitlines()[-80:])
-        return [(f"{self.name} pid={self.pid} rc={self._proc.poll()}", tail)]
+        self.stop(STOP_GRACE)
 
 
 def beat_args(schedule_file: Path) -> list[str]:

@@ -10,9 +10,7 @@ import itertools
 import json
 import os
 import re
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -25,6 +23,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
 from beatleader import layout
+from beatleader.localproc import LoggedProcess
 from beatleader.localzk import ZooKeeperEnsemble, ZooKeeperServer, free_port
 
 __all__ = [
@@ -70,17 +69,12 @@ def wait_for(
         time.sleep(interval)
 
 
-def tail(text: str, lines: int = 60) -> str:
-    """The last ``lines`` lines of ``text``."""
-    return "\n".join(text.splitlines()[-lines:])
-
-
 # -- celery processes ----------------------------------------------------------------------------
 
 _process_numbers = itertools.count(1)
 
 
-class CeleryProcess:
+class CeleryProcess(LoggedProcess):
     """A ``python -m celery -A tests.app ...`` subprocess logging to a file (base class)."""
 
     kind = "celery"
@@ -94,92 +88,31 @@ class CeleryProcess:
         number: int | None = None,
     ) -> None:
         self.number = number if number is not None else next(_process_numbers)
-        self.name = name or f"{self.kind}-{self.number}"
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.workdir / f"{self.name}.log"
         self.env = {**os.environ, **(env or {})}
-        self.args = [sys.executable, "-m", "celery", "-A", "tests.app", *args]
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                self.args,
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # signals from the terminal do not reach it
-            )
+        name = name or f"{self.kind}-{self.number}"
+        super().__init__(
+            [sys.executable, "-m", "celery", "-A", "tests.app", *args],
+            self.workdir / f"{name}.log",
+            cwd=REPO_ROOT,
+            env=self.env,
+            name=name,
+        )
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} pid={self.pid} rc={self.returncode}>"
 
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    @property
-    def alive(self) -> bool:
-        return self._proc.poll() is None
-
-    @property
-    def returncode(self) -> int | None:
-        return self._proc.poll()
-
-    def send_signal(self, signum: int) -> None:
-        """Send ``signum`` unless the process has already exited."""
-        if self.alive:
-            os.kill(self.pid, signum)
-
-    def kill(self) -> None:
-        """SIGKILL: a crash."""
-        self.send_signal(signal.SIGKILL)
-
-    def pause(self) -> None:
-        """SIGSTOP: frozen (a GC pause, a VM stall); its sockets stay open."""
-        self.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """SIGCONT after :meth:`pause`."""
-        self.send_signal(signal.SIGCONT)
-
-    def terminate(self) -> None:
-        """SIGTERM: an orderly shutdown request."""
-        self.send_signal(signal.SIGTERM)
-
-    def interrupt(self) -> None:
-        """SIGINT: Ctrl-C."""
-        self.send_signal(signal.SIGINT)
-
-    def wait_exit(self, timeout: float) -> int:
-        """Wait for the process to exit and return its exit code (negative: killed by signal)."""
-        try:
-            return self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"{self.name} (pid {self.pid}) still running after {timeout}s; log tail:\n"
-                + tail(self.log())
-            ) from None
-
     def close(self) -> None:
         """Kill the process if it is still running and reap it."""
-        if self.alive:
-            self.resume()
-            self.kill()
-        self._proc.wait()
+        self.kill()
+        self.wait_exit()
 
     def __enter__(self: T) -> T:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def log(self) -> str:
-        """Everything the process wrote to stdout and stderr so far."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     def log_matches(self, regex: str | re.Pattern[str]) -> list[re.Match[str]]:
         """Every match of ``regex`` (multiline mode) in the log so far."""
@@ -203,13 +136,9 @@ class CeleryProcess:
                 state = f"exited with {self.returncode}" if exited else f"timed out ({timeout}s)"
                 raise AssertionError(
                     f"{self.name}: {state} before {count} match(es) of {regex!r} "
-                    f"(found {len(matches)}); log tail:\n{tail(self.log())}"
+                    f"(found {len(matches)}); log tail:\n{self.log_tail(60)}"
                 )
             time.sleep(0.05)
-
-    def diagnostics(self) -> list[tuple[str, str]]:
-        """(title, text) sections for a failed test's report."""
-        return [(f"{self.name} pid={self.pid} rc={self.returncode}", tail(self.log(), 80))]
 
 
 class BeatProcess(CeleryProcess):
@@ -414,7 +343,7 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port if port is not None else free_port()
         self.log_path = self.workdir / "redis.log"
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: LoggedProcess | None = None
 
     @property
     def url(self) -> str:
@@ -422,33 +351,28 @@ class RedisServer:
 
     def start(self, timeout: float = 15) -> None:
         """Start redis-server and wait until it answers PING."""
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                [
-                    "redis-server",
-                    "--port",
-                    str(self.port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(self.workdir),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        proc = self._proc
+        self._proc = proc = LoggedProcess(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            self.log_path,
+        )
         wait_for(
-            lambda: self.ping() or proc.poll() is not None,
+            lambda: self.ping() or not proc.alive,
             timeout,
             message=f"redis-server on port {self.port} did not answer PING",
         )
-        if proc.poll() is not None:
+        if not proc.alive:
             raise RuntimeError(f"redis-server exited with {proc.returncode}:\n{self.log()}")
 
     def ping(self) -> bool:
@@ -462,20 +386,11 @@ class RedisServer:
 
     def stop(self, timeout: float = 10) -> None:
         """SIGTERM, then SIGKILL after ``timeout``."""
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        if self._proc is not None:
+            self._proc.stop(timeout)
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return self._proc.log() if self._proc is not None else ""
 
     def __enter__(self) -> RedisServer:
         self.start()

@@ -14,17 +14,17 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.harness import REPO_ROOT, FilesystemBroker, contenders, free_port, leader, tail, wait_for
+from beatleader.localproc import LoggedProcess
+from tests.harness import REPO_ROOT, FilesystemBroker, contenders, free_port, leader, wait_for
 
 EXAMPLES = REPO_ROOT / "examples"
 DJANGO_DIR = EXAMPLES / "django_app"
@@ -36,49 +36,14 @@ BOOT = 60.0
 ORIGIN_PID = re.compile(r"^gen(\d+)@")
 
 
-class WebServer:
+class WebServer(LoggedProcess):
     """A server command in its own process group, logging to a file, answering ``GET /beat``."""
-
-    def __init__(
-        self, args: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path
-    ) -> None:
-        self.args = list(args)
-        self.log_path = log_path
-        with open(log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                self.args,
-                cwd=cwd,
-                env=dict(env),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    def terminate(self) -> None:
-        self._proc.send_signal(signal.SIGTERM)
-
-    def wait_exit(self, timeout: float) -> int:
-        try:
-            return self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"still running after {timeout}s:\n{self.log()}") from None
 
     def close(self) -> None:
         """Kill whatever is left of the process group."""
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self._proc.pid, signal.SIGKILL)
-        self._proc.wait()
-
-    def log(self) -> str:
-        return tail(self.log_path.read_text(errors="replace"), 80)
-
-    def diagnostics(self) -> list[tuple[str, str]]:
-        return [(f"{' '.join(self.args)} pid={self.pid}", self.log())]
+            os.killpg(self.pid, signal.SIGKILL)
+        self.wait_exit()
 
 
 class Servers:
@@ -93,7 +58,7 @@ class Servers:
         self, *args: str, env: Mapping[str, str] | None = None, cwd: Path = REPO_ROOT
     ) -> WebServer:
         log_path = self.workdir / f"server-{len(self.started) + 1}.log"
-        server = WebServer(args, {**self.env, **(env or {})}, cwd, log_path)
+        server = WebServer(args, log_path, cwd=cwd, env={**self.env, **(env or {})})
         self.started.append(server)
         return server
 
