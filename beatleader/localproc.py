@@ -13,6 +13,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -71,6 +72,12 @@ class LoggedProcess:
     def kill(self) -> None:
         """SIGKILL: a crash (nothing is flushed or closed). Does not wait for the exit."""
         self.send_signal(signal.SIGKILL)
+
+    def kill_group(self) -> None:
+        """SIGKILL the whole process group (the process and any child it forked), then reap it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self.wait_exit()
 
     def pause(self) -> None:
         """SIGSTOP: frozen (a GC pause, a VM stall); its sockets stay open."""

@@ -104,9 +104,8 @@ class CeleryProcess(LoggedProcess):
         return f"<{type(self).__name__} {self.name} pid={self.pid} rc={self.returncode}>"
 
     def close(self) -> None:
-        """Kill the process if it is still running and reap it."""
-        self.kill()
-        self.wait_exit()
+        """Kill the process and its children (``worker -B`` forks a beat), and reap it."""
+        self.kill_group()
 
     def __enter__(self: T) -> T:
         return self

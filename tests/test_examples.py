@@ -8,7 +8,6 @@ SIGKILLed leader is replaced within the session timeout, and stopping the server
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -41,9 +40,7 @@ class WebServer(LoggedProcess):
 
     def close(self) -> None:
         """Kill whatever is left of the process group."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGKILL)
-        self.wait_exit()
+        self.kill_group()
 
 
 class Servers:

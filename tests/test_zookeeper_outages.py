@@ -105,9 +105,7 @@ def test_unreachable_zookeeper_at_start_is_waited_for_not_fatal(
     assert_exact_runs(broker.for_entry(ENTRY), zk_root, ENTRY)
 
 
-def test_an_invalid_setting_stops_beat_with_one_line_before_sending(
-    beats, broker_dir
-) -> None:
+def test_an_invalid_setting_stops_beat_with_one_line_before_sending(beats, broker_dir) -> None:
     beat = beats(env={"BEATLEADER_SESSION_TIMEOUT": "soon", **schedule_env(x=every(1))})
     assert beat.wait_exit(30) != 0
     log = beat.log()
