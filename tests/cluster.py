@@ -5,12 +5,18 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kazoo.client import KazooClient
 
 from beatleader import layout
 from tests.harness import BeatProcess, FilesystemBroker, SentMessage, contenders, wait_for
+
+#: The entry most tests schedule, and the environment giving it to ``tests.app``: one run a
+#: second, with celery's 300 s ``beat_max_loop_interval`` so a slow takeover would show.
+ENTRY = "every second"
 
 
 def schedule_env(**entries: dict[str, Any]) -> dict[str, str]:
@@ -86,3 +92,25 @@ def wait_for_new_leader(
 
     result: dict[str, Any] = wait_for(other, timeout, message=f"a leader other than {old_pid}")
     return result
+
+
+def one_second_env() -> dict[str, str]:
+    return {**schedule_env(**{ENTRY: every(1)}), "TEST_MAX_INTERVAL": "300"}
+
+
+@dataclass(frozen=True)
+class SendingCluster:
+    """Beats that elected a leader which has already sent ``ENTRY`` twice."""
+
+    broker: FilesystemBroker
+    processes: list[BeatProcess]
+    leader: BeatProcess
+
+
+def start_sending_cluster(
+    beats: Any, client: KazooClient, root: str, broker_dir: Path, count: int = 3
+) -> SendingCluster:
+    broker = FilesystemBroker(broker_dir)
+    processes = start_instances(beats, client, root, count, one_second_env())
+    wait_for_messages(broker, ENTRY, 2, timeout=20)
+    return SendingCluster(broker, processes, leader_process(processes, client, root))

@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar
 import pytest
 from kazoo.client import KazooClient
 
+from tests.cluster import SendingCluster, start_sending_cluster
 from tests.harness import (
     BeatProcess,
     CeleryProcess,
@@ -147,3 +148,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def sending_cluster(
+    beats: ProcessFactory[BeatProcess], zk_client: KazooClient, zk_root: str, broker_dir: Path
+) -> SendingCluster:
+    """Three beats on a 1 s entry (``tests.cluster.ENTRY``) whose leader has sent twice."""
+    return start_sending_cluster(beats, zk_client, zk_root, broker_dir)

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 from tests.cluster import (
+    ENTRY,
     assert_exact_runs,
     every,
-    leader_process,
     now_ms,
     schedule_env,
     sender_pid,
@@ -18,8 +18,6 @@ from tests.cluster import (
     wait_for_new_leader,
 )
 from tests.harness import FilesystemBroker, contenders, wait_for
-
-ENTRY = "every second"
 
 
 def cli(zk_server, zk_root: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -53,12 +51,9 @@ def test_status_names_the_process_that_is_actually_sending(
 
 
 def test_resign_moves_leadership_and_the_old_leader_sends_nothing_after(
-    beats, zk_server, zk_client, zk_root, broker_dir
+    sending_cluster, zk_server, zk_client, zk_root
 ) -> None:
-    broker = FilesystemBroker(broker_dir)
-    processes = start_instances(beats, zk_client, zk_root, 3, schedule_env(**{ENTRY: every(1)}))
-    wait_for_messages(broker, ENTRY, 2, timeout=20)
-    old = leader_process(processes, zk_client, zk_root)
+    broker, old = sending_cluster.broker, sending_cluster.leader
 
     resigned_at = now_ms()
     result = cli(zk_server, zk_root, "resign")

@@ -14,10 +14,12 @@ import time
 import pytest
 
 from tests.cluster import (
+    ENTRY,
     assert_exact_runs,
     every,
     leader_process,
     now_ms,
+    one_second_env,
     schedule_env,
     sender_pid,
     start_instances,
@@ -27,8 +29,6 @@ from tests.cluster import (
 from tests.harness import FilesystemBroker, SentMessage, contenders, entry_state, wait_for
 
 SESSION_TIMEOUT = 2.0  # conftest's BEATLEADER_SESSION_TIMEOUT
-ENTRY = "every second"
-ONE_SECOND = {**schedule_env(**{ENTRY: every(1)}), "TEST_MAX_INTERVAL": "300"}
 
 
 def _sessions(zk_server, sessions: list[int]) -> dict[int, int]:
@@ -41,7 +41,7 @@ def test_three_instances_exactly_one_sends_and_followers_stay_idle(
     beats, zk_client, zk_root, zk_server, broker_dir
 ) -> None:
     broker = FilesystemBroker(broker_dir)
-    processes = start_instances(beats, zk_client, zk_root, 3, ONE_SECOND)
+    processes = start_instances(beats, zk_client, zk_root, 3, one_second_env())
     wait_for_messages(broker, ENTRY, 2, timeout=20)
     queue = contenders(zk_client, zk_root)
     leader = leader_process(processes, zk_client, zk_root)
@@ -61,12 +61,9 @@ def test_three_instances_exactly_one_sends_and_followers_stay_idle(
 
 
 def test_sigkill_of_the_leader_fails_over_within_the_session_timeout(
-    beats, zk_client, zk_root, broker_dir
+    sending_cluster, zk_client, zk_root
 ) -> None:
-    broker = FilesystemBroker(broker_dir)
-    processes = start_instances(beats, zk_client, zk_root, 3, ONE_SECOND)
-    wait_for_messages(broker, ENTRY, 2, timeout=20)
-    old = leader_process(processes, zk_client, zk_root)
+    broker, old = sending_cluster.broker, sending_cluster.leader
 
     killed_at = now_ms()
     old.kill()
@@ -81,12 +78,9 @@ def test_sigkill_of_the_leader_fails_over_within_the_session_timeout(
 
 
 def test_a_leader_paused_past_its_session_sends_nothing_and_rejoins_as_follower(
-    beats, zk_client, zk_root, broker_dir
+    sending_cluster, zk_client, zk_root
 ) -> None:
-    broker = FilesystemBroker(broker_dir)
-    processes = start_instances(beats, zk_client, zk_root, 3, ONE_SECOND)
-    wait_for_messages(broker, ENTRY, 2, timeout=20)
-    old = leader_process(processes, zk_client, zk_root)
+    broker, old = sending_cluster.broker, sending_cluster.leader
 
     paused_at = now_ms()
     old.pause()
@@ -110,12 +104,9 @@ def test_a_leader_paused_past_its_session_sends_nothing_and_rejoins_as_follower(
 
 @pytest.mark.parametrize("stop", ["terminate", "interrupt"])
 def test_a_graceful_stop_hands_over_at_once_without_a_missed_run(
-    beats, zk_client, zk_root, broker_dir, stop: str
+    sending_cluster, zk_client, zk_root, stop: str
 ) -> None:
-    broker = FilesystemBroker(broker_dir)
-    processes = start_instances(beats, zk_client, zk_root, 3, ONE_SECOND)
-    wait_for_messages(broker, ENTRY, 2, timeout=20)
-    old = leader_process(processes, zk_client, zk_root)
+    broker, old = sending_cluster.broker, sending_cluster.leader
 
     stopped_at = time.monotonic()
     getattr(old, stop)()
@@ -238,7 +229,7 @@ def test_worker_dash_b_with_the_entry_point_alias_elects_one_sender(
     """``celery worker -B --scheduler beatleader``: beat runs in a forked child of each worker."""
     broker = FilesystemBroker(broker_dir)
     for _ in range(2):
-        workers(env=ONE_SECOND, extra_args=["-B", "--scheduler", "beatleader"])
+        workers(env=one_second_env(), extra_args=["-B", "--scheduler", "beatleader"])
     wait_for(lambda: len(contenders(zk_client, zk_root)) == 2, 30, message="2 contenders")
     messages = wait_for_messages(broker, ENTRY, 3, timeout=20)
 

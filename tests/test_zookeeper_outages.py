@@ -6,8 +6,13 @@ Each test owns its ZooKeeper server (``private_zk_server``) so stopping it distu
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+
+import pytest
+from kazoo.client import KazooClient
 
 from tests.cluster import (
+    ENTRY,
     assert_exact_runs,
     every,
     now_ms,
@@ -18,8 +23,6 @@ from tests.cluster import (
 )
 from tests.harness import FilesystemBroker, contenders, wait_for
 
-ENTRY = "every second"
-
 
 def _env(server, session_timeout: float) -> dict[str, str]:
     return {
@@ -29,12 +32,25 @@ def _env(server, session_timeout: float) -> dict[str, str]:
     }
 
 
-def _client(server):
-    from kazoo.client import KazooClient
-
-    client = KazooClient(hosts=server.hosts, timeout=5)
+@pytest.fixture
+def private_client(private_zk_server) -> Iterator[KazooClient]:
+    """A client of the private server; tests stop it before stopping the server."""
+    client = KazooClient(hosts=private_zk_server.hosts, timeout=5)
     client.start(timeout=15)
-    return client
+    yield client
+    client.stop()
+    client.close()
+
+
+def _bounce(server, client: KazooClient, outage: float = 0.0) -> int:
+    """Stop ZooKeeper, keep it down ``outage`` seconds (the fault), start it; return when (ms)."""
+    client.stop()
+    server.stop()
+    time.sleep(outage)
+    server.start()
+    restarted = now_ms()
+    client.start(timeout=15)
+    return restarted
 
 
 def _assert_one_sender_after(broker: FilesystemBroker, moment_ms: int) -> None:
@@ -43,52 +59,35 @@ def _assert_one_sender_after(broker: FilesystemBroker, moment_ms: int) -> None:
 
 
 def test_restart_within_the_session_timeout_keeps_one_leader_and_sends_no_duplicate(
-    beats, private_zk_server, zk_root, broker_dir
+    beats, private_zk_server, private_client, zk_root, broker_dir
 ) -> None:
     broker = FilesystemBroker(broker_dir)
-    client = _client(private_zk_server)
-    try:
-        processes = start_instances(beats, client, zk_root, 3, _env(private_zk_server, 8))
-        wait_for_messages(broker, ENTRY, 2, timeout=20)
-        client.stop()
-        private_zk_server.stop()
-        private_zk_server.start()
-        restarted = now_ms()
-        client.start(timeout=15)
-        wait_for_messages(broker, ENTRY, 3, timeout=20, after_ms=restarted)
+    env = _env(private_zk_server, 8)
+    processes = start_instances(beats, private_client, zk_root, 3, env)
+    wait_for_messages(broker, ENTRY, 2, timeout=20)
+    restarted = _bounce(private_zk_server, private_client)
+    wait_for_messages(broker, ENTRY, 3, timeout=20, after_ms=restarted)
 
-        assert all(p.alive for p in processes)
-        _assert_one_sender_after(broker, restarted)
-        assert_exact_runs(broker.for_entry(ENTRY), zk_root, ENTRY)
-    finally:
-        client.stop()
-        client.close()
+    assert all(p.alive for p in processes)
+    _assert_one_sender_after(broker, restarted)
+    assert_exact_runs(broker.for_entry(ENTRY), zk_root, ENTRY)
 
 
 def test_outage_longer_than_the_session_every_instance_stays_and_one_leads_after(
-    beats, private_zk_server, zk_root, broker_dir
+    beats, private_zk_server, private_client, zk_root, broker_dir
 ) -> None:
     broker = FilesystemBroker(broker_dir)
-    client = _client(private_zk_server)
-    try:
-        processes = start_instances(beats, client, zk_root, 3, _env(private_zk_server, 2))
-        wait_for_messages(broker, ENTRY, 2, timeout=20)
-        client.stop()
-        private_zk_server.stop()
-        time.sleep(5)  # the fault: ZooKeeper stays down for 2.5 session timeouts
-        private_zk_server.start()
-        restarted = now_ms()
-        client.start(timeout=15)
-        wait_for_messages(broker, ENTRY, 3, timeout=30, after_ms=restarted)
+    env = _env(private_zk_server, 2)
+    processes = start_instances(beats, private_client, zk_root, 3, env)
+    wait_for_messages(broker, ENTRY, 2, timeout=20)
+    restarted = _bounce(private_zk_server, private_client, outage=5)  # 2.5 session timeouts
+    wait_for_messages(broker, ENTRY, 3, timeout=30, after_ms=restarted)
 
-        wait_for(lambda: len(contenders(client, zk_root)) == 3, 15, message="all contend again")
-        assert all(p.alive for p in processes)
-        _assert_one_sender_after(broker, restarted)
-        assert_exact_runs(broker.for_entry(ENTRY), zk_root, ENTRY)
-        assert all(p.log_matches(r"waiting for ZooKeeper") for p in processes)
-    finally:
-        client.stop()
-        client.close()
+    wait_for(lambda: len(contenders(private_client, zk_root)) == 3, 15, message="all contend again")
+    assert all(p.alive for p in processes)
+    _assert_one_sender_after(broker, restarted)
+    assert_exact_runs(broker.for_entry(ENTRY), zk_root, ENTRY)
+    assert all(p.log_matches(r"waiting for ZooKeeper") for p in processes)
 
 
 def test_unreachable_zookeeper_at_start_is_waited_for_not_fatal(
