@@ -73,6 +73,7 @@ class LeaderElection:
         self._pending_prefix: str | None = None
         self._session_expired = False
         self._own_node_deleted = False
+        self._watched: str | None = None  # the predecessor last logged as watched
         self._thread: threading.Thread | None = None
 
     # -- public API ---------------------------------------------------------------------------
@@ -207,12 +208,21 @@ class LeaderElection:
             return
         position = queue.index(own)
         if position == 0:
+            self._watched = None
             if not self._leading:
                 self._set_leading(True)
                 logger.info("beatleader: leading (%s)", self._info.identity)
             return
         self._set_leading(False, "another contender is first in the queue")
         predecessor = f"{self._election_path}/{queue[position - 1]}"
+        if predecessor != self._watched:
+            self._watched = predecessor
+            logger.info(
+                "beatleader: following at queue position %d of %d; watching %s",
+                position + 1,
+                len(queue),
+                queue[position - 1],
+            )
         if self._client.exists(predecessor, watch=self._on_predecessor_event) is None:
             self._wake.set()  # it vanished before the watch was set: look again
 
