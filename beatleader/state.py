@@ -92,6 +92,9 @@ class StateStore:
     def load(self) -> dict[str, StoredState]:
         """Every entry's stored state, by entry name (reads are pipelined, not sequential)."""
         self._client.ensure_path(self._entries_path)
+        # A server of an ensemble may lag behind; sync makes it catch up with the ZooKeeper leader
+        # so a new leader does not start from stale state (the fence would refuse it anyway).
+        self._client.sync(self._entries_path)
         children = self._client.get_children(self._entries_path)
         pending = [
             (child, self._client.get_async(f"{self._entries_path}/{child}")) for child in children
