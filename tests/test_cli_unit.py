@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -35,92 +34,15 @@ from beatleader.layout import (
     entry_path,
     schedule_path,
 )
+from beatleader.localzk import ZooKeeperServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
-ZK_SCRIPT = Path("/usr/share/zookeeper/bin/zkServer.sh")
-
-
-# --- a real ZooKeeper (until the shared harness provides ``zk_server``) ----------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _four_letter(port: int, word: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-        s.sendall(word)
-        return s.recv(64)
-
-
-def _start_zookeeper(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = _free_port()
-    (directory / "data").mkdir()
-    (directory / "zoo.cfg").write_text(
-        "tickTime=200\n"
-        "initLimit=10\nsyncLimit=5\n"
-        f"dataDir={directory / 'data'}\n"
-        "clientPortAddress=127.0.0.1\n"
-        f"clientPort={port}\n"
-        "admin.enableServer=false\n"
-        "4lw.commands.whitelist=*\n"
-    )
-    env = {**os.environ, "ZOOCFGDIR": str(directory), "ZOO_LOG_DIR": str(directory)}
-    with open(directory / "server.log", "wb") as log:
-        proc = subprocess.Popen(
-            ["bash", str(ZK_SCRIPT), "start-foreground", str(directory / "zoo.cfg")],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return proc, port
-
-
-def _wait_imok(proc: subprocess.Popen[bytes], port: int, log: Path, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"ZooKeeper exited early:\n{log.read_text()[-3000:]}")
-        try:
-            if _four_letter(port, b"ruok") == b"imok":
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"ZooKeeper did not answer ruok in time:\n{log.read_text()[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 @pytest.fixture(scope="module")
-def zk_hosts(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """``host:port`` of a running ZooKeeper: the harness's ``zk_server`` if any, else our own."""
-    try:
-        yield str(request.getfixturevalue("zk_server").hosts)
-        return
-    except pytest.FixtureLookupError:
-        pass
-    if not ZK_SCRIPT.exists():
-        pytest.skip("ZooKeeper is not installed at /usr/share/zookeeper")
-    directory = tmp_path_factory.mktemp("zookeeper")
-    proc, port = _start_zookeeper(directory)
-    try:
-        _wait_imok(proc, port, directory / "server.log", time.monotonic() + 60)
-        yield f"127.0.0.1:{port}"
-    finally:
-        _stop(proc)
+def zk_hosts(zk_server: ZooKeeperServer) -> str:
+    """``host:port`` of the suite's ZooKeeper."""
+    return zk_server.hosts
 
 
 @pytest.fixture(scope="module")
@@ -394,7 +316,7 @@ def test_bad_environment_exits_2() -> None:
 
 def test_unreachable_zookeeper_exits_2_within_timeout() -> None:
     started = time.monotonic()
-    result = run("status", "--check", "--zk-hosts", f"127.0.0.1:{_free_port()}", "--timeout", "1")
+    result = run("status", "--check", "--zk-hosts", f"127.0.0.1:{free_port()}", "--timeout", "1")
     assert result.exit_code == 2
     assert time.monotonic() - started < 5
     assert_one_error_line(result.stderr)
@@ -408,7 +330,7 @@ def test_subprocess_status_exit_codes_and_no_traceback(
     contenders.add("alpha")
     leader = subprocess_cli("status", *where(zk_hosts, root))
     unreachable = subprocess_cli(
-        "status", "--zk-hosts", f"127.0.0.1:{_free_port()}", "--timeout", "1"
+        "status", "--zk-hosts", f"127.0.0.1:{free_port()}", "--timeout", "1"
     )
     unknown_app = subprocess_cli("status", "-A", "nosuchmodule")
 
