@@ -21,6 +21,7 @@ from tests.harness import (
     RedisServer,
     WorkerProcess,
     ZooKeeperServer,
+    connected_client,
 )
 
 P = TypeVar("P", bound=CeleryProcess)
@@ -65,19 +66,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 @pytest.fixture(scope="session")
 def zk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeperServer]:
     """One standalone ZooKeeper shared by the whole run; do not stop it in a test."""
-    server = ZooKeeperServer(tmp_path_factory.mktemp("zookeeper"))
-    server.start()
-    yield server
-    server.stop()
+    with ZooKeeperServer(tmp_path_factory.mktemp("zookeeper")) as server:
+        yield server
 
 
 @pytest.fixture
 def private_zk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeperServer]:
     """A ZooKeeper of this test's own, free to stop, kill, pause or restart."""
-    server = ZooKeeperServer(tmp_path_factory.mktemp("private-zookeeper"))
-    server.start()
-    yield server
-    server.stop()
+    with ZooKeeperServer(tmp_path_factory.mktemp("private-zookeeper")) as server:
+        yield server
 
 
 @pytest.fixture
@@ -89,11 +86,8 @@ def zk_root() -> str:
 @pytest.fixture
 def zk_client(zk_server: ZooKeeperServer) -> Iterator[KazooClient]:
     """A connected kazoo client of the shared server."""
-    client = KazooClient(hosts=zk_server.hosts, timeout=10)
-    client.start(timeout=15)
-    yield client
-    client.stop()
-    client.close()
+    with connected_client(zk_server.hosts) as client:
+        yield client
 
 
 @pytest.fixture
@@ -144,10 +138,8 @@ def workers(tmp_path: Path, beat_env: dict[str, str]) -> Iterator[ProcessFactory
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A redis-server for the run; errors (never skips) when redis-server is missing."""
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ Every wait here polls a condition until a deadline; nothing sleeps for a fixed t
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -397,6 +398,20 @@ class RedisServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def connected_client(
+    hosts: str, timeout: float = 10, connect_timeout: float = 15
+) -> Iterator[KazooClient]:
+    """A started kazoo client (session ``timeout``), stopped and closed on exit."""
+    client = KazooClient(hosts=hosts, timeout=timeout)
+    client.start(timeout=connect_timeout)
+    try:
+        yield client
+    finally:
+        client.stop()
+        client.close()
 
 
 # -- ZooKeeper inspection ------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from beatleader.layout import (
     schedule_path,
 )
 from beatleader.localzk import ZooKeeperServer, free_port
+from tests.harness import connected_client
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,11 +48,8 @@ def zk_hosts(zk_server: ZooKeeperServer) -> str:
 
 @pytest.fixture(scope="module")
 def zk(zk_hosts: str) -> Iterator[KazooClient]:
-    client = KazooClient(hosts=zk_hosts)
-    client.start(timeout=15)
-    yield client
-    client.stop()
-    client.close()
+    with connected_client(zk_hosts) as client:
+        yield client
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ from tests.harness import (
     FilesystemBroker,
     SentMessage,
     WorkerProcess,
+    connected_client,
     contenders,
     wait_for,
 )
@@ -85,11 +86,8 @@ def topology(tmp_path: Path, zk_root: str) -> Iterator[NativeTopology]:
 
 @pytest.fixture
 def ensemble_client(topology: NativeTopology) -> Iterator[KazooClient]:
-    client = KazooClient(hosts=topology.zk_hosts, timeout=10)
-    client.start(timeout=30)
-    yield client
-    client.stop()
-    client.close()
+    with connected_client(topology.zk_hosts, connect_timeout=30) as client:
+        yield client
 
 
 def status_check(topo: NativeTopology) -> int:

@@ -21,7 +21,7 @@ from tests.cluster import (
     start_instances,
     wait_for_messages,
 )
-from tests.harness import FilesystemBroker, contenders, wait_for
+from tests.harness import FilesystemBroker, connected_client, contenders, wait_for
 
 
 def _env(server, session_timeout: float) -> dict[str, str]:
@@ -35,11 +35,8 @@ def _env(server, session_timeout: float) -> dict[str, str]:
 @pytest.fixture
 def private_client(private_zk_server) -> Iterator[KazooClient]:
     """A client of the private server; tests stop it before stopping the server."""
-    client = KazooClient(hosts=private_zk_server.hosts, timeout=5)
-    client.start(timeout=15)
-    yield client
-    client.stop()
-    client.close()
+    with connected_client(private_zk_server.hosts, timeout=5) as client:
+        yield client
 
 
 def _bounce(server, client: KazooClient, outage: float = 0.0) -> int:
