@@ -142,10 +142,6 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def zk_connected(self) -> bool:
         return self._zk is not None and bool(self._zk.connected)
 
-    @property
-    def election(self) -> LeaderElection | None:
-        return self._election
-
     def fingerprint(self) -> str:
         """A short hash of this instance's schedule; instances that differ have different ones."""
         digest = hashlib.sha256()
@@ -293,15 +289,17 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _write_for(self, run: _Run) -> Write:
         stored = self._stored.get(run.entry.name)
         previous = stored.state if stored is not None else None
-        skipped = previous.skipped_count if previous is not None else 0
+        last_task_id: str | None
+        if run.send:
+            last_task_id, skipped = self._task_id(run.entry), 0
+        else:  # a skip keeps the last sent task's id and counts itself
+            last_task_id, skipped = (previous.last_task_id if previous else None), 1
         state = EntryState(
             last_run_at=_utc_iso(run.entry.last_run_at),
             total_run_count=run.entry.total_run_count,
-            last_task_id=self._task_id(run.entry)
-            if run.send
-            else getattr(previous, "last_task_id", None),
+            last_task_id=last_task_id,
             written_by=self.settings.identity,
-            skipped_count=skipped if run.send else skipped + 1,
+            skipped_count=(previous.skipped_count if previous else 0) + skipped,
         )
         return Write(run.entry.name, state, stored.version if stored is not None else None)
 
