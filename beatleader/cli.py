@@ -27,12 +27,12 @@ from datetime import datetime, timezone
 from typing import IO, Any, TypeVar
 
 import click
-from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException
 from kazoo.handlers.threading import KazooTimeoutError
 
-from .config import ConfigError, Settings
-from .inspect import Contender, Entry, ResignResult, Status, read_status, resign_leader
+from beatleader.client import KAZOO_LOGGER, make_client
+from beatleader.config import ConfigError, Settings
+from beatleader.inspect import Contender, Entry, ResignResult, Status, read_status, resign_leader
 
 EXIT_LEADER = 0
 EXIT_NO_LEADER = 1
@@ -126,8 +126,8 @@ def connect(target: Target) -> Iterator[Any]:
     _quiet_kazoo_logging()
     hosts = target.settings.zk_hosts
     try:
-        client = KazooClient(
-            hosts=hosts,
+        client = make_client(
+            target.settings,
             timeout=max(target.timeout, 1.0),
             connection_retry={"max_tries": -1, "delay": 0.1, "max_delay": 1.0},
         )
@@ -154,7 +154,7 @@ def _start(client: Any, target: Target) -> None:
 
 def _quiet_kazoo_logging() -> None:
     """Keep kazoo's connection warnings off stderr unless logging is configured."""
-    logger = logging.getLogger("kazoo")
+    logger = logging.getLogger(KAZOO_LOGGER)
     if not logger.handlers:
         logger.addHandler(logging.NullHandler())
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 #: kazoo hosts string used when none is configured.
@@ -24,11 +24,8 @@ DEFAULT_PATH_PREFIX = "/beatleader"
 DEFAULT_SESSION_TIMEOUT = 10.0
 #: Bounds accepted for the session timeout (the server may still narrow what it grants).
 SESSION_TIMEOUT_RANGE = (0.2, 3600.0)
-#: Longest pause between two attempts to reach an unreachable ZooKeeper (it bounds how long
-#: a leader stays idle after ZooKeeper comes back).
-MAX_RECONNECT_DELAY = 2.0
-#: Largest number of entry writes in one ZooKeeper transaction (stays far below jute.maxbuffer).
-MAX_OPS_PER_COMMIT = 250
+#: Authentication schemes of ``beatleader_zk_auth`` (``sasl`` is SASL DIGEST-MD5).
+AUTH_SCHEMES = ("digest", "sasl")
 
 
 class ConfigError(ValueError):
@@ -36,14 +33,47 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class ZkAuth:
+    """Credentials beatleader authenticates with, and the identity its ACLs grant writes to."""
+
+    scheme: str  # one of AUTH_SCHEMES
+    user: str
+    password: str = field(repr=False)
+
+    def __str__(self) -> str:  # never the password
+        return f"{self.scheme}:{self.user}"
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """Client-side TLS to ZooKeeper; paths are PEM files."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    key_password: str | None = field(default=None, repr=False)
+    check_hostname: bool = True
+
+
+@dataclass(frozen=True)
 class Settings:
-    """The validated settings of one beatleader instance."""
+    """The validated settings of one beatleader instance.
+
+    Build it once with :meth:`from_app` and pass the object on (``EmbeddedBeat`` hands it to the
+    scheduler): nothing below re-validates.
+    """
 
     zk_hosts: str
     path: str
     session_timeout: float
     identity: str
     misfire_grace: float | None
+    #: None: no authentication; ZooKeeper's default (open) ACL on every created znode.
+    zk_auth: ZkAuth | None = None
+    #: With ``zk_auth``: whether unauthenticated clients may read (``beatleader status``).
+    zk_world_readable: bool = True
+    #: None: plaintext connection.
+    zk_tls: TlsSettings | None = None
 
     @classmethod
     def from_app(cls, app: Any, **overrides: Any) -> Settings:
@@ -57,7 +87,11 @@ class Settings:
                 raw = default(app_name) if callable(default) else default
                 source = "default"
             values[name] = validate(_label(name, source), raw)
-        return cls(**values)
+        auth = _auth(values.pop("zk_auth"), values.pop("zk_auth_file"))
+        tls = _tls(values) if values.pop("zk_tls") else None
+        for name in _TLS_FIELDS:
+            values.pop(f"zk_tls_{name}")
+        return cls(**values, zk_auth=auth, zk_tls=tls)
 
 
 def setting_key(name: str) -> str:
@@ -167,6 +201,80 @@ def validate_misfire_grace(label: str, value: Any) -> float | None:
     return seconds
 
 
+def validate_bool(label: str, value: Any) -> bool:
+    """true/false, yes/no, on/off, 1/0 (any case), or a bool."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise _fail(label, value, "expected true or false")
+
+
+def validate_optional_text(label: str, value: Any) -> str | None:
+    """Unset, or one line of text."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or "\n" in value.strip():
+        raise _fail(label, "<hidden>", "expected one line of text")
+    return value.strip()
+
+
+def validate_optional_file(label: str, value: Any) -> str | None:
+    """Unset, or the path of a readable file."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not os.path.isfile(value) or not os.access(value, os.R_OK):
+        raise _fail(label, value, "expected the path of a readable file")
+    return value
+
+
+def validate_auth(label: str, value: Any) -> ZkAuth | None:
+    """Unset, or ``digest:USER:PASSWORD`` / ``sasl:USER:PASSWORD``."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    valid = "expected 'digest:USER:PASSWORD' or 'sasl:USER:PASSWORD'"
+    if not isinstance(value, str):
+        raise _fail(label, "<hidden>", valid)
+    scheme, _, rest = value.strip().partition(":")
+    user, colon, password = rest.partition(":")
+    if scheme not in AUTH_SCHEMES or not user or not colon or not password:
+        shown = f"{scheme}:{user}:..." if colon else "<hidden>"  # never echo a password
+        raise _fail(label, shown, valid)
+    return ZkAuth(scheme, user, password)
+
+
+def _auth(inline: ZkAuth | None, file_path: str | None) -> ZkAuth | None:
+    if file_path is None:
+        return inline
+    if inline is not None:
+        raise ConfigError(
+            f"{setting_key('zk_auth')} and {setting_key('zk_auth_file')} are both set: "
+            "expected at most one of them"
+        )
+    try:
+        with open(file_path, encoding="utf-8") as handle:
+            text = handle.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{setting_key('zk_auth_file')} = {file_path!r}: {exc}") from None
+    return validate_auth(f"{setting_key('zk_auth_file')} (contents of {file_path})", text)
+
+
+_TLS_FIELDS = ("ca", "cert", "key", "key_password", "check_hostname")
+
+
+def _tls(values: dict[str, Any]) -> TlsSettings:
+    tls = TlsSettings(**{name: values[f"zk_tls_{name}"] for name in _TLS_FIELDS})
+    if (tls.cert is None) != (tls.key is None):
+        raise ConfigError(
+            f"{setting_key('zk_tls_cert')} and {setting_key('zk_tls_key')}: "
+            "expected both (a client certificate and its key) or neither"
+        )
+    return tls
+
+
 def _as_seconds(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
@@ -197,4 +305,13 @@ _SETTINGS: dict[str, tuple[Validator, Any]] = {
     "session_timeout": (validate_session_timeout, DEFAULT_SESSION_TIMEOUT),
     "identity": (validate_identity, default_identity),
     "misfire_grace": (validate_misfire_grace, None),
+    "zk_auth": (validate_auth, None),
+    "zk_auth_file": (validate_optional_file, None),
+    "zk_world_readable": (validate_bool, True),
+    "zk_tls": (validate_bool, False),
+    "zk_tls_ca": (validate_optional_file, None),
+    "zk_tls_cert": (validate_optional_file, None),
+    "zk_tls_key": (validate_optional_file, None),
+    "zk_tls_key_password": (validate_optional_text, None),
+    "zk_tls_check_hostname": (validate_bool, True),
 }

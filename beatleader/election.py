@@ -1,6 +1,6 @@
 """Leader election among beat instances over ZooKeeper ephemeral sequential znodes.
 
-Each instance owns one contender node ``<root>/election/<uuid>__contender__<seq>``; the lowest
+Each instance owns one contender node ``<path>/<uuid>__contender__<seq>``; the lowest
 sequence leads. A contender watches only its predecessor (no herd effect) and its own node, so a
 waiting instance costs ZooKeeper nothing until the queue in front of it changes.
 
@@ -27,41 +27,63 @@ find its node again instead of leaving an orphan that would lead with nobody beh
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import posixpath
 import threading
 import time
+import uuid
+from collections.abc import Callable
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import KazooException, NodeExistsError
+from kazoo.exceptions import KazooException
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import WatchedEvent
 
-from beatleader import layout
-from beatleader.layout import ContenderInfo
+from beatleader.observe import Observer, Observers
 
 logger = logging.getLogger(__name__)
 
-#: First and longest pause between "still waiting for ZooKeeper" log lines.
-WAITING_LOG_FIRST = 2.0
-WAITING_LOG_MAX = 60.0
-#: Pause after a failed ZooKeeper call before the worker tries again.
-RETRY_DELAY = 0.5
+#: Separates the protection token from ZooKeeper's sequence in a contender node's name.
+CONTENDER_MARKER = "__contender__"
+
+
+def contender_sequence(node_name: str) -> int:
+    """The sequence number ZooKeeper gave a contender node (its queue position)."""
+    return int(node_name.rsplit(CONTENDER_MARKER, 1)[1])
+
+
+def sorted_contenders(children: list[str]) -> list[str]:
+    """Contender node names in queue order: the first one leads."""
+    return sorted((c for c in children if CONTENDER_MARKER in c), key=contender_sequence)
 
 
 class LeaderElection:
-    """One contender in the election under ``root``; see the module docstring."""
+    """One contender in the election under ``path``; see the module docstring.
+
+    ``identifier`` is the data of the contender node (what operators see); ``prepare`` is called
+    in the election thread, connected, before each new contender node is created.
+    """
+
+    #: First and longest pause between "still waiting for ZooKeeper" log lines, seconds.
+    waiting_log_first = 2.0
+    waiting_log_max = 60.0
+    #: Pause after a failed ZooKeeper call before the worker tries again, seconds.
+    retry_delay = 0.5
 
     def __init__(
-        self, client: KazooClient, root: str, info: ContenderInfo, entry_names: list[str]
+        self,
+        client: KazooClient,
+        path: str,
+        identifier: bytes,
+        *,
+        prepare: Callable[[], None] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self._client = client
-        self._entry_names = entry_names
-        self._root = root
-        self._election_path = layout.election_path(root)
-        self._info = info
+        self._election_path = path
+        self._identifier = identifier
+        self._prepare = prepare
+        self._observer = observer or Observers()
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._cond = threading.Condition()
@@ -130,6 +152,7 @@ class LeaderElection:
     # -- listener and watches: flags only, no ZooKeeper calls ------------------------------------
 
     def _on_connection_state(self, state: str) -> None:
+        self._observer.connection_changed(str(state))
         if state == KazooState.SUSPENDED:
             self._set_leading(False, "connection to ZooKeeper suspended")
         elif state == KazooState.LOST:
@@ -148,6 +171,7 @@ class LeaderElection:
 
     def _set_leading(self, leading: bool, reason: str = "") -> None:
         with self._cond:
+            changed = leading != self._leading
             if leading and not self._leading:
                 self._generation += 1
                 self._leader_since = time.time()
@@ -157,14 +181,16 @@ class LeaderElection:
                     logger.warning("beatleader: stopped leading: %s", reason)
             self._leading = leading
             self._cond.notify_all()
+        if changed:
+            self._observer.leadership_changed(leading, reason or "elected")
 
     # -- worker thread ----------------------------------------------------------------------------
 
     def _run(self) -> None:
         waiting_since: float | None = None
-        next_waiting_log = WAITING_LOG_FIRST
+        next_waiting_log = self.waiting_log_first
         while not self._stopped.is_set():
-            self._wake.wait(timeout=WAITING_LOG_FIRST if waiting_since else None)
+            self._wake.wait(timeout=self.waiting_log_first if waiting_since else None)
             self._wake.clear()
             if self._stopped.is_set():
                 return
@@ -177,14 +203,18 @@ class LeaderElection:
                         _hosts_label(self._client),
                         waited,
                     )
-                    next_waiting_log = min(next_waiting_log * 2, WAITING_LOG_MAX)
+                    next_waiting_log = min(next_waiting_log * 2, self.waiting_log_max)
                 continue
-            waiting_since, next_waiting_log = None, WAITING_LOG_FIRST
+            waiting_since, next_waiting_log = None, self.waiting_log_first
             try:
                 self._contend()
             except (KazooException, KazooTimeoutError) as exc:
                 logger.warning("beatleader: election step failed (%r); retrying", exc)
-                self._stopped.wait(RETRY_DELAY)
+                self._stopped.wait(self.retry_delay)
+                self._wake.set()
+            except Exception:  # this thread must never die: log, back off, go on
+                logger.exception("beatleader: unexpected error in the election; retrying")
+                self._stopped.wait(self.retry_delay)
                 self._wake.set()
 
     def _contend(self) -> None:
@@ -196,10 +226,11 @@ class LeaderElection:
             self._own_node_deleted = False
             self._node = None
         if self._node is None:
-            self._publish_schedule()
+            if self._prepare is not None:
+                self._prepare()
             self._node = self._create_node()
             logger.info("beatleader: contending as %s", self._node)
-        queue = layout.sorted_contenders(self._client.get_children(self._election_path))
+        queue = sorted_contenders(self._client.get_children(self._election_path))
         own = posixpath.basename(self._node)
         if own not in queue:  # deleted between our watch and now
             self._own_node_deleted = True
@@ -211,7 +242,7 @@ class LeaderElection:
             self._watched = None
             if not self._leading:
                 self._set_leading(True)
-                logger.info("beatleader: leading (%s)", self._info.identity)
+                logger.info("beatleader: leading (%s)", posixpath.basename(self._node))
             return
         self._set_leading(False, "another contender is first in the queue")
         predecessor = f"{self._election_path}/{queue[position - 1]}"
@@ -226,16 +257,6 @@ class LeaderElection:
         if self._client.exists(predecessor, watch=self._on_predecessor_event) is None:
             self._wake.set()  # it vanished before the watch was set: look again
 
-    def _publish_schedule(self) -> None:
-        """Record which entries this schedule fingerprint holds, for ``beatleader status``.
-
-        The node is content-addressed (one per fingerprint, never rewritten), so a follower
-        writing it cannot disturb anything: it is not schedule state.
-        """
-        path = layout.schedule_path(self._root, self._info.fingerprint)
-        with contextlib.suppress(NodeExistsError):
-            self._client.create(path, json.dumps(self._entry_names).encode(), makepath=True)
-
     def _create_node(self) -> str:
         """Create the own contender node, or find the one a lost reply created."""
         if self._pending_prefix is not None:
@@ -243,9 +264,9 @@ class LeaderElection:
             for child in self._client.get_children(self._election_path):
                 if child.startswith(token):
                     return self._watch_own(f"{self._election_path}/{child}")
-        self._pending_prefix = layout.contender_prefix(self._root)
+        self._pending_prefix = f"{self._election_path}/{uuid.uuid4().hex}{CONTENDER_MARKER}"
         node: str = self._client.create(
-            self._pending_prefix, self._info.encode(), ephemeral=True, sequence=True, makepath=True
+            self._pending_prefix, self._identifier, ephemeral=True, sequence=True, makepath=True
         )
         self._pending_prefix = None
         return self._watch_own(node)

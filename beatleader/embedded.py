@@ -105,7 +105,7 @@ class EmbeddedBeat:
             self._twin = None
             if self._runner is None:
                 _running[self._key] = self
-                self._runner = _Runner(self.app, self._overrides, self.restart_delay)
+                self._runner = _Runner(self.app, self.settings, self.restart_delay)
                 self._runner.start()
         return self
 
@@ -166,7 +166,7 @@ class EmbeddedBeat:
             return
         _inherited.append(inherited)
         self.settings = Settings.from_app(self.app, **self._overrides)  # identity has the new pid
-        self._runner = _Runner(self.app, self._overrides, self.restart_delay)
+        self._runner = _Runner(self.app, self.settings, self.restart_delay)
         self._runner.start()
         logger.warning(
             "beatleader: process %d was forked from %d after EmbeddedBeat.start(); restarting the "
@@ -180,10 +180,10 @@ class EmbeddedBeat:
 class _Runner:
     """One background thread running celery's beat loop, started again whenever it fails."""
 
-    def __init__(self, app: Any, overrides: dict[str, Any], restart_delay: float) -> None:
+    def __init__(self, app: Any, settings: Settings, restart_delay: float) -> None:
         self.pid = os.getpid()
         self._app = app
-        self._overrides = overrides
+        self._settings = settings
         self._restart_delay = restart_delay
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -230,7 +230,7 @@ class _Runner:
             self._stopping.wait(self._restart_delay)
 
     def _serve(self) -> None:
-        service = _Service(self._app, self._overrides, self._stopping)
+        service = _Service(self._app, self._settings, self._stopping)
         with self._lock:
             if self._stopping.is_set():
                 service.shutdown()
@@ -250,10 +250,10 @@ class _Service(beat.Service):  # type: ignore[misc]
     #: shared by every Service and could be inherited locked across a fork.
     scheduler: _EmbeddedScheduler | None = None
 
-    def __init__(self, app: Any, overrides: dict[str, Any], stopping: threading.Event) -> None:
+    def __init__(self, app: Any, settings: Settings, stopping: threading.Event) -> None:
         super().__init__(app, scheduler_cls=_EmbeddedScheduler)
         self.scheduler = _EmbeddedScheduler(
-            app, max_interval=self.max_interval, beatleader_overrides=overrides, stopping=stopping
+            app, max_interval=self.max_interval, beatleader_settings=settings, stopping=stopping
         )
 
     def shutdown(self) -> None:

@@ -27,14 +27,13 @@ from typing import Any
 
 from kazoo.exceptions import NoNodeError
 
-from .layout import (
+from beatleader.election import contender_sequence, sorted_contenders
+from beatleader.layout import (
     ContenderInfo,
     EntryState,
-    contender_sequence,
     election_path,
     entries_path,
     schedule_path,
-    sorted_contenders,
     unquote_entry_name,
 )
 

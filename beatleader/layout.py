@@ -3,7 +3,8 @@
 Under an app's root path (``/beatleader/<app.main>`` by default)::
 
     election/<uuid>__contender__<seq>   EPHEMERAL|SEQUENTIAL, one per running instance, JSON
-                                        ContenderInfo; the lowest sequence leads.
+                                        ContenderInfo; the lowest sequence leads (``election.py``
+                                        names and orders them).
     entries/<quoted entry name>         persistent JSON EntryState, written only by the leader
                                         through the fenced commit (see ``state.py``).
     schedules/<fingerprint>             persistent JSON list of the entry names of one schedule
@@ -26,7 +27,6 @@ from urllib.parse import quote, unquote
 ELECTION = "election"
 ENTRIES = "entries"
 SCHEDULES = "schedules"
-CONTENDER_MARKER = "__contender__"
 
 #: Namespace of the deterministic task ids (uuid5 of path, entry name and run ordinal).
 TASK_ID_NAMESPACE = uuid.UUID("6f6c2d55-9b1e-4c1b-a7f4-626561746c64")
@@ -58,21 +58,6 @@ def quote_entry_name(name: str) -> str:
 
 def unquote_entry_name(quoted: str) -> str:
     return unquote(quoted)
-
-
-def contender_prefix(root: str) -> str:
-    """Prefix for a new contender node; ZooKeeper appends the 10-digit sequence."""
-    return f"{election_path(root)}/{uuid.uuid4().hex}{CONTENDER_MARKER}"
-
-
-def contender_sequence(node_name: str) -> int:
-    """The sequence number ZooKeeper gave a contender node (its queue position)."""
-    return int(node_name.rsplit(CONTENDER_MARKER, 1)[1])
-
-
-def sorted_contenders(children: list[str]) -> list[str]:
-    """Contender node names in queue order: the first one leads."""
-    return sorted((c for c in children if CONTENDER_MARKER in c), key=contender_sequence)
 
 
 def run_task_id(root: str, entry_name: str, ordinal: int) -> str:

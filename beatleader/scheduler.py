@@ -44,13 +44,14 @@ from celery.utils.time import maybe_make_aware
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException
 from kazoo.handlers.threading import KazooTimeoutError
-from kazoo.retry import KazooRetry
 
 from beatleader import layout
 from beatleader._version import __version__
-from beatleader.config import MAX_RECONNECT_DELAY, ConfigError, Settings
+from beatleader.client import make_client
+from beatleader.config import ConfigError, Settings
 from beatleader.election import LeaderElection
 from beatleader.layout import ContenderInfo, EntryState
+from beatleader.observe import Observers
 from beatleader.state import StateStore, StoredState, Write
 
 logger = logging.getLogger(__name__)
@@ -76,11 +77,21 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     _heap: list[Any] | None
     old_schedulers: dict[str, Any] | None
 
-    def __init__(self, app: Any, *args: Any, lazy: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *args: Any,
+        lazy: bool = False,
+        beatleader_settings: Settings | None = None,
+        beatleader_observers: Observers | None = None,
+        **kwargs: Any,
+    ) -> None:
         try:
-            self.settings = Settings.from_app(app, **kwargs.pop("beatleader_overrides", {}))
+            self.settings = beatleader_settings or Settings.from_app(app)
         except ConfigError as exc:  # one line for the operator, no traceback
             raise SystemExit(f"beatleader: {exc}") from None
+        #: Hooks for metrics and logs (:mod:`beatleader.observe`); add yours with ``.add()``.
+        self.observers = beatleader_observers or Observers()
         self._zk: KazooClient | None = None
         self._election: LeaderElection | None = None
         self._store: StateStore | None = None
@@ -156,12 +167,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     def _connect(self) -> None:
         settings = self.settings
-        self._zk = KazooClient(
-            hosts=settings.zk_hosts,
-            timeout=settings.session_timeout,
-            connection_retry=KazooRetry(max_tries=-1, max_delay=MAX_RECONNECT_DELAY),
-            logger=logging.getLogger("beatleader.kazoo"),
-        )
+        self._zk = make_client(settings)
         info = ContenderInfo(
             identity=settings.identity,
             host=socket.gethostname(),
@@ -170,8 +176,15 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             started_at=layout.utc_now_iso(),
             fingerprint=self.fingerprint(),
         )
-        self._election = LeaderElection(self._zk, settings.path, info, sorted(self.schedule))
-        self._store = StateStore(self._zk, settings.path)
+        self._store = store = StateStore(self._zk, settings.path)
+        fingerprint, names = info.fingerprint, sorted(self.schedule)
+        self._election = LeaderElection(
+            self._zk,
+            layout.election_path(settings.path),
+            info.encode(),
+            prepare=lambda: store.publish_schedule(fingerprint, names),
+            observer=self.observers,
+        )
         self._zk.start_async()
         self._election.start()
         logger.info("beatleader: contending for %s as %s", settings.path, settings.identity)

@@ -13,7 +13,7 @@ Guarantees:
 * A batch commits only while this instance's session is alive and its contender node exists
   (a paused or partitioned ex-leader's node is gone, so its batch fails), and only if nobody
   wrote any of its entries since this instance read them.
-* A batch commits whole or not at all. Batches larger than ``MAX_OPS_PER_COMMIT`` are split;
+* A batch commits whole or not at all. Batches larger than ``max_ops_per_commit`` are split;
   each split carries its own check, so a failure stops the batches after it.
 * Failures are returned as values (:class:`CommitOutcome`), never raised, except for
   connection errors which callers treat as "not committed".
@@ -24,6 +24,8 @@ crash between the two loses that run (at most once, never twice).
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -38,7 +40,6 @@ from kazoo.exceptions import (
 from kazoo.protocol.states import ZnodeStat
 
 from beatleader import layout
-from beatleader.config import MAX_OPS_PER_COMMIT
 from beatleader.layout import EntryState
 
 #: What a failed transaction answers for the ops that did not fail themselves (before and after).
@@ -84,6 +85,9 @@ class CommitOutcome:
 class StateStore:
     """Reads and fence-writes the entry state znodes under ``root``."""
 
+    #: Largest number of entry writes in one ZooKeeper transaction (far below jute.maxbuffer).
+    max_ops_per_commit = 250
+
     def __init__(self, client: KazooClient, root: str) -> None:
         self._client = client
         self._root = root
@@ -109,13 +113,24 @@ class StateStore:
             states[name] = StoredState(EntryState.decode(data), stat.version)
         return states
 
+    def publish_schedule(self, fingerprint: str, entry_names: list[str]) -> None:
+        """Record which entries the schedule ``fingerprint`` holds, for ``beatleader status``.
+
+        The node is content-addressed (one per fingerprint, never rewritten), so a follower
+        writing it cannot disturb anything: it is not schedule state.
+        """
+        path = layout.schedule_path(self._root, fingerprint)
+        with contextlib.suppress(NodeExistsError):
+            self._client.create(path, json.dumps(entry_names).encode(), makepath=True)
+
     def commit(self, fence_node: str, writes: Sequence[Write]) -> CommitOutcome:
         """Write ``writes`` under the fence of ``fence_node``; see the module docstring."""
         outcome = CommitOutcome()
         if any(write.expected_version is None for write in writes):
             self._client.ensure_path(self._entries_path)  # first run of some entry
-        for start in range(0, len(writes), MAX_OPS_PER_COMMIT):
-            self._commit_batch(fence_node, writes[start : start + MAX_OPS_PER_COMMIT], outcome)
+        size = self.max_ops_per_commit
+        for start in range(0, len(writes), size):
+            self._commit_batch(fence_node, writes[start : start + size], outcome)
             if not outcome.ok:
                 break
         return outcome

@@ -74,7 +74,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import redis  # noqa: E402
 
-from beatleader.localproc import LoggedProcess  # noqa: E402
+from beatleader.testing.localproc import LoggedProcess  # noqa: E402
 from tests.harness import (  # noqa: E402
     FilesystemBroker,
     RedisServer,

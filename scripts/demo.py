@@ -2,7 +2,7 @@
 
 Run ``scripts/demo.sh`` (it installs what is missing first) or ``python3 scripts/demo.py``.
 
-It starts a throwaway ZooKeeper (:mod:`beatleader.localzk`), a broker-less kombu filesystem
+It starts a throwaway ZooKeeper (:mod:`beatleader.testing.localzk`), a broker-less kombu filesystem
 transport in a temp folder, a worker and three ``celery beat -S beatleader.Scheduler`` instances
 of ``scripts/demo_app.py`` (entries ``every-1s`` and ``every-5s``). It prints which instance leads
 and every task as the worker runs it, with the instance that sent it; half-way it SIGKILLs the
@@ -36,7 +36,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from topology import NativeTopology, close_all, stop_uninterrupted
 
 from beatleader.inspect import Contender, read_leader
-from beatleader.localzk import missing_requirements
+from beatleader.testing.localzk import missing_requirements
 
 POLL_INTERVAL = 0.2
 #: Seconds the worker gets, after the beats stopped, to run what was already sent.

@@ -14,7 +14,7 @@ From code (the demo and ``tests/test_deployment.py``)::
 
 Guarantees:
 
-* ZooKeeper comes from :mod:`beatleader.localzk` (loopback only, throwaway, not for production).
+* ZooKeeper comes from :mod:`beatleader.testing.localzk` (loopback, throwaway, not for production).
 * Every beat gets ``BEATLEADER_ZK_HOSTS`` (all ensemble members), ``BEATLEADER_PATH``,
   ``BEATLEADER_SESSION_TIMEOUT`` and ``BEATLEADER_IDENTITY`` = its name (``beat-1`` ...).
 * Processes run in their own session (a terminal's Ctrl-C reaches only this script) and
@@ -36,8 +36,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from beatleader.localproc import LoggedProcess
-from beatleader.localzk import ZooKeeperEnsemble, ZooKeeperServer, missing_requirements
+from beatleader.testing.localproc import LoggedProcess
+from beatleader.testing.localzk import ZooKeeperEnsemble, ZooKeeperServer, missing_requirements
 
 SCRIPTS_DIR = Path(__file__).resolve().parent
 DEMO_APP = "demo_app"

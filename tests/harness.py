@@ -14,6 +14,7 @@ import re
 import socket
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,8 +25,11 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
 from beatleader import layout
-from beatleader.localproc import LoggedProcess
-from beatleader.localzk import ZooKeeperEnsemble, ZooKeeperServer, free_port
+from beatleader.client import make_client
+from beatleader.config import Settings
+from beatleader.election import CONTENDER_MARKER, sorted_contenders
+from beatleader.testing.localproc import LoggedProcess
+from beatleader.testing.localzk import ZooKeeperEnsemble, ZooKeeperServer, free_port
 
 __all__ = [
     "REPO_ROOT",
@@ -402,10 +406,14 @@ class RedisServer:
 
 @contextlib.contextmanager
 def connected_client(
-    hosts: str, timeout: float = 10, connect_timeout: float = 15
+    hosts: str, timeout: float = 10, connect_timeout: float = 15, **settings: Any
 ) -> Iterator[KazooClient]:
-    """A started kazoo client (session ``timeout``), stopped and closed on exit."""
-    client = KazooClient(hosts=hosts, timeout=timeout)
+    """A started client from beatleader's own factory (session ``timeout``), closed on exit.
+
+    ``settings`` are beatleader settings (``zk_auth``, ``zk_tls``, ...), as for the scheduler.
+    """
+    resolved = Settings.from_app(None, zk_hosts=hosts, session_timeout=timeout, **settings)
+    client = make_client(resolved)
     client.start(timeout=connect_timeout)
     try:
         yield client
@@ -415,6 +423,11 @@ def connected_client(
 
 
 # -- ZooKeeper inspection ------------------------------------------------------------------------
+
+
+def contender_prefix(root: str) -> str:
+    """A contender node prefix under ``root``, named as the election names its own."""
+    return f"{layout.election_path(root)}/{uuid.uuid4().hex}{CONTENDER_MARKER}"
 
 
 def contenders(client: KazooClient, root: str) -> list[dict[str, Any]]:
@@ -429,7 +442,7 @@ def contenders(client: KazooClient, root: str) -> list[dict[str, Any]]:
     except NoNodeError:
         return []
     found = []
-    for node in layout.sorted_contenders(children):
+    for node in sorted_contenders(children):
         try:
             data, stat = client.get(f"{path}/{node}")
         except NoNodeError:  # its session ended while we were reading

@@ -30,12 +30,11 @@ from beatleader.inspect import read_status, resign_leader, wait_for_leader
 from beatleader.layout import (
     ContenderInfo,
     EntryState,
-    contender_prefix,
     entry_path,
     schedule_path,
 )
-from beatleader.localzk import ZooKeeperServer, free_port
-from tests.harness import connected_client
+from beatleader.testing.localzk import ZooKeeperServer, free_port
+from tests.harness import connected_client, contender_prefix
 
 REPO = Path(__file__).resolve().parent.parent
 

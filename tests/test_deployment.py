@@ -24,7 +24,7 @@ import pytest
 import yaml
 from kazoo.client import KazooClient
 
-from beatleader.localzk import ZooKeeperServer
+from beatleader.testing.localzk import ZooKeeperServer
 from scripts.topology import Instance, NativeTopology
 from tests.cluster import assert_exact_runs, every, now_ms, schedule_env, sender_pid
 from tests.harness import (

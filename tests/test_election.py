@@ -9,7 +9,7 @@ import pytest
 from kazoo.client import KazooClient
 
 from beatleader import layout
-from beatleader.election import LeaderElection
+from beatleader.election import LeaderElection, sorted_contenders
 from beatleader.layout import ContenderInfo
 from tests.harness import wait_for
 
@@ -25,7 +25,7 @@ def elections(zk_server, zk_root) -> Iterator[list[tuple[KazooClient, LeaderElec
     for i in range(3):
         client = KazooClient(hosts=zk_server.hosts, timeout=2.0)
         client.start(timeout=10)
-        election = LeaderElection(client, zk_root, _info(f"c{i}"), ["a"])
+        election = LeaderElection(client, layout.election_path(zk_root), _info(f"c{i}").encode())
         election.start()
         wait_for(lambda e=election: e.node is not None, 10, message=f"c{i} has a node")
         made.append((client, election))
@@ -60,7 +60,7 @@ def test_deleting_the_leader_node_requeues_it_at_the_back(elections, zk_client, 
     zk_client.delete(old_node)
     wait_for(lambda: _leaders(elections) == [1], 2, message="the next contender leads")
     wait_for(lambda: elections[0][1].node not in (None, old_node), 5, message="a new node")
-    queue = layout.sorted_contenders(zk_client.get_children(layout.election_path(zk_root)))
+    queue = sorted_contenders(zk_client.get_children(layout.election_path(zk_root)))
     assert queue[-1] == os.path.basename(elections[0][1].node)
     assert not elections[0][1].is_leader
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from beatleader.localproc import LoggedProcess
+from beatleader.testing.localproc import LoggedProcess
 from tests.harness import REPO_ROOT, FilesystemBroker, contenders, free_port, leader, wait_for
 
 EXAMPLES = REPO_ROOT / "examples"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from kazoo.client import KazooClient
 
-from beatleader import layout
 from beatleader.layout import EntryState
 from beatleader.state import StateStore, Write
+from tests.harness import contender_prefix
 
 
 def _state(count: int) -> EntryState:
@@ -17,7 +17,7 @@ def _state(count: int) -> EntryState:
 @pytest.fixture
 def fence(zk_client: KazooClient, zk_root: str) -> str:
     path: str = zk_client.create(
-        layout.contender_prefix(zk_root), b"{}", ephemeral=True, sequence=True, makepath=True
+        contender_prefix(zk_root), b"{}", ephemeral=True, sequence=True, makepath=True
     )
     return path
 

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from beatleader.localproc import LoggedProcess
+from beatleader.testing.localproc import LoggedProcess
 
 JAVA_LIB = Path("/usr/share/java")
 #: zookeeper.jar's manifest lists its own dependencies; the two others give it a log binding.
