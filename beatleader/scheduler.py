@@ -34,6 +34,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -251,7 +252,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             return 0.0
         writes = [self._write_for(run) for run in runs]
         with _signals_deferred():
+            started = time.monotonic()
             outcome = self._store.commit(fence, writes)
+            if outcome.committed:
+                self.observers.committed(len(outcome.committed), time.monotonic() - started)
             for run, write in zip(runs, writes, strict=True):
                 if write.name in outcome.committed:
                     self._settle(run, write.state, outcome.committed[write.name])
@@ -296,8 +300,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 lateness,
                 grace,
             )
-            return _Run(self.Entry(**dict(entry, last_run_at=entry.default_now())), delay, False)
-        return _Run(next(entry), delay, True)
+            return _Run(
+                self.Entry(**dict(entry, last_run_at=entry.default_now())), delay, False, lateness
+            )
+        return _Run(next(entry), delay, True, lateness)
 
     def _write_for(self, run: _Run) -> Write:
         stored = self._stored.get(run.entry.name)
@@ -323,8 +329,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._stored[entry.name] = StoredState(state, version)
         if run.send:
             message = copy.copy(entry)
-            message.options = {**entry.options, "task_id": self._task_id(entry)}
+            task_id = self._task_id(entry)
+            message.options = {**entry.options, "task_id": task_id}
             self.apply_entry(message, producer=self.producer)
+            self.observers.sent(entry.name, task_id, run.lateness)
+        else:
+            self.observers.skipped(entry.name, run.lateness)
         assert self._heap is not None
         heapq.heappush(self._heap, beat.event_t(self._when(entry, run.delay), 5, entry))
 
@@ -339,6 +349,8 @@ class _Run:
     entry: beat.ScheduleEntry
     delay: float
     send: bool
+    #: Seconds between the moment the run fell due and the moment it was planned.
+    lateness: float = 0.0
 
 
 def _lateness(entry: beat.ScheduleEntry) -> float:
