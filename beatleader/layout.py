@@ -65,6 +65,17 @@ def run_task_id(root: str, entry_name: str, ordinal: int) -> str:
     return str(uuid.uuid5(TASK_ID_NAMESPACE, f"{root}\x00{entry_name}\x00{ordinal}"))
 
 
+#: Message headers that mark a task message as one run of a beatleader entry (``dedup.py``).
+HEADER_ROOT = "beatleader_root"
+HEADER_ENTRY = "beatleader_entry"
+HEADER_RUN = "beatleader_run"
+
+
+def run_headers(root: str, entry_name: str, ordinal: int) -> dict[str, str | int]:
+    """The headers beatleader adds to run ``ordinal`` of ``entry_name`` under ``root``."""
+    return {HEADER_ROOT: root, HEADER_ENTRY: entry_name, HEADER_RUN: ordinal}
+
+
 def utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
 

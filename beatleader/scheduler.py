@@ -276,8 +276,13 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             entry = heapq.heappop(heap)[2]
             try:
                 is_due, next_time_to_run = self.is_due(entry)
-            except Exception:
-                is_due, next_time_to_run = self._is_due_failed(entry)
+            except Exception:  # one broken entry must not stop the others
+                logger.exception(
+                    "beatleader: cannot tell when %r is due; trying again in %g s",
+                    entry.name,
+                    self.max_interval,
+                )
+                is_due, next_time_to_run = False, self.max_interval
             (due if is_due else not_yet).append((entry, next_time_to_run))
         for entry, delay in not_yet:
             heapq.heappush(heap, beat.event_t(self._when(entry, delay), 5, entry))
@@ -330,7 +335,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if run.send:
             message = copy.copy(entry)
             task_id = self._task_id(entry)
-            message.options = {**entry.options, "task_id": task_id}
+            headers = {
+                **(entry.options.get("headers") or {}),
+                **layout.run_headers(self.settings.path, entry.name, entry.total_run_count),
+            }
+            message.options = {**entry.options, "task_id": task_id, "headers": headers}
             self.apply_entry(message, producer=self.producer)
             self.observers.sent(entry.name, task_id, run.lateness)
         else:
