@@ -33,6 +33,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from beatleader.client import KAZOO_LOGGER, make_client
 from beatleader.config import ConfigError, Settings
 from beatleader.inspect import Contender, Entry, ResignResult, Status, read_status, resign_leader
+from beatleader.trust import ZooKeeperTrustError, start_client
 
 EXIT_LEADER = 0
 EXIT_NO_LEADER = 1
@@ -131,6 +132,8 @@ def connect(target: Target) -> Iterator[Any]:
             timeout=max(target.timeout, 1.0),
             connection_retry={"max_tries": -1, "delay": 0.1, "max_delay": 1.0},
         )
+    except ConfigError as exc:  # TLS files, SASL support
+        raise CliError(str(exc)) from None
     except ValueError as exc:
         raise CliError(f"bad ZooKeeper hosts {hosts!r}: {_one_line(exc)}") from None
     try:
@@ -145,7 +148,9 @@ def connect(target: Target) -> Iterator[Any]:
 
 def _start(client: Any, target: Target) -> None:
     try:
-        client.start(timeout=target.timeout)
+        start_client(client, target.settings, target.timeout)
+    except ZooKeeperTrustError as exc:  # bad credentials or TLS: named, not "unreachable"
+        raise CliError(str(exc)) from None
     except _ZK_ERRORS:
         raise CliError(
             f"ZooKeeper unreachable at {target.settings.zk_hosts} within {target.timeout:g} s"

@@ -54,6 +54,7 @@ from beatleader.election import LeaderElection
 from beatleader.layout import ContenderInfo, EntryState
 from beatleader.observe import Observers
 from beatleader.state import StateStore, StoredState, Write
+from beatleader.trust import start_scheduler_client
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             prepare=lambda: store.publish_schedule(fingerprint, names),
             observer=self.observers,
         )
-        self._zk.start_async()
+        start_scheduler_client(self._zk, settings)  # SystemExit on bad credentials or TLS
         self._election.start()
         logger.info("beatleader: contending for %s as %s", settings.path, settings.identity)
 
