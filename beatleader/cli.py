@@ -17,6 +17,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -33,7 +34,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from beatleader.client import KAZOO_LOGGER, make_client
 from beatleader.config import ConfigError, Settings
 from beatleader.inspect import Contender, Entry, ResignResult, Status, read_status, resign_leader
-from beatleader.trust import ZooKeeperTrustError, start_client
+from beatleader.trust import ZooKeeperTrustError, acl_warnings, start_client
 
 EXIT_LEADER = 0
 EXIT_NO_LEADER = 1
@@ -73,8 +74,29 @@ class Target:
         return f"{self.settings.zk_hosts} {self.settings.path}"
 
 
+#: Flags named like the settings they override (``--zk-tls-ca`` -> ``beatleader_zk_tls_ca``).
+_SECURITY_OPTIONS = [
+    click.option("--zk-auth", help="'digest:USER:PASSWORD' or 'sasl:USER:PASSWORD'."),
+    click.option("--zk-auth-file", help="A file holding the --zk-auth string."),
+    click.option("--zk-tls/--no-zk-tls", default=None, help="Connect with TLS."),
+    click.option("--zk-tls-ca", help="PEM file of the CA that signed ZooKeeper's certificate."),
+    click.option("--zk-tls-cert", help="PEM client certificate."),
+    click.option("--zk-tls-key", help="PEM key of the client certificate."),
+    click.option("--zk-tls-key-password", help="Password of --zk-tls-key."),
+    click.option(
+        "--zk-tls-check-hostname/--no-zk-tls-check-hostname",
+        default=None,
+        help="Check that ZooKeeper's certificate names the host (default on).",
+    ),
+]
+_SECURITY_NAMES = (
+    "zk_auth", "zk_auth_file", "zk_tls", "zk_tls_ca", "zk_tls_cert", "zk_tls_key",
+    "zk_tls_key_password", "zk_tls_check_hostname",
+)  # fmt: skip
+
+
 def connection_options(func: F) -> F:
-    """``--zk-hosts``, ``--path``, ``-A/--app`` and ``--timeout``."""
+    """``--zk-hosts``, ``--path``, ``-A/--app``, ``--timeout`` and the auth/TLS flags."""
     decorators = [
         click.option("--zk-hosts", help="ZooKeeper hosts 'host:port[,...][/chroot]'."),
         click.option("--path", help="The app's root znode (default /beatleader/<app main>)."),
@@ -84,6 +106,7 @@ def connection_options(func: F) -> F:
             type=click.FloatRange(min=0, min_open=True),
             help=f"Seconds to reach ZooKeeper  [default: {DEFAULT_TIMEOUT:g}]",
         ),
+        *_SECURITY_OPTIONS,
     ]
     for decorate in reversed(decorators):
         func = decorate(func)
@@ -93,13 +116,21 @@ def connection_options(func: F) -> F:
 def resolve_target(ctx: click.Context, **options: Any) -> Target:
     """Settings from this command's options, falling back to the group's, then the app."""
     group = ctx.meta.get(_GROUP_OPTIONS, {})
-    value = {name: options.get(name) or group.get(name) for name in options}
+    value = {name: _first(options.get(name), group.get(name)) for name in options}
     app = load_app(value["app"]) if value.get("app") else _celery_app(ctx)
+    security = {name: value.get(name) for name in _SECURITY_NAMES}
     try:
-        settings = Settings.from_app(app, zk_hosts=value.get("zk_hosts"), path=value.get("path"))
+        settings = Settings.from_app(
+            app, zk_hosts=value.get("zk_hosts"), path=value.get("path"), **security
+        )
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     return Target(settings, float(value.get("timeout") or DEFAULT_TIMEOUT))
+
+
+def _first(option: Any, group_option: Any) -> Any:
+    """The command's option unless unset (None or ''), else the group's: ``False`` counts."""
+    return group_option if option is None or option == "" else option
 
 
 def load_app(name: str) -> Any:
@@ -266,6 +297,8 @@ def status_command(
             watch_status(client, target)
             return
         status = read_status(client, target.settings.path)
+        open_tree = acl_warnings(client, target.settings.path, target.settings)
+    status = dataclasses.replace(status, warnings=(*status.warnings, *open_tree))
     code = EXIT_LEADER if status.leader else EXIT_NO_LEADER
     if check and code != EXIT_LEADER:
         raise CliError(f"no leader at {target.where}", exit_code=code)
