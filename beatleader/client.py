@@ -180,11 +180,13 @@ class Trouble:
         self.config_error = False
         #: Set on every recorded outcome (a failure or a connection).
         self.changed = threading.Event()
+        #: True while a start check watches the attempts (it reports the cause itself).
+        self.starting = False
         self._tls_cause: str | None = None
 
     def record(self, cause: str | None, config_error: bool = False) -> None:
         self.cause, self.config_error = cause, config_error
-        if cause is not None and config_error:
+        if cause is not None and config_error and not self.starting:
             logging.getLogger(KAZOO_LOGGER).error("beatleader: %s", cause)
         self.changed.set()
 

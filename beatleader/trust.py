@@ -104,7 +104,20 @@ def first_outcome(
 ) -> Outcome:
     """Start ``client`` and wait for a connection, a named failure or ``timeout``."""
     trouble = trouble_of(client)
-    client.start_async()
+    if trouble is not None:
+        trouble.starting = True  # the caller reports the cause, once
+    try:
+        client.start_async()
+        return _watch_start(client, settings, timeout, give_up_on_outage)
+    finally:
+        if trouble is not None:
+            trouble.starting = False
+
+
+def _watch_start(
+    client: KazooClient, settings: Settings, timeout: float, give_up_on_outage: bool
+) -> Outcome:
+    trouble = trouble_of(client)
     deadline = time.monotonic() + timeout
     probed = False
     while True:
