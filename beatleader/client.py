@@ -15,6 +15,8 @@ scheduler), the CLI's and the test harness's. What it decides:
   session timeout (:attr:`ClientPolicy.reconnect_fraction`), so a session survives a short quorum
   loss instead of expiring while the client sleeps between rounds.
 * **Logging**: kazoo logs under ``beatleader.kazoo``.
+* **SASL**: kazoo never reconnects after a failed SASL login; the client is started again
+  every :attr:`ClientPolicy.auth_retry_delay` seconds (each failure logged at ERROR).
 * **Named failures** (:class:`Trouble`, read with :func:`trouble_of`): every failed connection
   attempt is recorded with its cause; a cause that is a configuration mistake (a TLS certificate
   the configured CA did not sign, a hostname mismatch, a server that closes the TLS handshake, a
@@ -56,6 +58,8 @@ class ClientPolicy:
     reconnect_max_delay = 2.0
     #: First pause between reconnect rounds, seconds.
     reconnect_first_delay = 0.05
+    #: Seconds before a client whose SASL login failed tries again (kazoo itself never does).
+    auth_retry_delay = 2.0
 
     @classmethod
     def connection_retry(cls, session_timeout: float) -> KazooRetry:
@@ -98,6 +102,7 @@ def make_client(
         kwargs["use_ssl"] = True
     client = KazooClient(**kwargs)
     client.beatleader_trouble = trouble
+    trouble.client = client
     client.add_listener(trouble.state_changed)
     return client
 
@@ -183,6 +188,8 @@ class Trouble:
         #: True while a start check watches the attempts (it reports the cause itself).
         self.starting = False
         self._tls_cause: str | None = None
+        #: The client this record belongs to (restarted after a failed SASL login).
+        self.client: KazooClient | None = None
 
     def record(self, cause: str | None, config_error: bool = False) -> None:
         self.cause, self.config_error = cause, config_error
@@ -211,6 +218,8 @@ class Trouble:
                 f"or password in {setting_key('zk_auth')}, or no SASL provider on the server",
                 True,
             )
+            if not self.starting:
+                self._restart_later()
         elif text.startswith(("Connection dropped", "Connection time-out")):
             tls_cause, self._tls_cause = self._tls_cause, None
             if tls_cause is not None:
@@ -223,6 +232,21 @@ class Trouble:
                 )
             else:
                 self.record(text)
+
+    def _restart_later(self) -> None:
+        """kazoo stops for good after a failed SASL login: start it again after a pause."""
+        timer = threading.Timer(ClientPolicy.auth_retry_delay, self._restart)
+        timer.daemon = True
+        timer.start()
+
+    def _restart(self) -> None:
+        client = self.client
+        if client is None or client._stopped.is_set() or client.connected:
+            return  # stopped by its owner meanwhile, or already back
+        try:
+            client.start_async()
+        except Exception:  # this timer thread must not die silently
+            logging.getLogger(KAZOO_LOGGER).exception("beatleader: restarting the client failed")
 
 
 def trouble_of(client: KazooClient) -> Trouble | None:

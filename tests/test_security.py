@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -345,3 +346,37 @@ def test_sasl_without_pure_sasl_is_a_config_error(monkeypatch) -> None:
     with pytest.raises(ConfigError, match=r"needs the pure-sasl package") as caught:
         make_client(Settings.from_app(None, zk_auth=SASL_AUTH))
     assert APP_PASSWORD not in str(caught.value)
+
+
+# --- later in life ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_sasl_zk(tmp_path: Path) -> Iterator[SecureZooKeeperServer]:
+    """A plaintext server of this test's own with SASL user ``app``; free to restart."""
+    with SecureZooKeeperServer(tmp_path / "sasl-zk", sasl_users={"app": APP_PASSWORD}) as server:
+        yield server
+
+
+def test_credentials_rejected_later_in_life_are_named_on_every_retry_and_recovered(
+    beats, private_sasl_zk, zk_root, broker_dir
+) -> None:
+    env = {"BEATLEADER_ZK_HOSTS": private_sasl_zk.hosts, **schedule_env(**{ENTRY: every(1)})}
+    beat = beats(env={**env, "BEATLEADER_ZK_AUTH": SASL_AUTH})
+    broker = FilesystemBroker(broker_dir)
+    wait_for(lambda: broker.count(ENTRY) >= 1, 30, message="nothing sent with SASL")
+
+    private_sasl_zk.stop()
+    private_sasl_zk.sasl_users = {"app": "rotated-on-the-server"}
+    private_sasl_zk.start()
+    named = r"ERROR.*beatleader: SASL authentication as 'app' failed"
+    beat.wait_for_log(named, 30, count=3)  # one ERROR per retry, and it keeps retrying
+    assert beat.alive
+    sent_while_refused = broker.count(ENTRY)
+
+    private_sasl_zk.stop()
+    private_sasl_zk.sasl_users = {"app": APP_PASSWORD}
+    private_sasl_zk.start()
+    wait_for(lambda: broker.count(ENTRY) > sent_while_refused + 1, 30, message="no recovery")
+    assert broker.duplicates() == []
+    assert "Traceback" not in beat.log()
