@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException
+from kazoo.exceptions import KazooException, NoAuthError
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.security import Permissions, make_digest_acl_credential
 
@@ -154,19 +154,28 @@ def verify_session(client: KazooClient, settings: Settings) -> str | None:
 
 
 def digest_mismatch(client: KazooClient, settings: Settings) -> str | None:
-    """A line when the root's digest ACL names our user with another password's hash."""
+    """A line when the root's digest ACL names our user but not our password.
+
+    ZooKeeper shows digest hashes only to a client with ADMIN permission (others see
+    ``user:x``), so a wrong password shows as a foreign or hidden hash; a root whose ACL we may
+    not even read while authenticated is named too.
+    """
     auth = settings.zk_auth
     if auth is None or auth.scheme != "digest" or client.exists(settings.path) is None:
         return None
-    acls, _stat = client.get_acls(settings.path)
+    wrong = (
+        f"digest password of {auth.user!r} in {setting_key('zk_auth')} does not match the ACL "
+        f"of {settings.path} (ZooKeeper accepts any digest password, then refuses every write)"
+    )
+    try:
+        acls, _stat = client.get_acls(settings.path)
+    except NoAuthError:
+        return wrong + "; or the node belongs to another identity"
     ours = make_digest_acl_credential(auth.user, auth.password)
     granted = [a.id.id for a in acls if a.id.scheme == "digest"]
     if ours in granted or not any(g.split(":", 1)[0] == auth.user for g in granted):
         return None
-    return (
-        f"digest password of {auth.user!r} in {setting_key('zk_auth')} does not match the ACL "
-        f"of {settings.path} (ZooKeeper accepts any digest password, then refuses every write)"
-    )
+    return wrong
 
 
 def probe_tls_only(settings: Settings) -> str | None:

@@ -380,3 +380,14 @@ def test_credentials_rejected_later_in_life_are_named_on_every_retry_and_recover
     wait_for(lambda: broker.count(ENTRY) > sent_while_refused + 1, 30, message="no recovery")
     assert broker.duplicates() == []
     assert "Traceback" not in beat.log()
+
+
+def test_wrong_digest_password_is_named_when_the_tree_is_not_world_readable(
+    zk_server, secure_root
+) -> None:
+    private = {"zk_auth": AUTH, "zk_world_readable": "false"}
+    with connected_client(zk_server.hosts, **private) as client:
+        client.ensure_path(layout.election_path(secure_root))
+    wrong = "digest:app:not-the-password"
+    done, elapsed = cli(zk_server.hosts, secure_root, "status", "--zk-auth", wrong)
+    assert_named_failure(done, elapsed, "digest password of 'app'", secure_root)
