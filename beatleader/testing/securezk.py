@@ -148,7 +148,12 @@ class SecureZooKeeperServer(ZooKeeperServer):
             return super().four_letter(cmd, timeout)
         chunks: list[bytes] = []
         raw = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
-        with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        try:
+            sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+        except (ssl.SSLError, OSError):
+            raw.close()
+            raise
+        with sock:
             sock.sendall(cmd.encode("ascii"))
             deadline = time.monotonic() + timeout
             try:
