@@ -7,6 +7,8 @@ server whose certificate names another host is started only for the hostname tes
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import subprocess
 import sys
 import time
@@ -16,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery import Celery
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError, NoNodeError
 from kazoo.security import make_acl, make_digest_acl
 
-from beatleader import layout
+from beatleader import EmbeddedBeat, layout
 from beatleader.client import make_client
 from beatleader.config import ConfigError, Settings
 from beatleader.testing.pki import TestPki
@@ -391,3 +394,48 @@ def test_wrong_digest_password_is_named_when_the_tree_is_not_world_readable(
     wrong = "digest:app:not-the-password"
     done, elapsed = cli(zk_server.hosts, secure_root, "status", "--zk-auth", wrong)
     assert_named_failure(done, elapsed, "digest password of 'app'", secure_root)
+
+
+def test_embedded_beat_with_a_tls_mistake_logs_and_never_raises(tls_zk, pki, zk_root, caplog):
+    caplog.set_level(logging.ERROR, logger="beatleader")
+    settings = tls_settings(pki, zk_tls_ca=str(pki.stranger_ca.cert))
+    app = Celery("security-embedded", broker="memory://", set_as_current=False)
+    beat = EmbeddedBeat(app, zk_hosts=tls_zk.hosts, path=zk_root, **settings)
+    try:
+        assert beat.start() is beat
+        wait_for(lambda: "is not signed by a CA" in caplog.text, 30, message="cause not logged")
+        assert beat.status()["running"] is True and not beat.is_leader
+    finally:
+        beat.stop()
+
+
+@pytest.fixture
+def private_tls_zk(tmp_path: Path, pki: TestPki) -> Iterator[SecureZooKeeperServer]:
+    """A TLS-only server of this test's own; free to restart with another certificate."""
+    tls = ServerTls(pki.server, pki.ca.cert, probe=pki.client)
+    with SecureZooKeeperServer(tmp_path / "private-tls-zk", tls=tls) as server:
+        yield server
+
+
+def test_a_certificate_replaced_later_in_life_is_named_on_every_retry(
+    beats, private_tls_zk, pki, broker_dir
+) -> None:
+    env = {"BEATLEADER_ZK_HOSTS": private_tls_zk.hosts, **schedule_env(**{ENTRY: every(1)})}
+    beat = beats(env={**env, **as_env(tls_settings(pki))})
+    broker = FilesystemBroker(broker_dir)
+    wait_for(lambda: broker.count(ENTRY) >= 1, 30, message="nothing sent over TLS")
+
+    good = private_tls_zk.tls
+    assert good is not None
+    private_tls_zk.stop()
+    private_tls_zk.tls = dataclasses.replace(good, server=pki.wrong_name_server)
+    private_tls_zk.start()
+    beat.wait_for_log(r"ERROR.*beatleader: TLS: .* is not valid for the name '127\.0\.0\.1'", 30, 3)
+    assert beat.alive
+
+    private_tls_zk.stop()
+    private_tls_zk.tls = good
+    private_tls_zk.start()
+    sent = broker.count(ENTRY)
+    wait_for(lambda: broker.count(ENTRY) > sent + 1, 30, message="no recovery")
+    assert broker.duplicates() == []
