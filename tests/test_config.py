@@ -133,7 +133,7 @@ def test_auth_file(tmp_path) -> None:
     with pytest.raises(ConfigError) as caught:
         Settings.from_app(Celery("proj"), zk_auth_file=str(secret))
     assert SECRET not in str(caught.value) and "contents of" in str(caught.value)
-    with pytest.raises(ConfigError, match="zk_auth_file .* expected the path of a readable file"):
+    with pytest.raises(ConfigError, match=r"zk_auth_file .* expected the path of a readable file"):
         Settings.from_app(Celery("proj"), zk_auth_file=str(tmp_path / "missing"))
 
 
@@ -148,7 +148,7 @@ def test_tls_settings(tmp_path) -> None:
     assert tls.cert is None and tls.key is None
     off = Settings.from_app(app, zk_tls_check_hostname="no").zk_tls
     assert off is not None and off.check_hostname is False
-    with pytest.raises(ConfigError, match="expected both .* or neither"):
+    with pytest.raises(ConfigError, match=r"expected both .* or neither"):
         Settings.from_app(app, zk_tls_cert=str(pem))
     with pytest.raises(ConfigError, match=r"^beatleader_zk_tls_ca = .* readable file"):
         app.conf.beatleader_zk_tls_ca = str(tmp_path / "missing.pem")
