@@ -11,6 +11,10 @@ Guarantees:
   ``--path`` win over the app's configuration, which wins over ``BEATLEADER_ZK_HOSTS`` and
   ``BEATLEADER_PATH``, which win over the defaults. The app is ``-A/--app`` or, under
   ``celery -A proj beatleader``, celery's app.
+* ``--zk-auth``, ``--zk-auth-file``, ``--zk-tls`` and the other ``--zk-tls-*`` flags override the
+  settings of the same name. Bad credentials or a TLS failure exit 2 with the cause
+  (:mod:`beatleader.trust`), not "unreachable"; a tree that anyone may write although auth is
+  set is listed under the status warnings.
 * ``status`` only reads; ``resign`` deletes only the leader's contender node. All ZooKeeper
   reading lives in :mod:`beatleader.inspect`; this module parses options, connects and renders.
 """
@@ -28,7 +32,7 @@ from datetime import datetime, timezone
 from typing import IO, Any, TypeVar
 
 import click
-from kazoo.exceptions import KazooException
+from kazoo.exceptions import KazooException, NoAuthError
 from kazoo.handlers.threading import KazooTimeoutError
 
 from beatleader.client import KAZOO_LOGGER, make_client
@@ -170,6 +174,12 @@ def connect(target: Target) -> Iterator[Any]:
     try:
         _start(client, target)
         yield client
+    except NoAuthError:
+        raise CliError(
+            f"ZooKeeper at {hosts} refused this for lack of permission (NoAuthError) on "
+            f"{target.settings.path}: pass the identity that owns it with --zk-auth or "
+            "--zk-auth-file"
+        ) from None
     except _ZK_ERRORS as exc:
         raise CliError(f"ZooKeeper error at {hosts}: {_one_line(exc)}") from None
     finally:

@@ -191,6 +191,10 @@ def test_digest_acl_on_every_node_and_strangers_cannot_change_anything(
 
     done, _ = cli(zk_server.hosts, secure_root, "status", "--check")  # no credentials: reads
     assert (done.returncode, done.stderr) == (0, "")
+    done, elapsed = cli(zk_server.hosts, secure_root, "resign")  # a write: refused
+    assert_named_failure(done, elapsed, "NoAuthError", "--zk-auth")
+    done, _ = cli(zk_server.hosts, secure_root, "resign", "--zk-auth", AUTH)
+    assert done.returncode == 0, done.stderr
     assert broker.duplicates() == []
 
 
