@@ -38,7 +38,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.security import Permissions, make_digest_acl_credential
 
 from beatleader import layout
-from beatleader.client import trouble_of
+from beatleader.client import make_client, trouble_of
 from beatleader.config import ConfigError, Settings, setting_key
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,15 @@ def start_client(client: KazooClient, settings: Settings, timeout: float) -> Non
         raise ZooKeeperTrustError(outcome.cause)
     if not outcome.connected:
         raise KazooTimeoutError(f"not connected within {timeout:g} s")
+
+
+def make_scheduler_client(settings: Settings) -> KazooClient:
+    """:func:`make_client` for the scheduler: SystemExit with one line on unusable TLS files or
+    missing SASL support, instead of a traceback."""
+    try:
+        return make_client(settings)
+    except ConfigError as exc:
+        raise SystemExit(f"beatleader: {exc}") from None
 
 
 def start_scheduler_client(client: KazooClient, settings: Settings) -> None:

@@ -443,3 +443,12 @@ def test_a_certificate_replaced_later_in_life_is_named_on_every_retry(
     sent = broker.count(ENTRY)
     wait_for(lambda: broker.count(ENTRY) > sent + 1, 30, message="no recovery")
     assert broker.duplicates() == []
+
+
+def test_beat_with_a_wrong_key_password_stops_with_one_line(beats, pki) -> None:
+    settings = tls_settings(
+        pki, zk_tls_cert=str(pki.client_encrypted.cert), zk_tls_key=str(pki.client_encrypted.key)
+    )
+    beat = beats(env=as_env({**settings, "zk_tls_key_password": "wrong-Pass-9"}))
+    line = assert_beat_stops_with_one_line(beat, "cannot load the client certificate and key")
+    assert "wrong-Pass-9" not in beat.log() and "beatleader_zk_tls_key_password" in line
