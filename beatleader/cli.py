@@ -80,7 +80,11 @@ class Target:
 
 #: Flags named like the settings they override (``--zk-tls-ca`` -> ``beatleader_zk_tls_ca``).
 _SECURITY_OPTIONS = [
-    click.option("--zk-auth", help="'digest:USER:PASSWORD' or 'sasl:USER:PASSWORD'."),
+    click.option(
+        "--zk-auth",
+        help="'digest:USER:PASSWORD' or 'sasl:USER:PASSWORD' (shown in the process list: "
+        "prefer --zk-auth-file).",
+    ),
     click.option("--zk-auth-file", help="A file holding the --zk-auth string."),
     click.option("--zk-tls/--no-zk-tls", default=None, help="Connect with TLS."),
     click.option("--zk-tls-ca", help="PEM file of the CA that signed ZooKeeper's certificate."),

@@ -34,6 +34,7 @@ from tests.harness import FilesystemBroker, connected_client, leader, wait_for
 APP_PASSWORD = "app-Secret-1"
 AUTH = f"digest:app:{APP_PASSWORD}"
 SASL_AUTH = f"sasl:app:{APP_PASSWORD}"
+SUPER_PASSWORD = "super-Secret-2"
 #: A named failure must come at once, not after the CLI's --timeout.
 QUICK = 4.0
 CLI_TIMEOUT = "8"
@@ -54,7 +55,10 @@ def tls_zk(
     """TLS only, client certificates required, SASL user ``app``."""
     tls = ServerTls(pki.server, pki.ca.cert, client_auth="need", probe=pki.client)
     server = SecureZooKeeperServer(
-        tmp_path_factory.mktemp("tls-zk"), tls=tls, sasl_users={"app": APP_PASSWORD}
+        tmp_path_factory.mktemp("tls-zk"),
+        tls=tls,
+        sasl_users={"app": APP_PASSWORD},
+        super_password=SUPER_PASSWORD,
     )
     with server:
         yield server
@@ -330,6 +334,11 @@ def test_sasl_over_tls(beats, tls_zk, pki, zk_root, broker_dir) -> None:
         assert acl == [make_acl("sasl", "app", all=True), make_acl("world", "anyone", read=True)]
         with pytest.raises(NoAuthError):  # a TLS client without the SASL identity
             client.set(layout.entry_path(zk_root, ENTRY), b"hostile")
+    admin = {**tls_settings(pki), "zk_auth": f"digest:super:{SUPER_PASSWORD}"}
+    with connected_client(tls_zk.hosts, **admin) as superuser:  # the operator's way in
+        superuser.set_acls(zk_root, superuser.get_acls(zk_root)[0])  # ADMIN on a node it lacks
+        probe = superuser.create(f"{zk_root}/admin-probe", b"")
+        superuser.delete(probe)
 
 
 def test_wrong_sasl_password_is_named(beats, tls_zk, pki, zk_root) -> None:
