@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from celery import Celery
-from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError, NoNodeError
 from kazoo.security import make_acl, make_digest_acl
 
@@ -30,15 +25,22 @@ from beatleader.testing.pki import TestPki
 from beatleader.testing.securezk import SecureZooKeeperServer, ServerTls
 from tests.cluster import ENTRY, every, schedule_env
 from tests.harness import FilesystemBroker, connected_client, leader, wait_for
+from tests.security import (
+    APP_PASSWORD,
+    AUTH,
+    CLI_TIMEOUT,
+    SASL_AUTH,
+    as_env,
+    as_flags,
+    assert_beat_stops_with_one_line,
+    assert_named_failure,
+    cli,
+    kinds_of_nodes,
+    tls_settings,
+    tree,
+)
 
-APP_PASSWORD = "app-Secret-1"
-AUTH = f"digest:app:{APP_PASSWORD}"
-SASL_AUTH = f"sasl:app:{APP_PASSWORD}"
 SUPER_PASSWORD = "super-Secret-2"
-#: A named failure must come at once, not after the CLI's --timeout.
-QUICK = 4.0
-CLI_TIMEOUT = "8"
-
 
 # --- fixtures ---------------------------------------------------------------------------------
 
@@ -72,86 +74,6 @@ def wrong_name_zk(
     tls = ServerTls(pki.wrong_name_server, pki.ca.cert, probe=pki.client)
     with SecureZooKeeperServer(tmp_path_factory.mktemp("wrong-name-zk"), tls=tls) as server:
         yield server
-
-
-def tls_settings(pki: TestPki, **changes: str) -> dict[str, str]:
-    """Settings (names as in Settings.from_app) for the module's TLS server."""
-    return {
-        "zk_tls": "true",
-        "zk_tls_ca": str(pki.ca.cert),
-        "zk_tls_cert": str(pki.client.cert),
-        "zk_tls_key": str(pki.client.key),
-        **changes,
-    }
-
-
-def as_env(settings: dict[str, str]) -> dict[str, str]:
-    return {f"BEATLEADER_{name.upper()}": value for name, value in settings.items()}
-
-
-def as_flags(settings: dict[str, str]) -> list[str]:
-    flags = []
-    for name, value in settings.items():
-        flag = "--" + name.replace("_", "-")
-        if value in ("true", "false"):
-            flags.append(flag if value == "true" else flag.replace("--zk", "--no-zk"))
-        else:
-            flags += [flag, value]
-    return flags
-
-
-def cli(hosts: str, root: str, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    command = [sys.executable, "-m", "beatleader.cli", *args, "--zk-hosts", hosts, "--path", root]
-    started = time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-    return done, time.monotonic() - started
-
-
-def assert_named_failure(done: subprocess.CompletedProcess[str], elapsed: float, *parts: str):
-    """Exit 2, one line ``beatleader: ...`` naming the cause, quickly, no traceback."""
-    assert done.returncode == 2, (done.stdout, done.stderr)
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("beatleader: "), done.stderr
-    assert "unreachable" not in lines[0]
-    for part in parts:
-        assert part in lines[0], lines[0]
-    assert elapsed < QUICK, f"took {elapsed:.1f} s"
-
-
-def assert_beat_stops_with_one_line(beat: Any, *parts: str) -> str:
-    """The beat exits non-zero, its output names the cause in one line, no traceback."""
-    wait_for(lambda: not beat.alive, 30, message=f"{beat.name} still running")
-    log = beat.log()
-    assert beat.returncode not in (0, None), log
-    assert "Traceback" not in log, log
-    lines = [line for line in log.splitlines() if "beatleader: " in line and parts[0] in line]
-    assert len(lines) == 1, log  # celery shows the SystemExit message as a WARNING line
-    for part in parts:
-        assert part in lines[0], lines[0]
-    return lines[0]
-
-
-def tree(client: KazooClient, path: str) -> list[str]:
-    """``path`` and every node below it."""
-    nodes = [path]
-    for child in client.get_children(path):
-        nodes += tree(client, f"{path}/{child}")
-    return nodes
-
-
-def kinds_of_nodes(client: KazooClient, root: str) -> dict[str, str]:
-    """One node of every kind beatleader creates: root, election, contender, entries, ..."""
-    election, entries = layout.election_path(root), layout.entries_path(root)
-    schedules = f"{root}/{layout.SCHEDULES}"
-    return {
-        "root": root,
-        "election": election,
-        "contender": f"{election}/{client.get_children(election)[0]}",
-        "entries": entries,
-        "entry": layout.entry_path(root, ENTRY),
-        "schedules": schedules,
-        "schedule": f"{schedules}/{client.get_children(schedules)[0]}",
-    }
 
 
 @pytest.fixture
@@ -233,6 +155,17 @@ def test_wrong_digest_password_is_named_at_start(beats, zk_server, secure_root) 
     done, elapsed = cli(zk_server.hosts, secure_root, "status", "--zk-auth", wrong)
     assert_named_failure(done, elapsed, "digest password of 'app'", secure_root)
     assert "not-the-password" not in done.stderr
+
+
+def test_wrong_digest_password_is_named_when_the_tree_is_not_world_readable(
+    zk_server, secure_root
+) -> None:
+    private = {"zk_auth": AUTH, "zk_world_readable": "false"}
+    with connected_client(zk_server.hosts, **private) as client:
+        client.ensure_path(layout.election_path(secure_root))
+    wrong = "digest:app:not-the-password"
+    done, elapsed = cli(zk_server.hosts, secure_root, "status", "--zk-auth", wrong)
+    assert_named_failure(done, elapsed, "digest password of 'app'", secure_root)
 
 
 def test_open_tree_made_by_someone_else_is_reported(beats, zk_server, zk_client, zk_root) -> None:
@@ -396,17 +329,6 @@ def test_credentials_rejected_later_in_life_are_named_on_every_retry_and_recover
     wait_for(lambda: broker.count(ENTRY) > sent_while_refused + 1, 30, message="no recovery")
     assert broker.duplicates() == []
     assert "Traceback" not in beat.log()
-
-
-def test_wrong_digest_password_is_named_when_the_tree_is_not_world_readable(
-    zk_server, secure_root
-) -> None:
-    private = {"zk_auth": AUTH, "zk_world_readable": "false"}
-    with connected_client(zk_server.hosts, **private) as client:
-        client.ensure_path(layout.election_path(secure_root))
-    wrong = "digest:app:not-the-password"
-    done, elapsed = cli(zk_server.hosts, secure_root, "status", "--zk-auth", wrong)
-    assert_named_failure(done, elapsed, "digest password of 'app'", secure_root)
 
 
 def test_embedded_beat_with_a_tls_mistake_logs_and_never_raises(tls_zk, pki, zk_root, caplog):
