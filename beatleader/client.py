@@ -187,24 +187,36 @@ class Trouble:
         self.changed = threading.Event()
         #: True while a start check watches the attempts (it reports the cause itself).
         self.starting = False
-        self._tls_cause: str | None = None
+        #: How many attempts in a row failed with :attr:`cause`.
+        self.repeats = 0
+        self._certain = False
+        self._tls_cause: tuple[str, bool] | None = None
         #: The client this record belongs to (restarted after a failed SASL login).
         self.client: KazooClient | None = None
 
-    def record(self, cause: str | None, config_error: bool = False) -> None:
-        self.cause, self.config_error = cause, config_error
+    def record(self, cause: str | None, config_error: bool = False, certain: bool = True) -> None:
+        """One attempt's outcome; ``certain=False``: a mistake only when it happens again."""
+        self.repeats = self.repeats + 1 if cause is not None and cause == self.cause else 1
+        self.cause, self.config_error, self._certain = cause, config_error, certain
         if cause is not None and config_error and not self.starting:
             logging.getLogger(KAZOO_LOGGER).error("beatleader: %s", cause)
         self.changed.set()
+
+    @property
+    def named(self) -> str | None:
+        """The cause when it is surely a configuration mistake (a one-off reset is not)."""
+        if self.cause is None or not self.config_error:
+            return None
+        return self.cause if self._certain or self.repeats >= 2 else None
 
     def state_changed(self, state: str) -> None:
         """A kazoo connection listener: a connection clears the cause."""
         if state == KazooState.CONNECTED:
             self.record(None)
 
-    def tls_failed(self, cause: str, config_error: bool) -> None:
+    def tls_failed(self, cause: str, config_error: bool, certain: bool) -> None:
         """Called by the handler; kazoo's "Connection dropped" warning then records it."""
-        self._tls_cause = cause if config_error else None
+        self._tls_cause = (cause, certain) if config_error else None
         if not config_error:
             self.record(cause)
 
@@ -223,7 +235,7 @@ class Trouble:
         elif text.startswith(("Connection dropped", "Connection time-out")):
             tls_cause, self._tls_cause = self._tls_cause, None
             if tls_cause is not None:
-                self.record(tls_cause, True)
+                self.record(tls_cause[0], True, tls_cause[1])
             elif self.settings.zk_tls is not None and "alert" in text.lower():
                 self.record(
                     f"ZooKeeper at {self.settings.zk_hosts} refused the TLS client certificate "
@@ -292,10 +304,9 @@ class _TlsHandler(SequentialThreadingHandler):  # type: ignore[misc]
             sock = self.context.wrap_socket(raw, server_hostname=hostname)
         except (ssl.SSLError, OSError) as exc:
             raw.close()
-            cause, config_error = describe_tls_failure(
-                exc, hostname, address, self.trouble.settings
-            )
-            self.trouble.tls_failed(cause, config_error)
+            failure = describe_tls_failure(exc, hostname, address, self.trouble.settings)
+            self.trouble.tls_failed(*failure)
+            cause = failure[0]
             raise OSError(cause) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
@@ -303,8 +314,12 @@ class _TlsHandler(SequentialThreadingHandler):  # type: ignore[misc]
 
 def describe_tls_failure(
     exc: BaseException, hostname: Any, address: Any, settings: Settings
-) -> tuple[str, bool]:
-    """One line naming why a TLS handshake failed, and whether it is a configuration mistake."""
+) -> tuple[str, bool, bool]:
+    """(one line naming why a TLS handshake failed, is it a configuration mistake, surely?).
+
+    A handshake the server closes is a mistake only when it happens again: one reset can be a
+    server going down.
+    """
     where = f"ZooKeeper at {hostname or address[0]}:{address[1]}"
     tls = settings.zk_tls
     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -313,11 +328,13 @@ def describe_tls_failure(
                 f"TLS: the certificate of {where} is not valid for the name {hostname!r} "
                 f"({setting_key('zk_tls_check_hostname')} is on): {_reason(exc)}",
                 True,
+                True,
             )
         ca = tls.ca if tls is not None else None
         trusted = f"{setting_key('zk_tls_ca')} = {ca!r}" if ca else "the system CA bundle"
         return (
             f"TLS: the certificate of {where} is not signed by a CA in {trusted}: {_reason(exc)}",
+            True,
             True,
         )
     if isinstance(exc, (ssl.SSLEOFError, ConnectionResetError, ssl.SSLZeroReturnError)) or (
@@ -327,6 +344,7 @@ def describe_tls_failure(
             f"{where} closed the TLS handshake: it does not speak TLS on this port, or it "
             f"refused the client certificate ({setting_key('zk_tls')} is on): {_reason(exc)}",
             True,
+            False,
         )
     reason = _reason(exc)
     if isinstance(exc, ssl.SSLError) and "ALERT" in reason.upper() and "CERT" in reason.upper():
@@ -335,10 +353,11 @@ def describe_tls_failure(
             f"{where} refused the TLS client certificate "
             f"({setting_key('zk_tls_cert')} = {cert!r}): {reason}",
             True,
+            True,
         )
     if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake with {where} failed: {reason}", True
-    return f"TLS handshake with {where} did not complete: {_reason(exc)}", False
+        return f"TLS handshake with {where} failed: {reason}", True, True
+    return f"TLS handshake with {where} did not complete: {_reason(exc)}", False, False
 
 
 def _reason(exc: BaseException) -> str:

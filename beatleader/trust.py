@@ -130,12 +130,12 @@ def _watch_start(
     deadline = time.monotonic() + timeout
     probed = False
     while True:
-        if trouble is not None and trouble.config_error and trouble.cause:
-            return Outcome(False, trouble.cause)
+        if trouble is not None and trouble.named:
+            return Outcome(False, trouble.named)
         if client.connected:
             cause = verify_session(client, settings)
             return Outcome(cause is None, cause)
-        if trouble is not None and trouble.cause and not probed:
+        if trouble is not None and trouble.cause and not trouble.config_error and not probed:
             probed = True
             cause = probe_tls_only(settings) if settings.zk_tls is None else None
             if cause is not None or give_up_on_outage:
@@ -157,9 +157,7 @@ def verify_session(client: KazooClient, settings: Settings) -> str | None:
         client.exists("/")  # sent after the SASL exchange: fails when the login failed
         return digest_mismatch(client, settings)
     except (KazooException, KazooTimeoutError):
-        if trouble is not None and trouble.config_error and trouble.cause:
-            return trouble.cause
-        return None
+        return trouble.named if trouble is not None else None
 
 
 def digest_mismatch(client: KazooClient, settings: Settings) -> str | None:

@@ -19,7 +19,7 @@ from kazoo.exceptions import NoAuthError, NoNodeError
 from kazoo.security import make_acl, make_digest_acl
 
 from beatleader import EmbeddedBeat, layout
-from beatleader.client import make_client
+from beatleader.client import Trouble, make_client
 from beatleader.config import ConfigError, Settings
 from beatleader.testing.pki import TestPki
 from beatleader.testing.securezk import SecureZooKeeperServer, ServerTls
@@ -383,3 +383,15 @@ def test_beat_with_a_wrong_key_password_stops_with_one_line(beats, pki) -> None:
     beat = beats(env=as_env({**settings, "zk_tls_key_password": "wrong-Pass-9"}))
     line = assert_beat_stops_with_one_line(beat, "cannot load the client certificate and key")
     assert "wrong-Pass-9" not in beat.log() and "beatleader_zk_tls_key_password" in line
+
+
+def test_an_uncertain_cause_is_named_only_when_it_repeats() -> None:
+    trouble = Trouble(Settings.from_app(None))
+    trouble.record("closed the TLS handshake", True, certain=False)
+    assert trouble.named is None  # one reset can be a server going down
+    trouble.record("closed the TLS handshake", True, certain=False)
+    assert trouble.named == "closed the TLS handshake"
+    trouble.record("Connection dropped: refused")
+    assert trouble.named is None  # an outage is never named
+    trouble.record("unknown CA", True)
+    assert trouble.named == "unknown CA"
