@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import ssl
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +20,8 @@ from kazoo.exceptions import NoAuthError, NoNodeError
 from kazoo.security import make_acl, make_digest_acl
 
 from beatleader import EmbeddedBeat, layout
-from beatleader.client import Trouble, make_client
-from beatleader.config import ConfigError, Settings
+from beatleader.client import Trouble, make_client, tls_context
+from beatleader.config import ConfigError, Settings, TlsSettings
 from beatleader.testing.pki import TestPki
 from beatleader.testing.securezk import SecureZooKeeperServer, ServerTls
 from tests.cluster import ENTRY, every, schedule_env
@@ -124,7 +125,9 @@ def test_digest_acl_on_every_node_and_strangers_cannot_change_anything(
     assert broker.duplicates() == []
 
 
-def test_not_world_readable_hides_everything_from_strangers(beats, zk_server, secure_root) -> None:
+def test_not_world_readable_hides_everything_from_strangers(
+    beats, zk_server, secure_root, tmp_path
+) -> None:
     env = {"BEATLEADER_PATH": secure_root, "BEATLEADER_ZK_WORLD_READABLE": "false"}
     beat = beats(env={**env, **as_env({"zk_auth": AUTH})})
     beat.wait_for_log(r"beatleader: leading", 30)
@@ -133,7 +136,10 @@ def test_not_world_readable_hides_everything_from_strangers(beats, zk_server, se
             assert client.get_acls(node)[0] == [make_digest_acl("app", APP_PASSWORD, all=True)]
     with connected_client(zk_server.hosts) as stranger, pytest.raises(NoAuthError):
         stranger.get_children(layout.election_path(secure_root))
-    done, _ = cli(zk_server.hosts, secure_root, "status", "--zk-auth", AUTH, "--check")
+    auth_file = tmp_path / "zk-auth"
+    auth_file.write_text(AUTH + "\n")
+    flags = ["--zk-auth-file", str(auth_file), "--check"]
+    done, _ = cli(zk_server.hosts, secure_root, "status", *flags)
     assert (done.returncode, done.stderr) == (0, "")
 
 
@@ -395,3 +401,11 @@ def test_an_uncertain_cause_is_named_only_when_it_repeats() -> None:
     assert trouble.named is None  # an outage is never named
     trouble.record("unknown CA", True)
     assert trouble.named == "unknown CA"
+
+
+def test_with_a_configured_ca_only_that_ca_is_trusted(pki) -> None:
+    context = tls_context(TlsSettings(ca=str(pki.ca.cert)))
+    assert [dict(c["subject"][0])["commonName"] for c in context.get_ca_certs()] == [
+        "beatleader test CA"
+    ]  # kazoo's own context would add the system bundle
+    assert context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED
