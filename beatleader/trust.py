@@ -21,7 +21,8 @@ lets anyone write while auth is configured: beatleader's ACLs only cover nodes i
 Not named: an outage (refused, timeout, a paused server) is not a configuration mistake; the
 scheduler then waits as always and the CLI reports "unreachable". Later in life the client's
 Trouble logs an ERROR per failed attempt; a server that turns TLS-only after the start is not
-probed.
+probed, and a digest password that stops matching later shows only as refused writes
+(NoAuthError). The scheduler's open-ACL warning is given once, at a start that connected.
 """
 
 from __future__ import annotations
