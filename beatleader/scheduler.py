@@ -48,12 +48,12 @@ from kazoo.handlers.threading import KazooTimeoutError
 
 from beatleader import layout
 from beatleader._version import __version__
-from beatleader.client import make_client
 from beatleader.config import ConfigError, Settings
 from beatleader.election import LeaderElection
 from beatleader.layout import ContenderInfo, EntryState
 from beatleader.observe import Observers
 from beatleader.state import StateStore, StoredState, Write
+from beatleader.trust import make_scheduler_client, start_scheduler_client
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     def _connect(self) -> None:
         settings = self.settings
-        self._zk = make_client(settings)
+        self._zk = make_scheduler_client(settings)  # SystemExit on unusable TLS files
         info = ContenderInfo(
             identity=settings.identity,
             host=socket.gethostname(),
@@ -186,7 +186,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             prepare=lambda: store.publish_schedule(fingerprint, names),
             observer=self.observers,
         )
-        self._zk.start_async()
+        start_scheduler_client(self._zk, settings)  # SystemExit on bad credentials or TLS
         self._election.start()
         logger.info("beatleader: contending for %s as %s", settings.path, settings.identity)
 
