@@ -61,6 +61,10 @@ class Observers(Observer):
             if observer in self._observers:
                 self._observers.remove(observer)
 
+    def __contains__(self, observer: object) -> bool:
+        with self._lock:
+            return observer in self._observers
+
     def _call(self, hook: str, *args: Any) -> None:
         with self._lock:
             observers = list(self._observers)

@@ -107,6 +107,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def setup_schedule(self) -> None:
         self.merge_inplace(self.app.conf.beat_schedule)
         self.install_default_entries(self.schedule)
+        if self.settings.metrics_port is not None:  # validated: prometheus_client is installed
+            from beatleader import metrics
+
+            metrics.install(self)
         self._connect()
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
