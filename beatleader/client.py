@@ -14,7 +14,11 @@ scheduler), the CLI's and the test harness's. What it decides:
 * **Retry**: reconnect attempts never stop, and their pause grows to at most a quarter of the
   session timeout (:attr:`ClientPolicy.reconnect_fraction`), so a session survives a short quorum
   loss instead of expiring while the client sleeps between rounds.
-* **Logging**: kazoo logs under ``beatleader.kazoo``.
+* **Logging**: kazoo logs under ``beatleader.kazoo``. Unless that logger's level is set by the
+  application, :class:`KazooLogFilter` keeps it quiet: kazoo's INFO lines and its per-attempt
+  reconnect warnings are dropped (one a second while ZooKeeper is down), other warnings pass at
+  most once a minute each, errors always pass. beatleader logs connection state changes itself
+  (``beatleader.client``, INFO), and the election logs "waiting for ZooKeeper" with doubling pauses.
 
 Not decided here: what happens when the connection fails (the election and the scheduler retry
 forever, the CLI gives up after ``--timeout``).
@@ -23,6 +27,7 @@ forever, the CLI gives up after ``--timeout``).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from kazoo.client import KazooClient
@@ -33,6 +38,55 @@ from beatleader.config import Settings, ZkAuth
 
 #: Name of the logger kazoo's own messages go to.
 KAZOO_LOGGER = "beatleader.kazoo"
+
+logger = logging.getLogger(__name__)
+
+
+class KazooLogFilter(logging.Filter):
+    """Quiets kazoo's chatter on ``beatleader.kazoo`` while the application left its level unset."""
+
+    #: kazoo's message templates repeated on every reconnect attempt: never shown by default.
+    reconnect_chatter = frozenset(
+        {
+            "Connection dropped: %s",
+            "Connection time-out: %s",
+            "Transition to CONNECTING",
+        }
+    )
+    #: Seconds before the same other warning (e.g. "Cannot resolve %s: %s") passes again.
+    repeat_after = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last_seen: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            logging.getLogger(record.name).level != logging.NOTSET
+            or record.levelno >= logging.ERROR
+        ):
+            return True  # configured by the application, or an error: always shown
+        if record.levelno < logging.WARNING or record.msg in self.reconnect_chatter:
+            return False
+        now, template = time.monotonic(), str(record.msg)
+        last = self._last_seen.get(template)
+        if last is not None and now - last < self.repeat_after:
+            return False
+        self._last_seen[template] = now
+        return True
+
+
+def kazoo_logger() -> logging.Logger:
+    """The logger every client gets, with one :class:`KazooLogFilter` installed."""
+    log = logging.getLogger(KAZOO_LOGGER)
+    if not any(isinstance(f, KazooLogFilter) for f in log.filters):
+        log.addFilter(KazooLogFilter())
+    return log
+
+
+def _log_state(state: str) -> None:
+    """One line per connection state change (kazoo calls listeners only on a change)."""
+    logger.info("beatleader: ZooKeeper connection %s", state)
 
 
 class ClientPolicy:
@@ -74,13 +128,15 @@ def make_client(
         "hosts": settings.zk_hosts,
         "timeout": session_timeout,
         "connection_retry": connection_retry or ClientPolicy.connection_retry(session_timeout),
-        "logger": logging.getLogger(KAZOO_LOGGER),
+        "logger": kazoo_logger(),
         "default_acl": acl_for(settings),
         "read_only": read_only_ok or None,
     }
     kwargs.update(_auth_arguments(settings.zk_auth))
     kwargs.update(_tls_arguments(settings))
-    return KazooClient(**kwargs)
+    client = KazooClient(**kwargs)
+    client.add_listener(_log_state)
+    return client
 
 
 def acl_for(settings: Settings) -> list[ACL] | None:
