@@ -30,6 +30,7 @@ import click
 from kazoo.exceptions import KazooException
 from kazoo.handlers.threading import KazooTimeoutError
 
+from beatleader._version import __version__
 from beatleader.client import KAZOO_LOGGER, make_client
 from beatleader.config import ConfigError, Settings
 from beatleader.inspect import Contender, Entry, ResignResult, Status, read_status, resign_leader
@@ -335,6 +336,7 @@ def _build_group(name: str, with_options: bool, help_text: str) -> click.Group:
 
     if with_options:
         group = connection_options(group)
+    group = click.version_option(__version__, prog_name="beatleader")(group)
     command = click.group(name=name, help=help_text)(click.pass_context(group))
     command.add_command(status_command)
     command.add_command(resign_command)
