@@ -15,6 +15,7 @@ venv="${BEATLEADER_LOWEST_VENV:-.venv-lowest}"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check \
     -e . "$LOWEST_CELERY" "$LOWEST_KAZOO" "pytest>=7.4" "pytest-timeout>=2.1"
+rm -rf beatleader.egg-info build  # by-products of the editable build; the venv does not use them
 "$venv/bin/python" - "$LOWEST_CELERY" "$LOWEST_KAZOO" <<'PY'
 import sys
 from importlib.metadata import version
