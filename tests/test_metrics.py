@@ -110,7 +110,7 @@ def test_live_beats_export_leadership_and_sends_that_match_the_broker(
     )
     wait_for(lambda: sent_matches(follower), 10, message="the new leader's runs_sent")
     changes = value(scrape(ports[follower.pid]), "beatleader_leadership_changes_total", **path)
-    assert changes == 1.0
+    assert changes is not None and changes >= 1.0
 
 
 def test_a_metrics_port_in_use_is_one_error_line_and_beat_keeps_sending(
