@@ -140,6 +140,25 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self._disconnect()
         super().close()
 
+    def populate_heap(self, event_t: Any = beat.event_t, heapify: Any = heapq.heapify) -> None:
+        """celery's, except that an entry whose ``is_due`` raises cannot stop the others.
+
+        celery before 5.7 lets the exception escape (and the whole tick with it).
+        """
+        self._heap = []
+        for entry in self.schedule.values():
+            try:
+                is_due, delay = entry.is_due()
+            except Exception:
+                logger.exception(
+                    "beatleader: cannot tell when %r is due; trying again in %g s",
+                    entry.name,
+                    self.max_interval,
+                )
+                is_due, delay = False, self.max_interval
+            self._heap.append(event_t(self._when(entry, 0 if is_due else delay) or 0, 5, entry))
+        heapify(self._heap)
+
     @property
     def info(self) -> str:
         s = self.settings

@@ -26,6 +26,7 @@ for pin in sys.argv[1:]:
 PY
 exec "$venv/bin/python" -m pytest -p no:cacheprovider -q \
     tests/test_config.py tests/test_state.py tests/test_election.py tests/test_embedded.py \
+    tests/test_celery_compat.py \
     "tests/test_failover.py::test_three_instances_exactly_one_sends_and_followers_stay_idle" \
     "tests/test_failover.py::test_worker_dash_b_with_the_entry_point_alias_elects_one_sender" \
     "tests/test_failover.py::test_sigkill_of_the_leader_fails_over_within_the_session_timeout" \
