@@ -9,9 +9,12 @@ import itertools
 import logging
 import re
 
+from kazoo.client import KazooClient
+
 from beatleader.client import KAZOO_LOGGER, KazooLogFilter, kazoo_logger
+from beatleader.election import LeaderElection
 from tests.cluster import ENTRY, every, schedule_env, wait_for_messages
-from tests.harness import FilesystemBroker
+from tests.harness import FilesystemBroker, free_port, wait_for
 
 #: kazoo's per-attempt reconnect warnings (one a second or more while ZooKeeper is down).
 CHATTER = r"Connection dropped|Connection time-out|Transition to CONNECTING|Connecting to "
@@ -67,3 +70,36 @@ def test_by_default_chatter_is_dropped_errors_pass_other_warnings_once_a_minute(
     assert sum(bool(re.match("Cannot resolve", m)) for m in shown) <= 1
     assert shown.count("Unhandled exception in connection loop") == 5
     assert not [m for m in shown if re.match(CHATTER + "|Zookeeper connection", m)]
+
+
+class _FastWaitingLog(LeaderElection):
+    waiting_log_first = 0.05
+    waiting_log_max = 0.2
+
+
+def test_waiting_lines_double_then_come_at_most_once_per_max_pause(caplog) -> None:
+    """A narrow unit test on timing only: a client that never connects (nothing listens)."""
+    client = KazooClient(hosts=f"127.0.0.1:{free_port()}")  # never started: never connected
+    election = _FastWaitingLog(client, "/unused", b"x")
+    with caplog.at_level(logging.WARNING, logger="beatleader.election"):
+        election.start()
+        try:
+            wait_for(lambda: _waited(caplog) and _waited(caplog)[-1] >= 2.0, 10, message="2 s")
+        finally:
+            election.stop()
+            election.join(5)
+    waited = _waited(caplog)
+    pauses = [b - a for a, b in itertools.pairwise(waited)]
+    assert waited[0] >= 0.05
+    assert all(p <= 0.2 + 0.15 for p in pauses), pauses  # never longer than max (+ wake slack)
+    assert all(p >= 0.2 - 0.05 for p in pauses[3:]), pauses  # never more often than max
+    assert len(waited) <= 2.0 / 0.2 + 5, waited
+
+
+def _waited(caplog) -> list[float]:
+    """The exact seconds-so-far of every "waiting for ZooKeeper" record (the text rounds them)."""
+    return [
+        float(r.args[1])
+        for r in caplog.records
+        if "waiting for ZooKeeper" in str(r.msg) and isinstance(r.args, tuple)
+    ]
