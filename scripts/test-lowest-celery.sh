@@ -4,15 +4,17 @@
 #
 # The floors below must equal pyproject's: pip installs this package together with them, so a
 # floor that pyproject does not allow fails here. Needs network access to PyPI. Extra arguments go
-# to pytest. The venv is kept in $BEATLEADER_LOWEST_VENV (default: .venv-lowest) for reuse.
+# to pytest. The venv is kept in $BEATLEADER_LOWEST_VENV (default: .venv-lowest) for reuse; it is
+# made with $BEATLEADER_LOWEST_PYTHON (default: python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 LOWEST_CELERY="celery==5.3.0"
 LOWEST_KAZOO="kazoo==2.11.0"
 venv="${BEATLEADER_LOWEST_VENV:-.venv-lowest}"
+python="${BEATLEADER_LOWEST_PYTHON:-python3}"  # e.g. python3.10, the lowest Python too
 
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check \
     -e . "$LOWEST_CELERY" "$LOWEST_KAZOO" "pytest>=7.4" "pytest-timeout>=2.1"
 rm -rf beatleader.egg-info build  # by-products of the editable build; the venv does not use them
