@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import beat
 
-from beatleader.config import Settings
+from beatleader.config import ConfigError, Settings
 from beatleader.observe import Observers
 from beatleader.scheduler import Scheduler
 
@@ -91,9 +91,7 @@ class EmbeddedBeat:
         self.settings = Settings.from_app(app, **overrides)
         self._metrics: PrometheusObserver | None = None
         if metrics_registry is not None:
-            from beatleader.metrics import observer_for
-
-            self._metrics = observer_for(self.settings.path, metrics_registry)
+            self._metrics = _metrics_observer(self.settings.path, metrics_registry)
         self._overrides = overrides
         self._key: _Key = (id(app), self.settings.zk_hosts, self.settings.path)
         self._runner: _Runner | None = None
@@ -303,6 +301,16 @@ class _EmbeddedScheduler(Scheduler):
     def tick(self, *args: Any, **kwargs: Any) -> float:
         self._stopping.wait(super().tick(*args, **kwargs))
         return 0.0
+
+
+def _metrics_observer(path: str, registry: Any) -> PrometheusObserver:
+    try:
+        from beatleader.metrics import observer_for
+    except ImportError:
+        raise ConfigError(
+            "metrics_registry needs prometheus_client: pip install 'beatleader[prometheus]'"
+        ) from None
+    return observer_for(path, registry)
 
 
 def _restart_all_in_child() -> None:

@@ -52,6 +52,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 
+from beatleader.config import ConfigError
 from beatleader.observe import Observer
 
 if TYPE_CHECKING:
@@ -160,6 +161,11 @@ class PrometheusObserver(Observer):
 def observer_for(path: str, registry: CollectorRegistry | None = None) -> PrometheusObserver:
     """The one :class:`PrometheusObserver` of ``path`` in ``registry`` (default: the global one)."""
     registry = REGISTRY if registry is None else registry
+    if not isinstance(registry, CollectorRegistry):
+        raise ConfigError(
+            f"metrics_registry = {registry!r} is invalid: expected a prometheus_client "
+            "CollectorRegistry, e.g. prometheus_client.REGISTRY"
+        )
     key = (id(registry), path)
     with _lock:
         observer = _observers.get(key)

@@ -207,6 +207,12 @@ def test_embedded_beat_registers_its_metrics_in_the_given_registry(
     )
 
 
+def test_a_metrics_registry_that_is_not_one_is_a_config_error() -> None:
+    app = Celery("m", set_as_current=False)
+    with pytest.raises(ConfigError, match=r"^metrics_registry = True is invalid: expected a "):
+        EmbeddedBeat(app, metrics_registry=True, zk_hosts="127.0.0.1:1")
+
+
 def test_one_observer_per_registry_and_path() -> None:
     registry = CollectorRegistry()
     first = observer_for("/a", registry)
