@@ -221,6 +221,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         with contextlib.suppress(*ZOOKEEPER_ERRORS):
             client.stop()  # ends the session: the contender node vanishes, the next one leads
         client.close()
+        self.observers.connection_changed("CLOSED")  # the election's listener is gone by now
         election.join(self.close_timeout)
         logger.info("beatleader: released leadership and closed the ZooKeeper session")
 

@@ -199,9 +199,11 @@ def test_embedded_beat_registers_its_metrics_in_the_given_registry(
             10,
             message="runs_sent equals the broker's count",
         )
+        assert value(samples(), "beatleader_zk_connected", path=zk_root) == 1.0
     finally:
         beat.stop()
     assert value(samples(), "beatleader_is_leader", path=zk_root) == 0.0
+    assert value(samples(), "beatleader_zk_connected", path=zk_root) == 0.0
     assert (
         value(samples(), "beatleader_next_run_timestamp_seconds", path=zk_root, entry=ENTRY) is None
     )
