@@ -4,6 +4,8 @@ plain ``celery beat`` (no ``-S``) or ``celery worker -B`` (no ``--scheduler``) o
 
 from __future__ import annotations
 
+import urllib.request
+
 from tests.cluster import (
     ENTRY,
     assert_exact_runs,
@@ -11,7 +13,7 @@ from tests.cluster import (
     sender_pid,
     wait_for_messages,
 )
-from tests.harness import CeleryProcess, FilesystemBroker, contenders, wait_for
+from tests.harness import CeleryProcess, FilesystemBroker, contenders, free_port, wait_for
 
 
 def _env(beat_env: dict[str, str]) -> dict[str, str]:
@@ -44,7 +46,9 @@ def test_beat_scheduler_setting_with_plain_celery_beat(
 def test_beat_scheduler_setting_with_worker_dash_b(
     tmp_path, beat_env, zk_client, zk_root, broker_dir
 ) -> None:
+    """Also: the beat that ``-B`` forks serves the metrics port."""
     broker = FilesystemBroker(broker_dir)
+    port = free_port()
     worker = CeleryProcess(
         [
             "worker",
@@ -58,12 +62,15 @@ def test_beat_scheduler_setting_with_worker_dash_b(
             str(tmp_path / "w.db"),
         ],
         tmp_path,
-        _env(beat_env),
+        {**_env(beat_env), "BEATLEADER_METRICS_PORT": str(port)},
         name="worker-b",
     )
     try:
         wait_for(lambda: len(contenders(zk_client, zk_root)) == 1, 30, message="1 contender")
         wait_for_messages(broker, ENTRY, 2, timeout=20)
         assert_exact_runs(broker.for_entry(ENTRY), zk_root, ENTRY)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        assert f'beatleader_is_leader{{path="{zk_root}"}} 1.0' in text
     finally:
         worker.close()
