@@ -35,9 +35,11 @@ import click
 from kazoo.exceptions import KazooException, NoAuthError
 from kazoo.handlers.threading import KazooTimeoutError
 
-from beatleader.client import KAZOO_LOGGER, make_client
+from beatleader._version import __version__
+from beatleader.client import make_client
 from beatleader.config import ConfigError, Settings
 from beatleader.inspect import Contender, Entry, ResignResult, Status, read_status, resign_leader
+from beatleader.kazoolog import KAZOO_LOGGER
 from beatleader.trust import ZooKeeperTrustError, acl_warnings, start_client
 
 EXIT_LEADER = 0
@@ -387,6 +389,7 @@ def _build_group(name: str, with_options: bool, help_text: str) -> click.Group:
 
     if with_options:
         group = connection_options(group)
+    group = click.version_option(__version__, prog_name="beatleader")(group)
     command = click.group(name=name, help=help_text)(click.pass_context(group))
     command.add_command(status_command)
     command.add_command(resign_command)

@@ -14,7 +14,7 @@ scheduler), the CLI's and the test harness's. What it decides:
 * **Retry**: reconnect attempts never stop, and their pause grows to at most a quarter of the
   session timeout (:attr:`ClientPolicy.reconnect_fraction`), so a session survives a short quorum
   loss instead of expiring while the client sleeps between rounds.
-* **Logging**: kazoo logs under ``beatleader.kazoo``.
+* **Logging**: kazoo logs under ``beatleader.kazoo``, quiet by default (:mod:`beatleader.kazoolog`).
 * **SASL**: kazoo never reconnects after a failed SASL login; the client is started again
   every :attr:`ClientPolicy.auth_retry_delay` seconds (each failure logged at ERROR).
 * **Named failures** (:class:`Trouble`, read with :func:`trouble_of`): every failed connection
@@ -44,9 +44,7 @@ from kazoo.retry import KazooRetry
 from kazoo.security import ACL, make_acl, make_digest_acl
 
 from beatleader.config import ConfigError, Settings, TlsSettings, ZkAuth, setting_key
-
-#: Name of the logger kazoo's own messages go to.
-KAZOO_LOGGER = "beatleader.kazoo"
+from beatleader.kazoolog import KAZOO_LOGGER, kazoo_logger, log_state
 
 
 class ClientPolicy:
@@ -92,7 +90,7 @@ def make_client(
         "hosts": settings.zk_hosts,
         "timeout": session_timeout,
         "connection_retry": connection_retry or ClientPolicy.connection_retry(session_timeout),
-        "logger": _KazooLog(logging.getLogger(KAZOO_LOGGER), trouble),
+        "logger": _KazooLog(kazoo_logger(), trouble),
         "handler": _TlsHandler(context, trouble),
         "default_acl": acl_for(settings),
         "read_only": read_only_ok or None,
@@ -104,6 +102,7 @@ def make_client(
     client.beatleader_trouble = trouble
     trouble.client = client
     client.add_listener(trouble.state_changed)
+    client.add_listener(log_state)
     return client
 
 

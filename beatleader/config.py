@@ -10,6 +10,7 @@ value came from, and what would be valid. Nothing here talks to ZooKeeper.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -74,6 +75,10 @@ class Settings:
     zk_world_readable: bool = True
     #: None: plaintext connection.
     zk_tls: TlsSettings | None = None
+    #: None: no metrics server; else ``celery beat`` serves ``/metrics`` on this port.
+    metrics_port: int | None = None
+    #: Address the metrics server binds (loopback unless told otherwise: it has no auth).
+    metrics_address: str = "127.0.0.1"
 
     @classmethod
     def from_app(cls, app: Any, **overrides: Any) -> Settings:
@@ -231,6 +236,26 @@ def validate_optional_file(label: str, value: Any) -> str | None:
     return value
 
 
+def validate_metrics_port(label: str, value: Any) -> int | None:
+    """Unset, or a TCP port 1-65535; set, it needs ``prometheus_client`` (the extra)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    if isinstance(value, bool) or not _is_port(str(value).strip()):
+        raise _fail(label, value, "expected a TCP port from 1 to 65535, or unset")
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise ConfigError(
+            f"{label} = {value!r} needs prometheus_client: pip install 'beatleader[prometheus]'"
+        )
+    return int(str(value).strip())
+
+
+def validate_address(label: str, value: Any) -> str:
+    """A host name or IP address to bind, e.g. ``127.0.0.1``, ``0.0.0.0`` or ``::``."""
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value.strip()):
+        raise _fail(label, value, "expected a host name or IP address such as '0.0.0.0'")
+    return value.strip()
+
+
 def validate_auth(label: str, value: Any) -> ZkAuth | None:
     """Unset, or ``digest:USER:PASSWORD`` / ``sasl:USER:PASSWORD``."""
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -314,4 +339,6 @@ _SETTINGS: dict[str, tuple[Validator, Any]] = {
     "zk_tls_key": (validate_optional_file, None),
     "zk_tls_key_password": (validate_optional_text, None),
     "zk_tls_check_hostname": (validate_bool, True),
+    "metrics_port": (validate_metrics_port, None),
+    "metrics_address": (validate_address, "127.0.0.1"),
 }

@@ -203,7 +203,10 @@ class LeaderElection:
                         _hosts_label(self._client),
                         waited,
                     )
-                    next_waiting_log = min(next_waiting_log * 2, self.waiting_log_max)
+                    # doubling thresholds, pauses capped at waiting_log_max: 2, 4, 8 ... 64, 124
+                    next_waiting_log = min(
+                        next_waiting_log * 2, next_waiting_log + self.waiting_log_max
+                    )
                 continue
             waiting_since, next_waiting_log = None, self.waiting_log_first
             try:

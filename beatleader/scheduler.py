@@ -107,6 +107,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def setup_schedule(self) -> None:
         self.merge_inplace(self.app.conf.beat_schedule)
         self.install_default_entries(self.schedule)
+        if self.settings.metrics_port is not None:  # validated: prometheus_client is installed
+            from beatleader import metrics
+
+            metrics.install(self)
         self._connect()
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
@@ -135,6 +139,25 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self._closed = True
             self._disconnect()
         super().close()
+
+    def populate_heap(self, event_t: Any = beat.event_t, heapify: Any = heapq.heapify) -> None:
+        """celery's, except that an entry whose ``is_due`` raises cannot stop the others.
+
+        celery before 5.7 lets the exception escape (and the whole tick with it).
+        """
+        self._heap = []
+        for entry in self.schedule.values():
+            try:
+                is_due, delay = entry.is_due()
+            except Exception:
+                logger.exception(
+                    "beatleader: cannot tell when %r is due; trying again in %g s",
+                    entry.name,
+                    self.max_interval,
+                )
+                is_due, delay = False, self.max_interval
+            self._heap.append(event_t(self._when(entry, 0 if is_due else delay) or 0, 5, entry))
+        heapify(self._heap)
 
     @property
     def info(self) -> str:
@@ -198,6 +221,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         with contextlib.suppress(*ZOOKEEPER_ERRORS):
             client.stop()  # ends the session: the contender node vanishes, the next one leads
         client.close()
+        self.observers.connection_changed("CLOSED")  # the election's listener is gone by now
         election.join(self.close_timeout)
         logger.info("beatleader: released leadership and closed the ZooKeeper session")
 

@@ -16,6 +16,8 @@ Shaped entirely by environment variables, read when the module is imported:
     ``file://`` result backend with ``result_expires=60`` (celery adds ``celery.backend_cleanup``).
 ``TEST_EXECUTION_LOG``
     file that :func:`record` appends one JSON line per execution to.
+``TEST_BEAT_SCHEDULER``
+    celery's ``beat_scheduler`` setting (e.g. ``beatleader``), for runs without ``-S``.
 
 beatleader's own settings come from ``BEATLEADER_*`` variables; nothing here sets them.
 """
@@ -84,6 +86,8 @@ def build_config(environ: Mapping[str, str]) -> dict[str, Any]:
     if environ.get("TEST_RESULT_DIR"):
         conf["result_backend"] = f"file://{Path(environ['TEST_RESULT_DIR']).resolve()}"
         conf["result_expires"] = 60
+    if environ.get("TEST_BEAT_SCHEDULER"):
+        conf["beat_scheduler"] = environ["TEST_BEAT_SCHEDULER"]
     conf["beat_schedule"] = parse_schedule(environ.get("TEST_SCHEDULE") or "{}")
     return conf
 
