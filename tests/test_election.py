@@ -95,6 +95,7 @@ def _start(hosts: str, root: str, name: str, observer: Observer | None = None, t
         client, layout.election_path(root), _info(name).encode(), observer=observer
     )
     election.start()
+    wait_for(lambda: election.node is not None, 10, message=f"{name} has a node")
     return client, election
 
 
