@@ -374,13 +374,12 @@ class LeaderElection:
 
     def _report_ignored(self, ignored: dict[str, str]) -> None:
         """Log and report each foreign child of the election node once (per change)."""
-        if ignored == self._ignored:
-            return
-        for name in sorted(ignored.keys() - self._ignored.keys()):
-            detail = f"{self._election_path}/{name}: {ignored[name]}"
+        new = sorted(ignored.keys() - self._ignored.keys())
+        self._ignored = dict(ignored)  # first: a raising observer must not make us report again
+        for name in new:
+            detail = f"{self._election_path}/{name!r}: {ignored[name]}"
             logger.warning("beatleader: ignoring foreign node in the election: %s", detail)
             self._observer.problem("foreign-contender", detail)
-        self._ignored = dict(ignored)
 
     # -- back-off --------------------------------------------------------------------------------
 

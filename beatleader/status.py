@@ -185,9 +185,8 @@ def read_status(client: Any, root: str) -> Status:
     entries = read_entries(client, root)
     schedules = read_schedules(client, root, contenders)
     scheduled = _scheduled_names(contenders, schedules)
-    warnings = [
-        f"ignoring election node {i.node!r}: {i.reason}" for i in ignored
-    ] + _warnings(root, contenders, entries, scheduled)
+    warnings = [f"ignoring election node {i.node!r}: {i.reason}" for i in ignored]
+    warnings += _warnings(root, contenders, entries, scheduled)
     return Status(
         root, tuple(contenders), tuple(entries), scheduled, tuple(warnings), tuple(ignored)
     )
