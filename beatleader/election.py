@@ -21,7 +21,8 @@ Guarantees:
   failed in a loop by a write to the contender node.
 * Children of the election node that are not well-formed ephemeral contenders (a persistent node
   sorting first, a malformed name) never lead and never block: they are ignored, logged once per
-  change as a WARNING naming the node, and reported to the observer's ``problem`` hook.
+  change as a WARNING naming the node, and reported to the observer's ``problem`` hook (kind
+  ``foreign-contender``; a damaged own node: ``contender-node-damaged``).
 * Repeated losses of leadership (:meth:`step_down`, re-queueing) back off exponentially up to
   ``hold_max`` before leading or queueing again; the first one in a quiet period does not wait.
 * After LOST, or after the own node was deleted, a new node is created at the back of the queue.
@@ -116,6 +117,7 @@ class LeaderElection:
         self._session_expired = False
         self._own_node_deleted = False
         self._step_down_reason: str | None = None
+        self._sync_before_check = False
         self._led_with: str | None = None  # the node this instance last led with
         self._queue = ContenderQueue(client, path)
         self._ignored: dict[str, str] = {}  # foreign children last reported
@@ -297,6 +299,7 @@ class LeaderElection:
             self._drop_own_node()
         if self._step_down_reason is not None:
             self._step_down_reason = None
+            self._sync_before_check = True  # a lagging ensemble member must not say "sound"
             self._register_loss()
 
     def _drop_own_node(self) -> None:
@@ -312,6 +315,10 @@ class LeaderElection:
 
     def _own_node_sound(self, node: str) -> bool:
         """Re-read the own node, re-arming its watch; replace it when it is not sound."""
+        if self._sync_before_check:
+            with suppress(NoNodeError):
+                self._client.sync(node)
+            self._sync_before_check = False
         try:
             data, stat = self._client.get(node, watch=self._on_own_node_event)
         except NoNodeError:
