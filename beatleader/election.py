@@ -23,18 +23,24 @@ Guarantees:
   sorting first, a malformed name) never lead and never block: they are ignored, logged once per
   change as a WARNING naming the node, and reported to the observer's ``problem`` hook (kind
   ``foreign-contender``; a damaged own node: ``contender-node-damaged``).
-* Repeated losses of leadership (:meth:`step_down`, re-queueing) back off exponentially up to
-  ``hold_max`` before leading or queueing again; the first one in a quiet period does not wait.
+* Repeated losses of leadership (:meth:`step_down`, replacing a damaged own node) back off
+  exponentially up to ``hold_max`` before leading or queueing again; the first one in a quiet
+  period does not wait.
 * After LOST, or after the own node was deleted, a new node is created at the back of the queue.
-  A follower whose node vanished waits ``orphan_delay`` first, so that when the whole tree was
-  deleted the previous leader queues first and continues from its own run counts. The election
-  never gives up, never exits the process, and no exception ends its thread (logged, retried).
+  A follower whose node vanished waits ``orphan_delay`` first, and a contender leads only after
+  being first for ``takeover_settle``, so that when the whole tree is deleted (``rmr``) the
+  previous leader queues first and continues from its own run counts, instead of a follower
+  starting over from missing state (which would reuse task ids). The election never gives up,
+  never exits the process, and no exception ends its thread (logged, retried).
 * Each acquisition of leadership increments :attr:`LeaderElection.generation`, so the scheduler can
   tell that it must reload shared state before sending.
 
-Not guaranteed: that no other instance believes it leads at the same moment (a paused process
-cannot know it was paused). That is what the fence in ``state.py`` is for: every send is preceded by
-a transaction that checks the own node still exists at version 0. A foreign client with a live
+Not guaranteed: that a deleted tree never resets run counts. ``orphan_delay`` and
+``takeover_settle`` are timing: a deletion slower than them, or an ex-leader that is gone too,
+lets a follower start from empty state. Nor that no other instance believes it leads at the
+same moment (a paused process cannot know it was paused): that is what the fence in ``state.py``
+is for: every send is preceded by a transaction that checks the own node still exists at
+version 0. A foreign client with a live
 session can still queue a well-formed ephemeral node (only ACLs stop that); and while this instance
 leads it does not list the queue, so a foreign node is noticed when the queue is next read.
 
@@ -89,7 +95,10 @@ class LeaderElection:
     #: Seconds without a loss of leadership after which holds start from nothing again.
     hold_reset_after = 30.0
     #: Seconds a follower whose node was deleted from outside waits before queueing again.
-    orphan_delay = 1.0
+    orphan_delay = 2.0
+    #: Seconds a contender must stay first (looked at again) before it leads, so that a tree
+    #: being deleted, predecessor first, is not taken for a handover.
+    takeover_settle = 0.25
 
     def __init__(
         self,
@@ -118,7 +127,8 @@ class LeaderElection:
         self._own_node_deleted = False
         self._step_down_reason: str | None = None
         self._sync_before_check = False
-        self._led_with: str | None = None  # the node this instance last led with
+        self._was_leader = False  # led, and has not seen another contender lead since
+        self._first_since: float | None = None  # when this node was first seen first
         self._queue = ContenderQueue(client, path)
         self._ignored: dict[str, str] = {}  # foreign children last reported
         self._watched: str | None = None  # the predecessor last logged as watched
@@ -306,11 +316,10 @@ class LeaderElection:
         """The own node is gone: queue again (a follower only after ``orphan_delay``)."""
         if self._node is None:
             return
-        if self._led_with == self._node:
-            self._register_loss()
-        else:  # let an ex-leader whose node went too (whole tree deleted) queue first
+        if not self._was_leader:  # let an ex-leader whose node went too (tree deleted) go first
             self._hold_until = max(self._hold_until, time.monotonic() + self.orphan_delay)
         self._node = None
+        self._first_since = None
         self._set_leading(False, "own contender node is gone")
 
     def _own_node_sound(self, node: str) -> bool:
@@ -353,14 +362,27 @@ class LeaderElection:
 
     def _lead(self) -> None:
         self._watched = None
-        if self._leading or self._held():
+        if self._leading or self._held() or not self._settled():
             return
-        self._led_with = self._node
+        self._was_leader = True
         self._set_leading(True)
         logger.info("beatleader: leading (%s)", posixpath.basename(self._node or ""))
 
+    def _settled(self) -> bool:
+        """First for ``takeover_settle`` seconds? If not, wait and make the pass start over."""
+        now = time.monotonic()
+        if self._first_since is None:
+            self._first_since = now
+        remaining = self._first_since + self.takeover_settle - now
+        if remaining <= 0:
+            return True
+        self._stopped.wait(remaining)
+        self._wake.set()
+        return False
+
     def _follow(self, queue: tuple[str, ...], position: int) -> None:
-        self._led_with = None
+        self._was_leader = False
+        self._first_since = None
         self._set_leading(False, "another contender is first in the queue")
         name = queue[position - 1]
         predecessor = f"{self._election_path}/{name}"
