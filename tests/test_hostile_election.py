@@ -275,3 +275,28 @@ def test_status_survives_nodes_vanishing_mid_read(
         stop.set()
         thread.join(30)
     assert not errors, errors
+
+
+def test_check_fails_when_only_a_fake_persistent_contender_heads_the_queue(
+    zk_server, zk_client: KazooClient, foreign_session: KazooClient, zk_root: str
+) -> None:
+    """The reproduced bug: a persistent fake sorting first made ``--check`` exit 0 forever."""
+    where = ["--zk-hosts", zk_server.hosts, "--path", zk_root, "--timeout", "5"]
+    fake = f"{'0' * 32}{CONTENDER_MARKER}{0:010d}"
+    zk_client.create(f"{layout.election_path(zk_root)}/{fake}", _info("ok"), makepath=True)
+
+    alone = _cli("status", "--check", *where)
+    foreign_session.create(
+        f"{layout.election_path(zk_root)}/{uuid.uuid4().hex}{CONTENDER_MARKER}",
+        _info("ok"),
+        ephemeral=True,
+        sequence=True,
+    )
+    behind = _cli("status", "--json", *where)
+
+    assert alone.returncode == 1 and "no leader" in alone.stderr, alone.stderr
+    assert behind.returncode == 0, behind.stderr
+    doc = json.loads(behind.stdout)
+    assert doc["leader"]["node"] != fake and doc["leader_problem"] is None
+    assert doc["ignored"] == [{"node": fake, "reason": "it is not ephemeral (no session owns it)"}]
+    assert any(fake in w for w in doc["warnings"])
