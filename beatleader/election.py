@@ -24,14 +24,14 @@ Guarantees:
   change as a WARNING naming the node, and reported to the observer's ``problem`` hook (kind
   ``foreign-contender``; a damaged own node: ``contender-node-damaged``).
 * Repeated losses of leadership (:meth:`step_down`, replacing a damaged own node) back off
-  exponentially up to ``hold_max`` before leading or queueing again; the first one in a quiet
-  period does not wait.
+  exponentially up to ``Pacing.hold_max`` before leading or queueing again (``pacing.py``); the
+  first one in a quiet period does not wait.
 * After LOST, or after the own node was deleted, a new node is created at the back of the queue.
-  A follower whose node vanished waits ``orphan_delay`` first, and a contender leads only after
-  being first for ``takeover_settle``, so that when the whole tree is deleted (``rmr``) the
-  previous leader queues first and continues from its own run counts, instead of a follower
-  starting over from missing state (which would reuse task ids). The election never gives up,
-  never exits the process, and no exception ends its thread (logged, retried).
+  A follower whose node vanished waits ``Pacing.orphan_delay`` first, and a contender leads only
+  after being first for ``Pacing.takeover_settle``, so that when the whole tree is deleted
+  (``rmr``) the previous leader queues first and continues from its own run counts, instead of a
+  follower starting over from missing state (which would reuse task ids). The election never
+  gives up, never exits the process, and no exception ends its thread (logged, retried).
 * Each acquisition of leadership increments :attr:`LeaderElection.generation`, so the scheduler can
   tell that it must reload shared state before sending.
 
@@ -70,6 +70,7 @@ from beatleader.contenders import (
     sorted_contenders,
 )
 from beatleader.observe import Observer, Observers
+from beatleader.pacing import Pacing
 
 logger = logging.getLogger(__name__)
 
@@ -88,17 +89,8 @@ class LeaderElection:
     waiting_log_max = 60.0
     #: Pause after a failed ZooKeeper call before the worker tries again, seconds.
     retry_delay = 0.5
-    #: Hold after the second loss of leadership in a quiet period (doubled per further loss), s.
-    hold_first = 0.25
-    #: Longest hold between losing leadership and leading or queueing again, seconds.
-    hold_max = 8.0
-    #: Seconds without a loss of leadership after which holds start from nothing again.
-    hold_reset_after = 30.0
-    #: Seconds a follower whose node was deleted from outside waits before queueing again.
-    orphan_delay = 2.0
-    #: Seconds a contender must stay first (looked at again) before it leads, so that a tree
-    #: being deleted, predecessor first, is not taken for a handover.
-    takeover_settle = 0.25
+    #: Back-off, orphan delay and takeover settle (their tunables are on :class:`Pacing`).
+    pacing_class = Pacing
 
     def __init__(
         self,
@@ -128,13 +120,10 @@ class LeaderElection:
         self._step_down_reason: str | None = None
         self._sync_before_check = False
         self._was_leader = False  # led, and has not seen another contender lead since
-        self._first_since: float | None = None  # when this node was first seen first
         self._queue = ContenderQueue(client, path)
         self._ignored: dict[str, str] = {}  # foreign children last reported
         self._watched: str | None = None  # the predecessor last logged as watched
-        self._hold_until = 0.0
-        self._losses = 0
-        self._last_loss = -float("inf")
+        self._pacing = self.pacing_class(self._stopped, self._wake)
         self._thread: threading.Thread | None = None
 
     # -- public API ---------------------------------------------------------------------------
@@ -279,7 +268,7 @@ class LeaderElection:
         """One pass: make sure we have a sound node, then lead or watch our predecessor."""
         self._consume_flags()
         if self._node is None:
-            if self._held():
+            if self._pacing.held():
                 return
             if self._prepare is not None:
                 self._prepare()
@@ -310,16 +299,15 @@ class LeaderElection:
         if self._step_down_reason is not None:
             self._step_down_reason = None
             self._sync_before_check = True  # a lagging ensemble member must not say "sound"
-            self._register_loss()
+            self._pacing.loss()
 
     def _drop_own_node(self) -> None:
         """The own node is gone: queue again (a follower only after ``orphan_delay``)."""
         if self._node is None:
             return
         if not self._was_leader:  # let an ex-leader whose node went too (tree deleted) go first
-            self._hold_until = max(self._hold_until, time.monotonic() + self.orphan_delay)
+            self._pacing.orphaned()
         self._node = None
-        self._first_since = None
         self._set_leading(False, "own contender node is gone")
 
     def _own_node_sound(self, node: str) -> bool:
@@ -346,7 +334,7 @@ class LeaderElection:
         with suppress(NoNodeError):
             self._client.delete(node)
         self._node = None
-        self._register_loss()
+        self._pacing.loss()
         self._wake.set()
         return False
 
@@ -362,27 +350,15 @@ class LeaderElection:
 
     def _lead(self) -> None:
         self._watched = None
-        if self._leading or self._held() or not self._settled():
+        if self._leading or self._pacing.held() or self._pacing.settling():
             return
         self._was_leader = True
         self._set_leading(True)
         logger.info("beatleader: leading (%s)", posixpath.basename(self._node or ""))
 
-    def _settled(self) -> bool:
-        """First for ``takeover_settle`` seconds? If not, wait and make the pass start over."""
-        now = time.monotonic()
-        if self._first_since is None:
-            self._first_since = now
-        remaining = self._first_since + self.takeover_settle - now
-        if remaining <= 0:
-            return True
-        self._stopped.wait(remaining)
-        self._wake.set()
-        return False
-
     def _follow(self, queue: tuple[str, ...], position: int) -> None:
         self._was_leader = False
-        self._first_since = None
+        self._pacing.not_first()
         self._set_leading(False, "another contender is first in the queue")
         name = queue[position - 1]
         predecessor = f"{self._election_path}/{name}"
@@ -409,34 +385,6 @@ class LeaderElection:
             detail = f"{self._election_path}/{name!r}: {ignored[name]}"
             logger.warning("beatleader: ignoring foreign node in the election: %s", detail)
             self._observer.problem("foreign-contender", detail)
-
-    # -- back-off --------------------------------------------------------------------------------
-
-    def _register_loss(self) -> None:
-        """Count a loss of leadership; from the second in a quiet period on, hold back."""
-        now = time.monotonic()
-        if now - self._last_loss > self.hold_reset_after:
-            self._losses = 0
-        self._last_loss = now
-        self._losses += 1
-        if self._losses < 2:
-            return
-        delay = min(self.hold_first * 2 ** (self._losses - 2), self.hold_max)
-        self._hold_until = max(self._hold_until, now + delay)
-        logger.warning(
-            "beatleader: leadership lost %d times in a row; holding back %.2f s",
-            self._losses,
-            delay,
-        )
-
-    def _held(self) -> bool:
-        """Wait out the current hold (stop ends it); True when the pass must start over."""
-        remaining = self._hold_until - time.monotonic()
-        if remaining <= 0:
-            return False
-        self._stopped.wait(remaining)
-        self._wake.set()
-        return True
 
     # -- node creation ---------------------------------------------------------------------------
 
