@@ -2,11 +2,13 @@
 
 Guarantees:
 
-* Exit codes are fit for health checks: 0 a leader exists (``resign``: leadership stepped down),
-  1 ZooKeeper answered but there is no leader (``resign``: nothing to resign, or leadership did
-  not move in time), 2 ZooKeeper unreachable within ``--timeout`` or bad input (settings,
-  options, an app that cannot be loaded).
-* Every error is one line on stderr starting with ``beatleader:``, never a traceback.
+* Exit codes are fit for health checks: 0 a sound leader exists (a well-formed, ephemeral
+  contender node holding readable, unrewritten ContenderInfo; ``resign``: leadership stepped
+  down), 1 ZooKeeper answered but there is no sound leader (``resign``: nothing to resign, or
+  leadership did not move in time), 2 ZooKeeper unreachable within ``--timeout`` or bad input
+  (settings, options, an app that cannot be loaded).
+* Every error is one line on stderr starting with ``beatleader:``, never a traceback, whatever
+  another client wrote into the tree; names and values from ZooKeeper are printed escaped.
 * Settings are resolved like the scheduler's (:meth:`Settings.from_app`): ``--zk-hosts`` and
   ``--path`` win over the app's configuration, which wins over ``BEATLEADER_ZK_HOSTS`` and
   ``BEATLEADER_PATH``, which win over the defaults. The app is ``-A/--app`` or, under
@@ -16,7 +18,7 @@ Guarantees:
   (:mod:`beatleader.trust`), not "unreachable"; a tree that anyone may write although auth is
   set is listed under the status warnings.
 * ``status`` only reads; ``resign`` deletes only the leader's contender node. All ZooKeeper
-  reading lives in :mod:`beatleader.inspect`; this module parses options, connects and renders.
+  reading lives in :mod:`beatleader.status`; this module parses options, connects and renders.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ from kazoo.handlers.threading import KazooTimeoutError
 from beatleader._version import __version__
 from beatleader.client import make_client
 from beatleader.config import ConfigError, Settings
-from beatleader.inspect import Contender, Entry, ResignResult, Status, read_status, resign_leader
 from beatleader.kazoolog import KAZOO_LOGGER
+from beatleader.status import Contender, Entry, ResignResult, Status, read_status, resign_leader
 from beatleader.trust import ZooKeeperTrustError, acl_warnings, start_client
 
 EXIT_LEADER = 0
@@ -232,7 +234,7 @@ def render_status(status: Status, target: Target) -> str:
         _indent(_entry_table(status.entries)),
     ]
     if status.warnings:
-        sections += ["", "Warnings:", *(f"  ! {w}" for w in status.warnings)]
+        sections += ["", "Warnings:", *(f"  ! {_cell(w)}" for w in status.warnings)]
     return "\n".join(sections)
 
 
@@ -303,7 +305,8 @@ def status_command(
 ) -> None:
     """Show who leads, who waits, and what the schedule has done.
 
-    Exit code 0: a leader exists; 1: no leader; 2: ZooKeeper unreachable or bad input.
+    Exit code 0: a sound leader exists; 1: no leader, or its node is foreign or rewritten;
+    2: ZooKeeper unreachable or bad input.
     """
     if sum((as_json, watch, check)) > 1:
         raise click.UsageError("--json, --watch and --check exclude each other", ctx)
@@ -315,9 +318,10 @@ def status_command(
         status = read_status(client, target.settings.path)
         open_tree = acl_warnings(client, target.settings.path, target.settings)
     status = dataclasses.replace(status, warnings=(*status.warnings, *open_tree))
-    code = EXIT_LEADER if status.leader else EXIT_NO_LEADER
-    if check and code != EXIT_LEADER:
-        raise CliError(f"no leader at {target.where}", exit_code=code)
+    problem = status.leader_problem()
+    code = EXIT_LEADER if problem is None else EXIT_NO_LEADER
+    if check and problem is not None:
+        raise CliError(f"{problem} at {target.where}", exit_code=code)
     if as_json:
         click.echo(json.dumps(status.as_dict(), indent=2))
     elif not check:

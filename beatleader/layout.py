@@ -96,12 +96,29 @@ class ContenderInfo:
 
     @classmethod
     def decode(cls, data: bytes) -> ContenderInfo | None:
-        """The info in ``data``, or None when it is not a beatleader contender's."""
+        """The info in ``data``, or None when it is not a beatleader contender's ("foreign").
+
+        Strict: every field present with its exact JSON type (``pid`` an int, not a bool), or None.
+        """
         fields = _json_object(data)
-        try:
-            return cls(**{k: fields[k] for k in cls.__dataclass_fields__})
-        except (KeyError, TypeError):
-            return None
+        values: dict[str, Any] = {}
+        for name, kind in _CONTENDER_FIELD_TYPES.items():
+            value = fields.get(name)
+            if type(value) is not kind:
+                return None
+            values[name] = value
+        return cls(**values)
+
+
+#: The exact JSON type of each ContenderInfo field (``type(value) is`` this, so no bool for int).
+_CONTENDER_FIELD_TYPES: dict[str, type] = {
+    "identity": str,
+    "host": str,
+    "pid": int,
+    "version": str,
+    "started_at": str,
+    "fingerprint": str,
+}
 
 
 @dataclass(frozen=True)
@@ -137,6 +154,6 @@ class EntryState:
 def _json_object(data: bytes) -> dict[str, Any]:
     try:
         value = json.loads(data.decode() if data else "null")
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: deep nesting
         return {}
     return value if isinstance(value, dict) else {}
