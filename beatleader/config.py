@@ -24,6 +24,8 @@ DEFAULT_PATH_PREFIX = "/beatleader"
 DEFAULT_SESSION_TIMEOUT = 10.0
 #: Bounds accepted for the session timeout (the server may still narrow what it grants).
 SESSION_TIMEOUT_RANGE = (0.2, 3600.0)
+#: Seconds a worker's "run done" marker is kept (``dedup.install``): longer than any redelivery delay.
+DEFAULT_DEDUP_RETENTION = 3 * 3600.0
 #: Authentication schemes of ``beatleader_zk_auth`` (``sasl`` is SASL DIGEST-MD5).
 AUTH_SCHEMES = ("digest", "sasl")
 
@@ -74,6 +76,8 @@ class Settings:
     zk_world_readable: bool = True
     #: None: plaintext connection.
     zk_tls: TlsSettings | None = None
+    #: Seconds the workers' done markers are kept (``beatleader.dedup``).
+    dedup_retention: float = DEFAULT_DEDUP_RETENTION
 
     @classmethod
     def from_app(cls, app: Any, **overrides: Any) -> Settings:
@@ -201,6 +205,14 @@ def validate_misfire_grace(label: str, value: Any) -> float | None:
     return seconds
 
 
+def validate_positive_seconds(label: str, value: Any) -> float:
+    """A number of seconds > 0."""
+    seconds = _as_seconds(value)
+    if seconds is None or seconds <= 0:
+        raise _fail(label, value, "expected a number of seconds > 0")
+    return seconds
+
+
 def validate_bool(label: str, value: Any) -> bool:
     """true/false, yes/no, on/off, 1/0 (any case), or a bool."""
     if isinstance(value, bool):
@@ -314,4 +326,5 @@ _SETTINGS: dict[str, tuple[Validator, Any]] = {
     "zk_tls_key": (validate_optional_file, None),
     "zk_tls_key_password": (validate_optional_text, None),
     "zk_tls_check_hostname": (validate_bool, True),
+    "dedup_retention": (validate_positive_seconds, DEFAULT_DEDUP_RETENTION),
 }

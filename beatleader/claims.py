@@ -1,0 +1,355 @@
+"""Claims on beatleader runs in ZooKeeper: who executes run N of an entry, and whether it is done.
+
+Under the worker's root (``Settings.path``), one folder per entry (``layout.dedup_path``)::
+
+    dedup/<entry>                 persistent, JSON {"floor": F}: every run <= F is treated as done
+    dedup/<entry>/r<ordinal>      EPHEMERAL, JSON owner (task id, host, pid, attempt): running
+    dedup/<entry>/d<ordinal>      persistent, JSON {"state", "attempt", "task_id"}: finished
+
+Guarantees:
+
+* **Atomic claim**: a run is claimed by creating its ephemeral ``r`` node; ZooKeeper lets exactly
+  one session create it. The ``d`` marker is written and the claim deleted in one transaction
+  that first checks the claim is still this session's.
+* **A dead claimant does not block the run**: its ephemeral claim disappears with its session
+  (the session timeout after a kill -9); a delivery that finds a claim held by another session
+  waits for it up to :attr:`ClaimPolicy.wait_factor` session timeouts before it calls the run a
+  duplicate of a live execution.
+* **Retries**: a ``d`` marker in state ``retrying`` with attempt ``a`` lets attempt ``a + 1``
+  (celery's ``request.retries``) claim the run again, and no earlier attempt.
+* **Bounded**: every :attr:`ClaimPolicy.prune_every`-th ordinal, the writer of a ``d`` marker
+  deletes the markers of that entry older than the retention (ZooKeeper's own ``ctime``, so no
+  worker clock is trusted) and raises the folder's floor to the highest ordinal it deleted. An
+  entry keeps about ``retention / interval + prune_every`` markers.
+
+Not guaranteed:
+
+* A worker whose session expires while its run executes loses its claim: a duplicate delivered
+  after that can run concurrently. The completing worker logs it (``lost_claim``).
+* A run at or below the floor (older than the retention) is never executed again, even if it
+  never ran: set the retention longer than any redelivery delay of the broker (Redis
+  ``visibility_timeout``, SQS visibility) and any queue backlog.
+* Folders of entries removed from the schedule are not deleted (at most the markers of one
+  retention each).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kazoo.protocol.states import ZnodeStat
+
+from beatleader import layout
+
+
+class Verdict(Enum):
+    """What a delivery of a run may do."""
+
+    CLAIMED = "claimed"  # execute it, then finish()
+    DONE = "already executed"  # drop
+    RUNNING = "being executed by a live worker"  # drop
+    EXPIRED = "older than the claim retention"  # drop
+
+
+class Outcome(Enum):
+    """How an execution ended, as recorded in its ``d`` marker (or not at all)."""
+
+    DONE = "done"
+    FAILED = "failed"
+    RETRYING = "retrying"
+    RELEASED = "released"  # no marker: the message comes back (requeue, worker shutdown)
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """One run of one entry: the claim's folder and ordinal."""
+
+    folder: str
+    ordinal: int
+    entry: str
+    task_id: str
+
+    def __str__(self) -> str:
+        return f"task {self.task_id} (entry {self.entry!r} run {self.ordinal})"
+
+
+class ClaimPolicy:
+    """Tunables of the claim store; subclass or patch to tune."""
+
+    #: A claim of another session is waited for up to this many session timeouts (plus
+    #: ``wait_margin``) before the delivery is called a duplicate of a live execution.
+    wait_factor = 1.0
+    #: Seconds added to the wait above.
+    wait_margin = 1.0
+    #: Markers are pruned when a run whose ordinal is a multiple of this is finished.
+    prune_every = 32
+    #: Markers whose age is checked per round trip when pruning.
+    prune_batch = 200
+
+
+class ClaimStore:
+    """Claims of one worker process, through one started client (thread-safe)."""
+
+    def __init__(
+        self,
+        client: KazooClient,
+        root: str,
+        retention: float,
+        policy: type[ClaimPolicy] = ClaimPolicy,
+    ) -> None:
+        self.client = client
+        self.root = root
+        self.retention = retention
+        self.policy = policy
+        self._lock = threading.Lock()
+        self._running: set[tuple[str, int]] = set()
+        self._folders: set[str] = set()
+        #: Called with (key, message) when an execution finds its claim was lost.
+        self.on_lost_claim: Callable[[RunKey, str], None] = lambda key, message: None
+
+    # -- paths ------------------------------------------------------------------------------
+
+    def folder_path(self, key: RunKey) -> str:
+        return f"{layout.dedup_path(self.root)}/{key.folder}"
+
+    def _claim_path(self, key: RunKey) -> str:
+        return f"{self.folder_path(key)}/r{key.ordinal:020d}"
+
+    def _marker_path(self, key: RunKey) -> str:
+        return f"{self.folder_path(key)}/d{key.ordinal:020d}"
+
+    # -- claim ------------------------------------------------------------------------------
+
+    def acquire(self, key: RunKey, attempt: int, owner: dict[str, Any]) -> Verdict:
+        """Claim ``key`` for ``attempt`` or say why not; waits for a claim of another session."""
+        self._ensure_folder(key)
+        deadline: float | None = None
+        while True:
+            verdict = self._try_claim(key, attempt, owner)
+            if verdict is not None:
+                return verdict
+            holder = self._holder(key)
+            if holder is None:
+                continue  # released meanwhile: look again
+            if holder.ephemeralOwner == self._session_id():
+                with self._lock:
+                    if (key.folder, key.ordinal) in self._running:
+                        return Verdict.RUNNING  # this very process executes it right now
+                self._write_claim(key, attempt, owner, holder.version)  # a leftover of ours
+                return self._mark_running(key)
+            now = self._now()
+            if deadline is None:
+                deadline = now + self._wait_seconds()
+            if now >= deadline:
+                return Verdict.RUNNING
+            self._wait_released(key, deadline - now)
+
+    def _try_claim(self, key: RunKey, attempt: int, owner: dict[str, Any]) -> Verdict | None:
+        marker = self._marker(key)
+        if marker is not None and not _allows(marker, attempt):
+            return Verdict.DONE
+        if marker is None and key.ordinal <= self._floor(key):
+            return Verdict.EXPIRED
+        try:
+            self.client.create(self._claim_path(key), _encode({**owner, "attempt": attempt}),
+                               ephemeral=True)
+        except NodeExistsError:
+            return None
+        return self._mark_running(key)
+
+    def _mark_running(self, key: RunKey) -> Verdict:
+        with self._lock:
+            self._running.add((key.folder, key.ordinal))
+        return Verdict.CLAIMED
+
+    def _write_claim(self, key: RunKey, attempt: int, owner: dict[str, Any], version: int) -> None:
+        try:
+            self.client.set(self._claim_path(key), _encode({**owner, "attempt": attempt}), version)
+        except (BadVersionError, NoNodeError):
+            pass  # our own node changed or vanished: finish() notices and reports
+
+    def _holder(self, key: RunKey) -> ZnodeStat | None:
+        return self.client.exists(self._claim_path(key))
+
+    def _wait_released(self, key: RunKey, seconds: float) -> None:
+        released = threading.Event()
+        stat = self.client.exists(self._claim_path(key), watch=lambda _event: released.set())
+        if stat is not None:
+            released.wait(seconds)
+
+    # -- finish -----------------------------------------------------------------------------
+
+    def finish(self, key: RunKey, outcome: Outcome, attempt: int) -> None:
+        """Record how the claimed execution of ``key`` ended and drop the claim."""
+        try:
+            if outcome is Outcome.RELEASED:
+                self._delete_own_claim(key)
+            else:
+                self._write_marker(key, outcome, attempt)
+                if outcome is not Outcome.RETRYING and key.ordinal % self.policy.prune_every == 0:
+                    self.prune(key)
+        finally:
+            with self._lock:
+                self._running.discard((key.folder, key.ordinal))
+
+    def _write_marker(self, key: RunKey, outcome: Outcome, attempt: int) -> None:
+        data = _encode({"state": outcome.value, "attempt": attempt, "task_id": key.task_id})
+        claim = self._holder(key)
+        if claim is None or claim.ephemeralOwner != self._session_id():
+            self.on_lost_claim(key, "its claim expired while it executed (session lost)")
+            claim = None
+        marker = self.client.exists(self._marker_path(key))
+        transaction = self.client.transaction()
+        if claim is not None:
+            transaction.check(self._claim_path(key), claim.version)
+            transaction.delete(self._claim_path(key))
+        if marker is None:
+            transaction.create(self._marker_path(key), data)
+        else:
+            transaction.set_data(self._marker_path(key), data, marker.version)
+        errors = [r for r in transaction.commit() if isinstance(r, Exception)]
+        if errors:  # another process changed the claim or marker between our reads: redo
+            self.on_lost_claim(key, f"its claim changed under it ({errors[0]!r})")
+            self.client.retry(self._write_marker_plain, key, data)
+
+    def _write_marker_plain(self, key: RunKey, data: bytes) -> None:
+        try:
+            self.client.create(self._marker_path(key), data)
+        except NodeExistsError:
+            self.client.set(self._marker_path(key), data)
+
+    def _delete_own_claim(self, key: RunKey) -> None:
+        claim = self._holder(key)
+        if claim is not None and claim.ephemeralOwner == self._session_id():
+            try:
+                self.client.delete(self._claim_path(key), claim.version)
+            except (BadVersionError, NoNodeError):
+                pass
+
+    # -- pruning ----------------------------------------------------------------------------
+
+    def prune(self, key: RunKey) -> int:
+        """Delete ``key``'s entry's markers older than the retention; return how many."""
+        folder = self.folder_path(key)
+        now_stat = self.client.exists(self._marker_path(key))
+        if now_stat is None:
+            return 0
+        horizon_ms = now_stat.ctime - int(self.retention * 1000)
+        markers = sorted(
+            int(name[1:]) for name in self.client.get_children(folder)
+            if name.startswith("d") and name[1:].isdigit()
+        )
+        deleted: list[int] = []
+        for start in range(0, len(markers), self.policy.prune_batch):
+            batch = markers[start : start + self.policy.prune_batch]
+            old = self._older_than(folder, batch, horizon_ms)
+            self._delete_markers(folder, old)
+            deleted.extend(old)
+            if len(old) < len(batch):
+                break  # markers are created in about ordinal order: the rest are younger
+        if deleted:
+            self._raise_floor(key, max(deleted))
+        return len(deleted)
+
+    def _older_than(self, folder: str, ordinals: list[int], horizon_ms: int) -> list[int]:
+        asyncs = [(n, self.client.exists_async(f"{folder}/d{n:020d}")) for n in ordinals]
+        old = []
+        for ordinal, result in asyncs:
+            stat = result.get()
+            if stat is not None and stat.ctime < horizon_ms:
+                old.append(ordinal)
+        return old
+
+    def _delete_markers(self, folder: str, ordinals: list[int]) -> None:
+        pending = [self.client.delete_async(f"{folder}/d{n:020d}") for n in ordinals]
+        for result in pending:
+            try:
+                result.get()
+            except NoNodeError:
+                pass  # another worker pruned it
+
+    def _raise_floor(self, key: RunKey, ordinal: int) -> None:
+        path = self.folder_path(key)
+        while True:
+            data, stat = self.client.get(path)
+            if _floor_of(data) >= ordinal:
+                return
+            try:
+                self.client.set(path, _encode({"floor": ordinal}), stat.version)
+                return
+            except BadVersionError:
+                continue
+
+    def _floor(self, key: RunKey) -> int:
+        data, _ = self.client.get(self.folder_path(key))
+        return _floor_of(data)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _ensure_folder(self, key: RunKey) -> None:
+        if key.folder in self._folders:
+            return
+        try:
+            self.client.create(self.folder_path(key), _encode({"floor": 0}), makepath=True)
+        except NodeExistsError:
+            pass
+        self._folders.add(key.folder)
+
+    def _marker(self, key: RunKey) -> dict[str, Any] | None:
+        try:
+            data, _ = self.client.get(self._marker_path(key))
+        except NoNodeError:
+            return None
+        return _decode(data)
+
+    def _session_id(self) -> int | None:
+        client_id = self.client.client_id
+        return client_id[0] if client_id else None
+
+    def _wait_seconds(self) -> float:
+        session = float(self.client._session_timeout) / 1000.0  # negotiated, milliseconds
+        return self.policy.wait_factor * session + self.policy.wait_margin
+
+    @staticmethod
+    def _now() -> float:
+        return time.monotonic()
+
+    def markers(self, key: RunKey) -> list[int]:
+        """The ordinals of ``key``'s entry that have a ``d`` marker (for tests and status)."""
+        return sorted(
+            int(name[1:]) for name in self.client.get_children(self.folder_path(key))
+            if name.startswith("d") and name[1:].isdigit()
+        )
+
+
+def _allows(marker: dict[str, Any], attempt: int) -> bool:
+    """Whether a delivery with ``attempt`` may run after ``marker`` (only a later retry may)."""
+    if marker.get("state") != Outcome.RETRYING.value:
+        return False
+    previous = marker.get("attempt")
+    return isinstance(previous, int) and attempt > previous
+
+
+def _floor_of(data: bytes) -> int:
+    floor = _decode(data).get("floor")
+    return floor if isinstance(floor, int) and not isinstance(floor, bool) else 0
+
+
+def _encode(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, sort_keys=True).encode()
+
+
+def _decode(data: bytes | None) -> dict[str, Any]:
+    try:
+        value = json.loads(data.decode()) if data else None
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
