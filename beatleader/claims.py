@@ -35,6 +35,7 @@ Not guaranteed:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -159,8 +160,9 @@ class ClaimStore:
         if marker is None and key.ordinal <= self._floor(key):
             return Verdict.EXPIRED
         try:
-            self.client.create(self._claim_path(key), _encode({**owner, "attempt": attempt}),
-                               ephemeral=True)
+            self.client.create(
+                self._claim_path(key), _encode({**owner, "attempt": attempt}), ephemeral=True
+            )
         except NodeExistsError:
             return None
         return self._mark_running(key)
@@ -171,10 +173,9 @@ class ClaimStore:
         return Verdict.CLAIMED
 
     def _write_claim(self, key: RunKey, attempt: int, owner: dict[str, Any], version: int) -> None:
-        try:
+        # our own node changed or vanished: finish() notices and reports
+        with contextlib.suppress(BadVersionError, NoNodeError):
             self.client.set(self._claim_path(key), _encode({**owner, "attempt": attempt}), version)
-        except (BadVersionError, NoNodeError):
-            pass  # our own node changed or vanished: finish() notices and reports
 
     def _holder(self, key: RunKey) -> ZnodeStat | None:
         return self.client.exists(self._claim_path(key))
@@ -229,10 +230,8 @@ class ClaimStore:
     def _delete_own_claim(self, key: RunKey) -> None:
         claim = self._holder(key)
         if claim is not None and claim.ephemeralOwner == self._session_id():
-            try:
+            with contextlib.suppress(BadVersionError, NoNodeError):
                 self.client.delete(self._claim_path(key), claim.version)
-            except (BadVersionError, NoNodeError):
-                pass
 
     # -- pruning ----------------------------------------------------------------------------
 
@@ -244,7 +243,8 @@ class ClaimStore:
             return 0
         horizon_ms = now_stat.ctime - int(self.retention * 1000)
         markers = sorted(
-            int(name[1:]) for name in self.client.get_children(folder)
+            int(name[1:])
+            for name in self.client.get_children(folder)
             if name.startswith("d") and name[1:].isdigit()
         )
         deleted: list[int] = []
@@ -271,10 +271,8 @@ class ClaimStore:
     def _delete_markers(self, folder: str, ordinals: list[int]) -> None:
         pending = [self.client.delete_async(f"{folder}/d{n:020d}") for n in ordinals]
         for result in pending:
-            try:
+            with contextlib.suppress(NoNodeError):  # another worker pruned it
                 result.get()
-            except NoNodeError:
-                pass  # another worker pruned it
 
     def _raise_floor(self, key: RunKey, ordinal: int) -> None:
         path = self.folder_path(key)
@@ -297,10 +295,8 @@ class ClaimStore:
     def _ensure_folder(self, key: RunKey) -> None:
         if key.folder in self._folders:
             return
-        try:
+        with contextlib.suppress(NodeExistsError):
             self.client.create(self.folder_path(key), _encode({"floor": 0}), makepath=True)
-        except NodeExistsError:
-            pass
         self._folders.add(key.folder)
 
     def _marker(self, key: RunKey) -> dict[str, Any] | None:
@@ -325,7 +321,8 @@ class ClaimStore:
     def markers(self, key: RunKey) -> list[int]:
         """The ordinals of ``key``'s entry that have a ``d`` marker (for tests and status)."""
         return sorted(
-            int(name[1:]) for name in self.client.get_children(self.folder_path(key))
+            int(name[1:])
+            for name in self.client.get_children(self.folder_path(key))
             if name.startswith("d") and name[1:].isdigit()
         )
 

@@ -24,7 +24,7 @@ DEFAULT_PATH_PREFIX = "/beatleader"
 DEFAULT_SESSION_TIMEOUT = 10.0
 #: Bounds accepted for the session timeout (the server may still narrow what it grants).
 SESSION_TIMEOUT_RANGE = (0.2, 3600.0)
-#: Seconds a worker's "run done" marker is kept (``dedup.install``): longer than any redelivery delay.
+#: Seconds a worker's "run done" marker is kept (``dedup.install``); exceed any redelivery delay.
 DEFAULT_DEDUP_RETENTION = 3 * 3600.0
 #: Authentication schemes of ``beatleader_zk_auth`` (``sasl`` is SASL DIGEST-MD5).
 AUTH_SCHEMES = ("digest", "sasl")

@@ -166,18 +166,22 @@ class DedupGuard:
             try:
                 client.stop()
                 client.close()
-            except Exception:  # noqa: BLE001 - shutting down; nothing to do about it
+            except Exception:
                 logger.debug("closing the dedup client failed", exc_info=True)
 
     def on_prerun(self, sender: Any = None, task_id: str | None = None, **_: Any) -> None:
         """A task registered after the worker started: guard it from its next execution on."""
         task = sender
-        if task is None or getattr(task.run, _WRAPPED, False) or getattr(task, "app", None) is not self.app:
+        if task is None or getattr(task, "app", None) is not self.app:
+            return
+        if getattr(task.run, _WRAPPED, False):
             return
         if self.wrap(task) and self.run_key(task.request) is not None:
             logger.error(
                 "beatleader.dedup: task %s (%s) was registered after the worker started and "
-                "runs unguarded this once", task_id, task.name,
+                "runs unguarded this once",
+                task_id,
+                task.name,
             )
 
     # -- one execution ----------------------------------------------------------------------------
@@ -224,11 +228,14 @@ class DedupGuard:
             try:
                 store.finish(key, outcome, attempt)
                 return
-            except Exception as exc:  # noqa: BLE001 - the task's outcome must not change
+            except Exception as exc:
                 if time.monotonic() >= deadline or not isinstance(exc, KazooException):
                     logger.error(
                         "beatleader.dedup: could not record %s as %s (%r): a redelivery may "
-                        "execute it again", key, outcome.value, exc,
+                        "execute it again",
+                        key,
+                        outcome.value,
+                        exc,
                     )
                     return
                 time.sleep(0.2)
@@ -238,25 +245,32 @@ class DedupGuard:
         count = _int(_header(request, REQUEUES_HEADER))
         if count >= self.policy.requeue_limit:
             logger.error(
-                "beatleader.dedup: %s NOT executed: claim store unreachable after %d requeues "
-                "(%s)", key, count, exc,
+                "beatleader.dedup: %s NOT executed: claim store unreachable after %d requeues (%s)",
+                key,
+                count,
+                exc,
             )
             raise Ignore()
         delay = min(self.policy.requeue_max_delay, self.policy.requeue_first_delay * 2**count)
         logger.warning(
             "beatleader.dedup: %s not executed yet: claim store unreachable (%s); published "
-            "again in %.0f s (requeue %d of %d)", key, exc, delay, count + 1,
+            "again in %.0f s (requeue %d of %d)",
+            key,
+            exc,
+            delay,
+            count + 1,
             self.policy.requeue_limit,
         )
         headers = {**(getattr(request, "headers", None) or {}), REQUEUES_HEADER: count + 1}
         try:
             signature = task.signature_from_request(request, request.args, request.kwargs)
             signature.apply_async(countdown=delay, headers=headers)
-        except Exception as publish_error:  # noqa: BLE001 - the broker is down too
+        except Exception as publish_error:
             if task.acks_late:
                 raise Reject(publish_error, requeue=True) from None
-            logger.error("beatleader.dedup: %s lost: could not publish it again: %r",
-                         key, publish_error)
+            logger.error(
+                "beatleader.dedup: %s lost: could not publish it again: %r", key, publish_error
+            )
         raise Ignore()
 
     # -- what is guarded --------------------------------------------------------------------------
@@ -270,17 +284,22 @@ class DedupGuard:
             return None
         task_id = getattr(request, "id", None)
         valid = (
-            isinstance(root, str) and isinstance(entry, str)
-            and isinstance(ordinal, int) and not isinstance(ordinal, bool) and ordinal >= 0
+            isinstance(root, str)
+            and isinstance(entry, str)
+            and isinstance(ordinal, int)
+            and not isinstance(ordinal, bool)
+            and ordinal >= 0
         )
         if not valid or task_id != layout.run_task_id(root, entry, ordinal):
             logger.warning(
                 "beatleader.dedup: task %s carries beatleader headers that do not match its id; "
-                "executed unguarded", task_id,
+                "executed unguarded",
+                task_id,
             )
             return None
-        return RunKey(folder=self._folder(root, entry), ordinal=ordinal, entry=entry,
-                      task_id=task_id)
+        return RunKey(
+            folder=self._folder(root, entry), ordinal=ordinal, entry=entry, task_id=task_id
+        )
 
     def _folder(self, root: str, entry: str) -> str:
         try:

@@ -9,7 +9,7 @@ Under an app's root path (``/beatleader/<app.main>`` by default)::
                                         through the fenced commit (see ``state.py``).
     schedules/<fingerprint>             persistent JSON list of the entry names of one schedule
                                         version; content-addressed, written once by any instance.
-    dedup/<quoted entry>/...            run claims of workers with ``dedup.install`` (``claims.py``).
+    dedup/<quoted entry>/...            workers' run claims (``dedup.install``, ``claims.py``).
 
 Entry names are percent-quoted so that any Celery entry name (spaces, slashes, non-ASCII) is a
 single valid znode name; :func:`unquote_entry_name` gives the original back. This module only

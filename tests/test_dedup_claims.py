@@ -29,9 +29,10 @@ def key(ordinal: int, entry: str = "e") -> RunKey:
 @pytest.fixture
 def stores(zk_server: ZooKeeperServer, zk_root: str) -> Iterator[list[ClaimStore]]:
     """Two claim stores on two sessions (two worker processes)."""
-    with connected_client(zk_server.hosts, timeout=2) as a, connected_client(
-        zk_server.hosts, timeout=2
-    ) as b:
+    with (
+        connected_client(zk_server.hosts, timeout=2) as a,
+        connected_client(zk_server.hosts, timeout=2) as b,
+    ):
         yield [ClaimStore(c, zk_root, 3600.0, QuickPolicy) for c in (a, b)]
 
 
