@@ -52,6 +52,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from celery import signals
+from celery.app.trace import build_tracer
 from celery.exceptions import Ignore, Reject, Retry
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException
@@ -117,6 +118,7 @@ class DedupGuard:
         self._client: KazooClient | None = None
         self._store: ClaimStore | None = None
         self._settings: Settings | None = None
+        self._hostname: str | None = None  # the worker's, for tracers rebuilt after wrapping
 
     # -- wrapping -------------------------------------------------------------------------------
 
@@ -139,7 +141,10 @@ class DedupGuard:
 
         setattr(guarded_run, _WRAPPED, True)
         task.run = guarded_run
-        task.__trace__ = None  # a tracer built earlier captured the unwrapped run
+        if task.__trace__ is not None:  # a tracer built earlier captured the unwrapped run
+            task.__trace__ = build_tracer(
+                task.name, task, self.app.loader, self._hostname, app=self.app
+            )
         return True
 
     def on_finalized(self, sender: Any = None, **_: Any) -> None:
@@ -148,6 +153,7 @@ class DedupGuard:
     def on_worker_init(self, sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is not self.app:
             return
+        self._hostname = getattr(sender, "hostname", None)
         self.wrap_tasks()
         try:
             self.settings()
@@ -254,7 +260,7 @@ class DedupGuard:
         delay = min(self.policy.requeue_max_delay, self.policy.requeue_first_delay * 2**count)
         logger.warning(
             "beatleader.dedup: %s not executed yet: claim store unreachable (%s); published "
-            "again in %.0f s (requeue %d of %d)",
+            "again in %.1f s (requeue %d of %d)",
             key,
             exc,
             delay,

@@ -17,7 +17,8 @@ Shaped entirely by environment variables, read when the module is imported:
 ``TEST_EXECUTION_LOG``
     file that :func:`record` appends one JSON line per execution to.
 ``TEST_DEDUP``
-    when set, ``beatleader.dedup.install(app)`` before any task is defined.
+    when set, ``beatleader.dedup.install(app)`` before any task is defined (``after-tasks``:
+    after them); ``TEST_DEDUP_REQUEUE_LIMIT``: see ``tests.dedup_tasks.policy``.
 ``TEST_ACKS_LATE``
     when set, ``task_acks_late``; ``TEST_VISIBILITY_TIMEOUT`` (seconds) makes Redis redeliver
     unacknowledged messages after that long (checked every second).
@@ -51,8 +52,8 @@ def make_app(environ: Mapping[str, str], *, set_as_current: bool = True) -> Cele
     """A fresh app configured from ``environ`` (tests may build one without touching os.environ)."""
     celery_app = Celery(APP_NAME, set_as_current=set_as_current)
     celery_app.conf.update(build_config(environ))
-    if environ.get("TEST_DEDUP"):
-        dedup.install(celery_app)  # before the tasks: they are defined after install()
+    if environ.get("TEST_DEDUP") and environ["TEST_DEDUP"] != "after-tasks":
+        dedup.install(celery_app, dedup_tasks.policy(environ))  # tasks defined after install()
 
     @celery_app.task(name=RECORD_TASK, bind=True, shared=False)
     def record(self: Task, name: str) -> None:
@@ -60,6 +61,8 @@ def make_app(environ: Mapping[str, str], *, set_as_current: bool = True) -> Cele
         append_execution(environ.get("TEST_EXECUTION_LOG"), name, self.request.id)
 
     dedup_tasks.register(celery_app, environ, append_execution)
+    if environ.get("TEST_DEDUP") == "after-tasks":
+        dedup.install(celery_app, dedup_tasks.policy(environ))
     return celery_app
 
 

@@ -13,9 +13,23 @@ from typing import Any
 
 from celery import Celery, Task
 
+from beatleader.dedup import DedupPolicy
+
 SLOW_TASK = "tests.dedup.slow"
 RETRY_TASK = "tests.dedup.retry_once"
 FAIL_TASK = "tests.dedup.fail"
+
+
+def policy(environ: Mapping[str, str]) -> type[DedupPolicy]:
+    """The guard's policy, quick for tests; ``TEST_DEDUP_REQUEUE_LIMIT`` sets its requeue limit."""
+
+    class TestPolicy(DedupPolicy):
+        connect_timeout = 1.0
+        requeue_first_delay = 0.5
+        requeue_max_delay = 1.0
+        requeue_limit = int(environ.get("TEST_DEDUP_REQUEUE_LIMIT") or 60)
+
+    return TestPolicy
 
 
 def register(

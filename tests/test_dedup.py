@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from celery import Celery
 from kazoo.client import KazooClient
@@ -27,10 +28,16 @@ from tests.harness import read_executions, wait_for
 __all__ = ["dedup_env", "publisher"]  # fixtures
 
 
+@pytest.mark.parametrize("install", ["before-tasks", "after-tasks"])
 def test_a_run_published_twice_executes_once(
-    workers: Any, dedup_env: dict[str, str], publisher: Celery, zk_root: str, execution_log: Path
+    workers: Any,
+    dedup_env: dict[str, str],
+    publisher: Celery,
+    zk_root: str,
+    execution_log: Path,
+    install: str,
 ) -> None:
-    worker = workers(env=dedup_env)
+    worker = workers(env={**dedup_env, "TEST_DEDUP": install})
     worker.wait_ready()
     task_id = publish_run(publisher, zk_root, "twice", 1)
     publish_run(publisher, zk_root, "twice", 1)

@@ -17,7 +17,7 @@ from kazoo.client import KazooClient
 from tests.cluster import every, leader_process, run_ids, schedule_env, start_instances
 from tests.dedup_support import DROPPED, dedup_env, drops, executions_of, publish_run, publisher
 from tests.dedup_tasks import SLOW_TASK
-from tests.harness import entry_state, wait_for
+from tests.harness import ZooKeeperServer, entry_state, wait_for
 
 __all__ = ["dedup_env", "publisher"]  # fixtures
 
@@ -110,3 +110,51 @@ def test_three_beats_a_killed_leader_and_republished_runs_execute_each_run_once(
     assert len(ids) == runs, f"{len(ids)} executions of {runs} runs"
     assert set(ids) == run_ids(zk_root, entry, runs)
     assert expected_drops >= 5
+
+
+UNREACHABLE = r"task {id} \(entry '{entry}' run {run}\) not executed yet: claim store unreachable"
+
+
+def test_a_run_waits_for_zookeeper_and_then_executes_once(
+    workers: Any,
+    dedup_env: dict[str, str],
+    publisher: Celery,
+    zk_root: str,
+    private_zk_server: ZooKeeperServer,
+    execution_log: Path,
+) -> None:
+    worker = workers(env={**dedup_env, "BEATLEADER_ZK_HOSTS": private_zk_server.hosts})
+    worker.wait_ready()
+    first = publish_run(publisher, zk_root, "patient", 1)
+    wait_for(lambda: executions_of(execution_log, "patient"), 30, message="run 1")
+    private_zk_server.stop()
+    second = publish_run(publisher, zk_root, "patient", 2)
+    publish_run(publisher, zk_root, "patient", 2)  # and a duplicate of it
+    pattern = UNREACHABLE.format(id=second, entry="patient", run=2)
+    worker.wait_for_log(pattern, 30, count=4)  # both copies were requeued, twice each at least
+    assert executions_of(execution_log, "patient") == [first]
+    private_zk_server.start()
+    worker.wait_for_log(DROPPED.format(id=second), 60)
+    assert executions_of(execution_log, "patient") == [first, second]
+
+
+def test_a_run_is_dropped_loudly_when_zookeeper_stays_unreachable(
+    workers: Any,
+    dedup_env: dict[str, str],
+    publisher: Celery,
+    zk_root: str,
+    private_zk_server: ZooKeeperServer,
+    execution_log: Path,
+) -> None:
+    private_zk_server.stop()
+    env = {
+        **dedup_env,
+        "BEATLEADER_ZK_HOSTS": private_zk_server.hosts,
+        "TEST_DEDUP_REQUEUE_LIMIT": "2",
+    }
+    worker = workers(env=env)
+    worker.wait_ready()
+    task_id = publish_run(publisher, zk_root, "abandoned", 1)
+    worker.wait_for_log(rf"ERROR.*task {task_id} .* NOT executed: claim store unreachable", 60)
+    assert len(worker.log_matches(UNREACHABLE.format(id=task_id, entry="abandoned", run=1))) == 2
+    assert executions_of(execution_log, "abandoned") == []
