@@ -16,7 +16,8 @@ Guarantees:
   waits for it up to :attr:`ClaimPolicy.wait_factor` session timeouts before it calls the run a
   duplicate of a live execution.
 * **Retries**: a ``d`` marker in state ``retrying`` with attempt ``a`` lets attempt ``a + 1``
-  (celery's ``request.retries``) claim the run again, and no earlier attempt.
+  (celery's ``request.retries``) claim the run again, and no earlier attempt. A retry that finds
+  an earlier attempt still holding the claim past the wait gets ``BUSY`` (requeue), never a drop.
 * **Bounded**: every :attr:`ClaimPolicy.prune_every`-th ordinal, the writer of a ``d`` marker
   deletes the markers of that entry older than the retention (ZooKeeper's own ``ctime``, so no
   worker clock is trusted) and raises the folder's floor to the highest ordinal it deleted. An
@@ -58,6 +59,7 @@ class Verdict(Enum):
     DONE = "already executed"  # drop
     RUNNING = "being executed by a live worker"  # drop
     EXPIRED = "older than the claim retention"  # drop
+    BUSY = "a previous attempt still holds the claim"  # a retry: requeue, do not drop
 
 
 class Outcome(Enum):
@@ -111,7 +113,8 @@ class ClaimStore:
         self.retention = retention
         self.policy = policy
         self._lock = threading.Lock()
-        self._running: set[tuple[str, int]] = set()
+        #: (folder, ordinal) -> attempt, of the runs this process executes now.
+        self._running: dict[tuple[str, int], int] = {}
         self._folders: set[str] = set()
         #: Called with (key, message) when an execution finds its claim was lost.
         self.on_lost_claim: Callable[[RunKey, str], None] = lambda key, message: None
@@ -130,27 +133,32 @@ class ClaimStore:
     # -- claim ------------------------------------------------------------------------------
 
     def acquire(self, key: RunKey, attempt: int, owner: dict[str, Any]) -> Verdict:
-        """Claim ``key`` for ``attempt`` or say why not; waits for a claim of another session."""
+        """Claim ``key`` for ``attempt`` or say why not; waits for a claim of another execution."""
         self._ensure_folder(key)
         deadline: float | None = None
         while True:
             verdict = self._try_claim(key, attempt, owner)
             if verdict is not None:
                 return verdict
-            holder = self._holder(key)
-            if holder is None:
+            try:
+                data, holder = self.client.get(self._claim_path(key))
+            except NoNodeError:
                 continue  # released meanwhile: look again
+            held_attempt = _int(_decode(data).get("attempt"))
             if holder.ephemeralOwner == self._session_id():
                 with self._lock:
-                    if (key.folder, key.ordinal) in self._running:
-                        return Verdict.RUNNING  # this very process executes it right now
-                self._write_claim(key, attempt, owner, holder.version)  # a leftover of ours
-                return self._mark_running(key)
+                    running = self._running.get((key.folder, key.ordinal))
+                if running is None:  # a leftover of ours (e.g. a create whose reply was lost)
+                    self._write_claim(key, attempt, owner, holder.version)
+                    return self._mark_running(key, attempt)
+                if attempt <= running:
+                    return Verdict.RUNNING  # this very process executes it right now
             now = self._now()
             if deadline is None:
                 deadline = now + self._wait_seconds()
             if now >= deadline:
-                return Verdict.RUNNING
+                # a retry must not be lost to a slow previous attempt: the caller requeues it
+                return Verdict.BUSY if attempt > held_attempt else Verdict.RUNNING
             self._wait_released(key, deadline - now)
 
     def _try_claim(self, key: RunKey, attempt: int, owner: dict[str, Any]) -> Verdict | None:
@@ -165,11 +173,11 @@ class ClaimStore:
             )
         except NodeExistsError:
             return None
-        return self._mark_running(key)
+        return self._mark_running(key, attempt)
 
-    def _mark_running(self, key: RunKey) -> Verdict:
+    def _mark_running(self, key: RunKey, attempt: int) -> Verdict:
         with self._lock:
-            self._running.add((key.folder, key.ordinal))
+            self._running[(key.folder, key.ordinal)] = attempt
         return Verdict.CLAIMED
 
     def _write_claim(self, key: RunKey, attempt: int, owner: dict[str, Any], version: int) -> None:
@@ -178,6 +186,7 @@ class ClaimStore:
             self.client.set(self._claim_path(key), _encode({**owner, "attempt": attempt}), version)
 
     def _holder(self, key: RunKey) -> ZnodeStat | None:
+        """The stat of ``key``'s claim, None when nobody holds it."""
         return self.client.exists(self._claim_path(key))
 
     def _wait_released(self, key: RunKey, seconds: float) -> None:
@@ -199,7 +208,7 @@ class ClaimStore:
                     self.prune(key)
         finally:
             with self._lock:
-                self._running.discard((key.folder, key.ordinal))
+                self._running.pop((key.folder, key.ordinal), None)
 
     def _write_marker(self, key: RunKey, outcome: Outcome, attempt: int) -> None:
         data = _encode({"state": outcome.value, "attempt": attempt, "task_id": key.task_id})
@@ -335,9 +344,12 @@ def _allows(marker: dict[str, Any], attempt: int) -> bool:
     return isinstance(previous, int) and attempt > previous
 
 
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def _floor_of(data: bytes) -> int:
-    floor = _decode(data).get("floor")
-    return floor if isinstance(floor, int) and not isinstance(floor, bool) else 0
+    return _int(_decode(data).get("floor"))
 
 
 def _encode(value: dict[str, Any]) -> bytes:

@@ -202,7 +202,9 @@ class DedupGuard:
             store = self.store()
             verdict = store.acquire(key, attempt, self._owner(key))
         except (Unavailable, KazooException, KazooTimeoutError, OSError) as exc:
-            self.requeue(task, request, key, exc)
+            self.requeue(task, request, key, f"claim store unreachable ({exc})")
+        if verdict is Verdict.BUSY:
+            self.requeue(task, request, key, verdict.value)
         if verdict is not Verdict.CLAIMED:
             level = logging.INFO if verdict is Verdict.DONE else logging.WARNING
             logger.log(level, "beatleader.dedup: dropped a delivery of %s: %s", key, verdict.value)
@@ -246,27 +248,18 @@ class DedupGuard:
                     return
                 time.sleep(0.2)
 
-    def requeue(self, task: Any, request: Any, key: RunKey, exc: BaseException) -> NoReturn:
+    def requeue(self, task: Any, request: Any, key: RunKey, why: str) -> NoReturn:
         """Publish the run again later (same id), or drop it after the limit; always raises."""
         count = _int(_header(request, REQUEUES_HEADER))
-        if count >= self.policy.requeue_limit:
-            logger.error(
-                "beatleader.dedup: %s NOT executed: claim store unreachable after %d requeues (%s)",
-                key,
-                count,
-                exc,
-            )
+        limit = self.policy.requeue_limit
+        if count >= limit:
+            logger.error("beatleader.dedup: %s NOT executed after %d requeues: %s", key, count, why)
             raise Ignore()
         delay = min(self.policy.requeue_max_delay, self.policy.requeue_first_delay * 2**count)
         logger.warning(
-            "beatleader.dedup: %s not executed yet: claim store unreachable (%s); published "
-            "again in %.1f s (requeue %d of %d)",
-            key,
-            exc,
-            delay,
-            count + 1,
-            self.policy.requeue_limit,
-        )
+            "beatleader.dedup: %s not executed yet: %s; published again in %.1f s (%d of %d)",
+            key, why, delay, count + 1, limit,
+        )  # fmt: skip
         headers = {**(getattr(request, "headers", None) or {}), REQUEUES_HEADER: count + 1}
         try:
             signature = task.signature_from_request(request, request.args, request.kwargs)

@@ -95,10 +95,16 @@ def test_tasks_that_are_not_beatleader_runs_are_not_guarded(
     assert worker.log_matches(f"task {forged_id} carries beatleader headers that do not match")
 
 
+@pytest.mark.parametrize("pool", ["solo", "threads"])
 def test_a_retried_run_is_not_dropped_and_completes_once(
-    workers: Any, dedup_env: dict[str, str], publisher: Celery, zk_root: str, execution_log: Path
+    workers: Any,
+    dedup_env: dict[str, str],
+    publisher: Celery,
+    zk_root: str,
+    execution_log: Path,
+    pool: str,
 ) -> None:
-    worker = workers(env=dedup_env)
+    worker = workers(env=dedup_env, extra_args=[f"--pool={pool}", "--concurrency=2"])
     worker.wait_ready()
     task_id = publish_run(publisher, zk_root, "retried", 1, task=RETRY_TASK)
     wait_for(lambda: executions_of(execution_log, "retried"), 30, message="retried completion")

@@ -98,6 +98,25 @@ def test_only_a_later_attempt_runs_after_a_retry(stores: list[ClaimStore]) -> No
     assert a.acquire(key(1), 2, OWNER) is Verdict.DONE
 
 
+def test_a_retry_is_never_dropped_while_its_previous_attempt_holds_the_claim(
+    stores: list[ClaimStore],
+) -> None:
+    a, b = stores
+    assert a.acquire(key(1), 0, OWNER) is Verdict.CLAIMED
+    # attempt 1 in the same process (threads pool) and in another one: busy, not a duplicate
+    assert a.acquire(key(1), 1, OWNER) is Verdict.BUSY
+    assert b.acquire(key(1), 1, OWNER) is Verdict.BUSY
+    # ... and once attempt 0 has finished with a retry, attempt 1 claims it
+    waiter_verdicts: list[Verdict] = []
+    b.policy = type("Patient", (QuickPolicy,), {"wait_margin": 30.0})
+    waiter = threading.Thread(target=lambda: waiter_verdicts.append(b.acquire(key(1), 1, OWNER)))
+    waiter.start()
+    time.sleep(0.3)  # let the waiter block on the claim (a shorter wait only weakens the test)
+    a.finish(key(1), Outcome.RETRYING, 0)
+    waiter.join(10)
+    assert waiter_verdicts == [Verdict.CLAIMED]
+
+
 def test_markers_older_than_the_retention_are_pruned(
     zk_server: ZooKeeperServer, zk_root: str, zk_client: KazooClient
 ) -> None:

@@ -165,6 +165,8 @@ def test_a_run_is_dropped_loudly_when_zookeeper_stays_unreachable(
     worker = workers(env=env)
     worker.wait_ready()
     task_id = publish_run(publisher, zk_root, "abandoned", 1)
-    worker.wait_for_log(rf"ERROR.*task {task_id} .* NOT executed: claim store unreachable", 60)
+    worker.wait_for_log(
+        rf"ERROR.*task {task_id} .* NOT executed after 2 requeues: claim store unreachable", 60
+    )
     assert len(worker.log_matches(UNREACHABLE.format(id=task_id, entry="abandoned", run=1))) == 2
     assert executions_of(execution_log, "abandoned") == []
