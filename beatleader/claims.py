@@ -116,6 +116,7 @@ class ClaimStore:
         #: (folder, ordinal) -> attempt, of the runs this process executes now.
         self._running: dict[tuple[str, int], int] = {}
         self._folders: set[str] = set()
+        self._suspects: set[RunKey] = set()
         #: Called with (key, message) when an execution finds its claim was lost.
         self.on_lost_claim: Callable[[RunKey, str], None] = lambda key, message: None
 
@@ -132,8 +133,15 @@ class ClaimStore:
 
     # -- claim ------------------------------------------------------------------------------
 
-    def acquire(self, key: RunKey, attempt: int, owner: dict[str, Any]) -> Verdict:
-        """Claim ``key`` for ``attempt`` or say why not; waits for a claim of another execution."""
+    def acquire(
+        self, key: RunKey, attempt: int, owner: dict[str, Any], *, patient: bool = False
+    ) -> Verdict:
+        """Claim ``key`` for ``attempt`` or say why not; waits for a claim of another execution.
+
+        ``patient``: a claim still held after the wait gives ``BUSY`` (requeue), not ``RUNNING``
+        (drop); for a delivery that was requeued, whose own earlier claim may be the holder.
+        """
+        self._release_suspects()
         self._ensure_folder(key)
         deadline: float | None = None
         while True:
@@ -158,22 +166,50 @@ class ClaimStore:
                 deadline = now + self._wait_seconds()
             if now >= deadline:
                 # a retry must not be lost to a slow previous attempt: the caller requeues it
-                return Verdict.BUSY if attempt > held_attempt else Verdict.RUNNING
+                busy = patient or attempt > held_attempt
+                return Verdict.BUSY if busy else Verdict.RUNNING
             self._wait_released(key, deadline - now)
 
     def _try_claim(self, key: RunKey, attempt: int, owner: dict[str, Any]) -> Verdict | None:
-        marker = self._marker(key)
-        if marker is not None and not _allows(marker, attempt):
-            return Verdict.DONE
-        if marker is None and key.ordinal <= self._floor(key):
-            return Verdict.EXPIRED
+        verdict = self._settled(key, attempt)
+        if verdict is not None:
+            return verdict
         try:
             self.client.create(
                 self._claim_path(key), _encode({**owner, "attempt": attempt}), ephemeral=True
             )
         except NodeExistsError:
             return None
+        # A finisher (marker + claim deletion, one transaction) or a pruner may have acted
+        # between the look above and the create: the create succeeded after them, so a second
+        # look from this session sees what they wrote.
+        verdict = self._settled(key, attempt)
+        if verdict is not None:
+            self._delete_own_claim(key)
+            return verdict
         return self._mark_running(key, attempt)
+
+    def _settled(self, key: RunKey, attempt: int) -> Verdict | None:
+        """DONE or EXPIRED when ``attempt`` of ``key`` may not run whoever claims it; else None."""
+        marker = self._marker(key)
+        if marker is not None and not _allows(marker, attempt):
+            return Verdict.DONE
+        if marker is None and key.ordinal <= self._floor(key):
+            return Verdict.EXPIRED
+        return None
+
+    def suspect(self, key: RunKey) -> None:
+        """A claim of ``key`` may have been created though its reply was lost: release it later."""
+        with self._lock:
+            self._suspects.add(key)
+
+    def _release_suspects(self) -> None:
+        with self._lock:
+            suspects = [k for k in self._suspects if (k.folder, k.ordinal) not in self._running]
+        for key in suspects:
+            self._delete_own_claim(key)
+            with self._lock:
+                self._suspects.discard(key)
 
     def _mark_running(self, key: RunKey, attempt: int) -> Verdict:
         with self._lock:
@@ -260,12 +296,13 @@ class ClaimStore:
         for start in range(0, len(markers), self.policy.prune_batch):
             batch = markers[start : start + self.policy.prune_batch]
             old = self._older_than(folder, batch, horizon_ms)
-            self._delete_markers(folder, old)
-            deleted.extend(old)
+            if old:
+                # the floor first: a run whose marker is gone must already count as expired
+                self._raise_floor(key, max(old))
+                self._delete_markers(folder, old)
+                deleted.extend(old)
             if len(old) < len(batch):
                 break  # markers are created in about ordinal order: the rest are younger
-        if deleted:
-            self._raise_floor(key, max(deleted))
         return len(deleted)
 
     def _older_than(self, folder: str, ordinals: list[int], horizon_ms: int) -> list[int]:

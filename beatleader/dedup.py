@@ -198,10 +198,14 @@ class DedupGuard:
         if key is None:
             return run(*args, **kwargs)
         attempt = _int(getattr(request, "retries", 0))
+        requeued = _int(_header(request, REQUEUES_HEADER)) > 0
+        store: ClaimStore | None = None
         try:
             store = self.store()
-            verdict = store.acquire(key, attempt, self._owner(key))
+            verdict = store.acquire(key, attempt, self._owner(key), patient=requeued)
         except (Unavailable, KazooException, KazooTimeoutError, OSError) as exc:
+            if store is not None:
+                store.suspect(key)  # its create may have succeeded with the reply lost
             self.requeue(task, request, key, f"claim store unreachable ({exc})")
         if verdict is Verdict.BUSY:
             self.requeue(task, request, key, verdict.value)

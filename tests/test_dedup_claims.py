@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from kazoo.client import KazooClient
@@ -115,6 +115,44 @@ def test_a_retry_is_never_dropped_while_its_previous_attempt_holds_the_claim(
     a.finish(key(1), Outcome.RETRYING, 0)
     waiter.join(10)
     assert waiter_verdicts == [Verdict.CLAIMED]
+
+
+def test_a_claim_whose_reply_was_lost_is_released_and_a_requeued_copy_waits(
+    stores: list[ClaimStore],
+) -> None:
+    a, b = stores
+    assert a.acquire(key(1), 0, OWNER) is Verdict.CLAIMED
+    a.finish(key(1), Outcome.RELEASED, 0)
+    # as if the create succeeded but its reply was lost: the node exists, nothing runs
+    a.client.create(f"{a.folder_path(key(1))}/r{1:020d}", b"{}", ephemeral=True)
+    a.suspect(key(1))
+    assert b.acquire(key(1), 0, OWNER, patient=True) is Verdict.BUSY  # requeued: not dropped
+    assert a.acquire(key(2), 0, OWNER) is Verdict.CLAIMED  # a's next claim releases the suspect
+    assert b.acquire(key(1), 0, OWNER, patient=True) is Verdict.CLAIMED
+
+
+class Interleaved(ClaimStore):
+    """Runs ``hook`` once, right after its first look at a run's marker and floor."""
+
+    hook: Callable[[], None] | None = None
+
+    def _settled(self, key: RunKey, attempt: int) -> Verdict | None:
+        verdict = super()._settled(key, attempt)
+        hook, self.hook = self.hook, None
+        if hook is not None:
+            hook()
+        return verdict
+
+
+def test_a_run_finished_between_the_look_and_the_claim_is_not_run_again(
+    stores: list[ClaimStore],
+) -> None:
+    a, b = stores
+    late = Interleaved(b.client, b.root, b.retention, QuickPolicy)
+    assert a.acquire(key(1), 0, OWNER) is Verdict.CLAIMED
+    late.hook = lambda: a.finish(key(1), Outcome.DONE, 0)  # marker written, claim deleted
+    assert late.acquire(key(1), 0, OWNER) is Verdict.DONE
+    assert a.client.exists(f"{a.folder_path(key(1))}/r{1:020d}") is None  # no claim left
 
 
 def test_markers_older_than_the_retention_are_pruned(
