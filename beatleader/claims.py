@@ -96,6 +96,8 @@ class ClaimPolicy:
     prune_every = 32
     #: Markers whose age is checked per round trip when pruning.
     prune_batch = 200
+    #: Locks serialising the claims of one run within a process (striped by run).
+    key_locks = 64
 
 
 class ClaimStore:
@@ -117,6 +119,7 @@ class ClaimStore:
         self._running: dict[tuple[str, int], int] = {}
         self._folders: set[str] = set()
         self._suspects: set[RunKey] = set()
+        self._key_locks = [threading.Lock() for _ in range(self.policy.key_locks)]
         #: Called with (key, message) when an execution finds its claim was lost.
         self.on_lost_claim: Callable[[RunKey, str], None] = lambda key, message: None
 
@@ -143,6 +146,12 @@ class ClaimStore:
         """
         self._release_suspects()
         self._ensure_folder(key)
+        # One acquire per run at a time in this process: a thread must not take another
+        # thread's fresh claim (same session, not yet marked running) for a leftover.
+        with self._key_locks[hash((key.folder, key.ordinal)) % len(self._key_locks)]:
+            return self._acquire(key, attempt, owner, patient)
+
+    def _acquire(self, key: RunKey, attempt: int, owner: dict[str, Any], patient: bool) -> Verdict:
         deadline: float | None = None
         while True:
             verdict = self._try_claim(key, attempt, owner)

@@ -57,7 +57,7 @@ def test_two_workers_many_duplicates_each_run_once(
     threads = workers(env=dedup_env, extra_args=["--pool=threads", "--concurrency=2"])
     prefork.wait_ready()
     threads.wait_ready()
-    runs, copies = 20, 3
+    runs, copies = 30, 4
     for _copy, ordinal in itertools.product(range(copies), range(1, runs + 1)):
         publish_run(publisher, zk_root, "many", ordinal)
     ids = run_ids(zk_root, "many", runs)

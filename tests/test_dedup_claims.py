@@ -155,6 +155,29 @@ def test_a_run_finished_between_the_look_and_the_claim_is_not_run_again(
     assert a.client.exists(f"{a.folder_path(key(1))}/r{1:020d}") is None  # no claim left
 
 
+def test_threads_of_one_process_claim_each_run_once(stores: list[ClaimStore]) -> None:
+    a, b = stores
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def deliver(ordinal: int, store: ClaimStore) -> None:
+        if store.acquire(key(ordinal), 0, OWNER) is Verdict.CLAIMED:
+            with lock:
+                claimed.append(ordinal)
+            store.finish(key(ordinal), Outcome.DONE, 0)
+
+    threads = [
+        threading.Thread(target=deliver, args=(ordinal, store))
+        for ordinal in range(1, 21)
+        for store in (a, a, a, b)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(claimed) == list(range(1, 21))
+
+
 def test_markers_older_than_the_retention_are_pruned(
     zk_server: ZooKeeperServer, zk_root: str, zk_client: KazooClient
 ) -> None:
