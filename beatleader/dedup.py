@@ -26,18 +26,22 @@ Guarantees:
 * ZooKeeper unreachable (or the settings invalid) when a run arrives: the run is not executed;
   the message is published again with the same id after a growing delay
   (:attr:`DedupPolicy.requeue_limit` times), then dropped with an ERROR. Never executed unguarded.
+  A requeued copy, and a retry finding its previous attempt still finishing, are requeued
+  rather than dropped when the claim stays held.
 * Claims are bounded (see ``claims.py``): about ``dedup_retention / interval`` markers per entry.
 
 Not guaranteed:
 
-* A worker killed between the end of the task body and its done marker (one ZooKeeper round
-  trip) leaves no marker: a redelivery (``acks_late``) executes the run again.
+* A worker killed between the end of the task body and its done marker (three ZooKeeper round
+  trips) leaves no marker: a redelivery (``acks_late``) executes the run again.
 * Without ``acks_late`` (celery's default acks on receipt), a worker killed mid-run loses that
   run: celery already acknowledged the message.
 * A worker that loses its ZooKeeper session while a run executes loses its claim; a duplicate
   delivered after that may run concurrently (logged as ERROR by the first when it completes).
+* A ZooKeeper request in flight when the connection drops waits for the reconnection (kazoo
+  queues it): that delivery holds its worker slot meanwhile, in the claim or in the finish.
 * Tasks registered after the worker started consuming are guarded from their second execution
-  on (the first is logged as ERROR). Pools tested: prefork, solo, threads.
+  on (the first is logged as ERROR). Pools tested: prefork, solo, threads (not gevent/eventlet).
 """
 
 from __future__ import annotations
@@ -83,7 +87,8 @@ class DedupPolicy:
     requeue_limit = 20
     #: First requeue delay, seconds; doubles on each requeue up to ``requeue_max_delay``.
     requeue_first_delay = 1.0
-    #: Largest requeue delay, seconds (20 requeues: about 8 minutes in total).
+    #: Largest requeue delay, seconds (20 requeues: about 8 minutes of delays, plus
+    #: ``connect_timeout`` per attempt).
     requeue_max_delay = 30.0
     #: Seconds spent retrying the done marker after a connection loss before giving up (ERROR).
     finish_timeout = 30.0
