@@ -32,6 +32,9 @@ Not guaranteed:
   ``visibility_timeout``, SQS visibility) and any queue backlog.
 * Folders of entries removed from the schedule are not deleted (at most the markers of one
   retention each).
+* Without ``zk_auth``, any ZooKeeper client can write here: a foreign ``d`` marker or floor
+  silences runs (unreadable data is treated as "done", never as "run again"). With auth, the
+  ACLs of ``client.acl_for`` keep other identities out.
 """
 
 from __future__ import annotations
