@@ -14,6 +14,7 @@ import pytest
 from celery import Celery
 from kazoo.client import KazooClient
 
+from tests.app import RECORD_TASK
 from tests.cluster import every, leader_process, run_ids, schedule_env, start_instances
 from tests.dedup_support import DROPPED, dedup_env, drops, executions_of, publish_run, publisher
 from tests.dedup_tasks import SLOW_TASK
@@ -136,7 +137,8 @@ def test_a_run_waits_for_zookeeper_and_then_executes_once(
     worker = workers(env={**dedup_env, "BEATLEADER_ZK_HOSTS": private_zk_server.hosts})
     worker.wait_ready()
     first = publish_run(publisher, zk_root, "patient", 1)
-    wait_for(lambda: executions_of(execution_log, "patient"), 30, message="run 1")
+    # "succeeded" is logged after the guard recorded run 1 as done: no request in flight now
+    worker.wait_for_log(rf"Task {RECORD_TASK}\[{first}\] succeeded", 30)
     private_zk_server.stop()
     second = publish_run(publisher, zk_root, "patient", 2)
     publish_run(publisher, zk_root, "patient", 2)  # and a duplicate of it
