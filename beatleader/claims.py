@@ -99,6 +99,9 @@ class ClaimPolicy:
     prune_every = 32
     #: Markers whose age is checked per round trip when pruning.
     prune_batch = 200
+    #: Seconds a request may take (a request queued while disconnected waits for the
+    #: reconnection otherwise); past it: ``KazooTimeoutError``, the request may still execute.
+    request_timeout = 10.0
     #: Locks serialising the claims of one run within a process (striped by run).
     key_locks = 64
 
@@ -114,6 +117,8 @@ class ClaimStore:
         policy: type[ClaimPolicy] = ClaimPolicy,
     ) -> None:
         self.client = client
+        #: The client's requests, each waiting at most ``policy.request_timeout``.
+        self.zk: Any = _Bounded(client, policy.request_timeout)
         self.root = root
         self.retention = retention
         self.policy = policy
@@ -161,7 +166,7 @@ class ClaimStore:
             if verdict is not None:
                 return verdict
             try:
-                data, holder = self.client.get(self._claim_path(key))
+                data, holder = self.zk.get(self._claim_path(key))
             except NoNodeError:
                 continue  # released meanwhile: look again
             held_attempt = _int(_decode(data).get("attempt"))
@@ -187,7 +192,7 @@ class ClaimStore:
         if verdict is not None:
             return verdict
         try:
-            self.client.create(
+            self.zk.create(
                 self._claim_path(key), _encode({**owner, "attempt": attempt}), ephemeral=True
             )
         except NodeExistsError:
@@ -231,15 +236,15 @@ class ClaimStore:
     def _write_claim(self, key: RunKey, attempt: int, owner: dict[str, Any], version: int) -> None:
         # our own node changed or vanished: finish() notices and reports
         with contextlib.suppress(BadVersionError, NoNodeError):
-            self.client.set(self._claim_path(key), _encode({**owner, "attempt": attempt}), version)
+            self.zk.set(self._claim_path(key), _encode({**owner, "attempt": attempt}), version)
 
     def _holder(self, key: RunKey) -> ZnodeStat | None:
         """The stat of ``key``'s claim, None when nobody holds it."""
-        return self.client.exists(self._claim_path(key))
+        return self.zk.exists(self._claim_path(key))
 
     def _wait_released(self, key: RunKey, seconds: float) -> None:
         released = threading.Event()
-        stat = self.client.exists(self._claim_path(key), watch=lambda _event: released.set())
+        stat = self.zk.exists(self._claim_path(key), watch=lambda _event: released.set())
         if stat is not None:
             released.wait(seconds)
 
@@ -264,7 +269,7 @@ class ClaimStore:
         if claim is None or claim.ephemeralOwner != self._session_id():
             self.on_lost_claim(key, "its claim expired while it executed (session lost)")
             claim = None
-        marker = self.client.exists(self._marker_path(key))
+        marker = self.zk.exists(self._marker_path(key))
         transaction = self.client.transaction()
         if claim is not None:
             transaction.check(self._claim_path(key), claim.version)
@@ -273,35 +278,36 @@ class ClaimStore:
             transaction.create(self._marker_path(key), data)
         else:
             transaction.set_data(self._marker_path(key), data, marker.version)
-        errors = [r for r in transaction.commit() if isinstance(r, Exception)]
+        results = transaction.commit_async().get(timeout=self.policy.request_timeout)
+        errors = [r for r in results if isinstance(r, Exception)]
         if errors:  # another process changed the claim or marker between our reads: redo
             self.on_lost_claim(key, f"its claim changed under it ({errors[0]!r})")
-            self.client.retry(self._write_marker_plain, key, data)
+            self._write_marker_plain(key, data)
 
     def _write_marker_plain(self, key: RunKey, data: bytes) -> None:
         try:
-            self.client.create(self._marker_path(key), data)
+            self.zk.create(self._marker_path(key), data)
         except NodeExistsError:
-            self.client.set(self._marker_path(key), data)
+            self.zk.set(self._marker_path(key), data)
 
     def _delete_own_claim(self, key: RunKey) -> None:
         claim = self._holder(key)
         if claim is not None and claim.ephemeralOwner == self._session_id():
             with contextlib.suppress(BadVersionError, NoNodeError):
-                self.client.delete(self._claim_path(key), claim.version)
+                self.zk.delete(self._claim_path(key), claim.version)
 
     # -- pruning ----------------------------------------------------------------------------
 
     def prune(self, key: RunKey) -> int:
         """Delete ``key``'s entry's markers older than the retention; return how many."""
         folder = self.folder_path(key)
-        now_stat = self.client.exists(self._marker_path(key))
+        now_stat = self.zk.exists(self._marker_path(key))
         if now_stat is None:
             return 0
         horizon_ms = now_stat.ctime - int(self.retention * 1000)
         markers = sorted(
             int(name[1:])
-            for name in self.client.get_children(folder)
+            for name in self.zk.get_children(folder)
             if name.startswith("d") and name[1:].isdigit()
         )
         deleted: list[int] = []
@@ -321,7 +327,7 @@ class ClaimStore:
         asyncs = [(n, self.client.exists_async(f"{folder}/d{n:020d}")) for n in ordinals]
         old = []
         for ordinal, result in asyncs:
-            stat = result.get()
+            stat = result.get(timeout=self.policy.request_timeout)
             if stat is not None and stat.ctime < horizon_ms:
                 old.append(ordinal)
         return old
@@ -330,22 +336,22 @@ class ClaimStore:
         pending = [self.client.delete_async(f"{folder}/d{n:020d}") for n in ordinals]
         for result in pending:
             with contextlib.suppress(NoNodeError):  # another worker pruned it
-                result.get()
+                result.get(timeout=self.policy.request_timeout)
 
     def _raise_floor(self, key: RunKey, ordinal: int) -> None:
         path = self.folder_path(key)
         while True:
-            data, stat = self.client.get(path)
+            data, stat = self.zk.get(path)
             if _floor_of(data) >= ordinal:
                 return
             try:
-                self.client.set(path, _encode({"floor": ordinal}), stat.version)
+                self.zk.set(path, _encode({"floor": ordinal}), stat.version)
                 return
             except BadVersionError:
                 continue
 
     def _floor(self, key: RunKey) -> int:
-        data, _ = self.client.get(self.folder_path(key))
+        data, _ = self.zk.get(self.folder_path(key))
         return _floor_of(data)
 
     # -- helpers ----------------------------------------------------------------------------
@@ -354,12 +360,12 @@ class ClaimStore:
         if key.folder in self._folders:
             return
         with contextlib.suppress(NodeExistsError):
-            self.client.create(self.folder_path(key), _encode({"floor": 0}), makepath=True)
+            self.zk.create(self.folder_path(key), _encode({"floor": 0}), makepath=True)
         self._folders.add(key.folder)
 
     def _marker(self, key: RunKey) -> dict[str, Any] | None:
         try:
-            data, _ = self.client.get(self._marker_path(key))
+            data, _ = self.zk.get(self._marker_path(key))
         except NoNodeError:
             return None
         return _decode(data)
@@ -380,9 +386,25 @@ class ClaimStore:
         """The ordinals of ``key``'s entry that have a ``d`` marker (for tests and status)."""
         return sorted(
             int(name[1:])
-            for name in self.client.get_children(self.folder_path(key))
+            for name in self.zk.get_children(self.folder_path(key))
             if name.startswith("d") and name[1:].isdigit()
         )
+
+
+class _Bounded:
+    """``client.get(...)`` etc. as ``client.get_async(...).get(timeout=...)``."""
+
+    def __init__(self, client: KazooClient, timeout: float) -> None:
+        self._client = client
+        self._timeout = timeout
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        call = getattr(self._client, f"{name}_async")
+
+        def bounded(*args: Any, **kwargs: Any) -> Any:
+            return call(*args, **kwargs).get(timeout=self._timeout)
+
+        return bounded
 
 
 def _allows(marker: dict[str, Any], attempt: int) -> bool:

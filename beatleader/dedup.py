@@ -38,8 +38,9 @@ Not guaranteed:
   run: celery already acknowledged the message.
 * A worker that loses its ZooKeeper session while a run executes loses its claim; a duplicate
   delivered after that may run concurrently (logged as ERROR by the first when it completes).
-* A ZooKeeper request in flight when the connection drops waits for the reconnection (kazoo
-  queues it): that delivery holds its worker slot meanwhile, in the claim or in the finish.
+* A ZooKeeper request in flight when the connection drops waits for the reconnection, at most
+  ``ClaimPolicy.request_timeout``: the claim is then requeued, the finish retried for
+  :attr:`DedupPolicy.finish_timeout`; a delivery can hold its worker slot that long.
 * Tasks registered after the worker started consuming are guarded from their second execution
   on (the first is logged as ERROR). Pools tested: prefork, solo, threads (not gevent/eventlet).
 """
@@ -246,7 +247,8 @@ class DedupGuard:
                 store.finish(key, outcome, attempt)
                 return
             except Exception as exc:
-                if time.monotonic() >= deadline or not isinstance(exc, KazooException):
+                transient = isinstance(exc, (KazooException, KazooTimeoutError))
+                if time.monotonic() >= deadline or not transient:
                     logger.error(
                         "beatleader.dedup: could not record %s as %s (%r): a redelivery may "
                         "execute it again",

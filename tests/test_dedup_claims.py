@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.handlers.threading import KazooTimeoutError
 
 from beatleader import layout
 from beatleader.claims import ClaimPolicy, ClaimStore, Outcome, RunKey, Verdict
@@ -201,3 +202,22 @@ def _server_ms(client: KazooClient, root: str) -> int:
     path = f"{root}/clock"
     client.ensure_path(path)
     return int(client.set(path, b"").mtime)
+
+
+def test_a_request_to_an_unresponsive_zookeeper_is_bounded(
+    private_zk_server: ZooKeeperServer, zk_root: str
+) -> None:
+    policy = type("Impatient", (QuickPolicy,), {"request_timeout": 1.0})
+    with connected_client(private_zk_server.hosts, timeout=30) as client:
+        store = ClaimStore(client, zk_root, 3600.0, policy)
+        assert store.acquire(key(1), 0, OWNER) is Verdict.CLAIMED
+        private_zk_server.pause()  # SIGSTOP: the connection stays up, nothing answers
+        try:
+            started = time.monotonic()
+            with pytest.raises(KazooTimeoutError):
+                store.finish(key(1), Outcome.DONE, 0)
+            assert time.monotonic() - started < 5
+        finally:
+            private_zk_server.resume()
+        store.finish(key(1), Outcome.DONE, 0)  # the same session goes on once it answers
+        assert store.acquire(key(1), 0, OWNER) is Verdict.DONE
