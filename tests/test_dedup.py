@@ -22,7 +22,7 @@ from beatleader.claims import ClaimStore, RunKey
 from tests.app import RECORD_TASK
 from tests.cluster import run_ids
 from tests.dedup_support import DROPPED, dedup_env, drops, executions_of, publish_run, publisher
-from tests.dedup_tasks import FAIL_TASK, RETRY_TASK
+from tests.dedup_tasks import FAIL_TASK, RETRY_TASK, SLOW_TASK
 from tests.harness import read_executions, wait_for
 
 __all__ = ["dedup_env", "publisher"]  # fixtures
@@ -48,6 +48,26 @@ def test_a_run_published_twice_executes_once(
     # the duplicate was acknowledged: nothing waits in the queue, nothing is unacked
     broker = redis.Redis.from_url(dedup_env["TEST_REDIS_URL"])
     wait_for(lambda: broker.llen("celery") == 0 and broker.hlen("unacked") == 0, 10)
+
+
+def test_a_duplicate_delivered_while_the_run_executes_is_dropped(
+    workers: Any, dedup_env: dict[str, str], publisher: Celery, zk_root: str, execution_log: Path
+) -> None:
+    first, second = workers(env=dedup_env), workers(env=dedup_env)
+    first.wait_ready()
+    second.wait_ready()
+    # longer than the wait for a held claim (session timeout 2 s + 1 s): the holder is alive
+    task_id = publish_run(publisher, zk_root, "long", 1, task=SLOW_TASK, args=["long", 5.0])
+    wait_for(lambda: executions_of(execution_log, "long:start"), 30, message="run started")
+    publish_run(publisher, zk_root, "long", 1, task=SLOW_TASK, args=["long", 5.0])
+    dropped = DROPPED.format(id=task_id) + r".*: (?P<why>.*)$"
+    match = wait_for(
+        lambda: next((m for w in (first, second) for m in w.log_matches(dropped)), None), 30
+    )
+    assert match["why"] == "being executed by a live worker"
+    assert executions_of(execution_log, "long:start") == [task_id]
+    wait_for(lambda: executions_of(execution_log, "long"), 30, message="run completed")
+    assert executions_of(execution_log, "long") == [task_id]
 
 
 def test_two_workers_many_duplicates_each_run_once(
