@@ -28,7 +28,8 @@ Guarantees:
   (:attr:`DedupPolicy.requeue_limit` times), then dropped with an ERROR. Never executed unguarded.
   A requeued copy, and a retry finding its previous attempt still finishing, are requeued
   rather than dropped when the claim stays held.
-* Claims are bounded (see ``claims.py``): about ``dedup_retention / interval`` markers per entry.
+* Claims are bounded (see ``claims.py``): about ``dedup_retention / interval + 32`` markers per
+  entry.
 
 Not guaranteed:
 
