@@ -25,6 +25,8 @@ DEFAULT_PATH_PREFIX = "/beatleader"
 DEFAULT_SESSION_TIMEOUT = 10.0
 #: Bounds accepted for the session timeout (the server may still narrow what it grants).
 SESSION_TIMEOUT_RANGE = (0.2, 3600.0)
+#: Seconds a worker's "run done" marker is kept (``dedup.install``); exceed any redelivery delay.
+DEFAULT_DEDUP_RETENTION = 3 * 3600.0
 #: Authentication schemes of ``beatleader_zk_auth`` (``sasl`` is SASL DIGEST-MD5).
 AUTH_SCHEMES = ("digest", "sasl")
 
@@ -79,6 +81,8 @@ class Settings:
     metrics_port: int | None = None
     #: Address the metrics server binds (loopback unless told otherwise: it has no auth).
     metrics_address: str = "127.0.0.1"
+    #: Seconds the workers' done markers are kept (``beatleader.dedup``).
+    dedup_retention: float = DEFAULT_DEDUP_RETENTION
 
     @classmethod
     def from_app(cls, app: Any, **overrides: Any) -> Settings:
@@ -203,6 +207,14 @@ def validate_misfire_grace(label: str, value: Any) -> float | None:
     seconds = _as_seconds(value)
     if seconds is None or seconds < 0:
         raise _fail(label, value, "expected a number of seconds >= 0, or unset")
+    return seconds
+
+
+def validate_positive_seconds(label: str, value: Any) -> float:
+    """A number of seconds > 0."""
+    seconds = _as_seconds(value)
+    if seconds is None or seconds <= 0:
+        raise _fail(label, value, "expected a number of seconds > 0")
     return seconds
 
 
@@ -341,4 +353,5 @@ _SETTINGS: dict[str, tuple[Validator, Any]] = {
     "zk_tls_check_hostname": (validate_bool, True),
     "metrics_port": (validate_metrics_port, None),
     "metrics_address": (validate_address, "127.0.0.1"),
+    "dedup_retention": (validate_positive_seconds, DEFAULT_DEDUP_RETENTION),
 }

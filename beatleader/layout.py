@@ -9,6 +9,7 @@ Under an app's root path (``/beatleader/<app.main>`` by default)::
                                         through the fenced commit (see ``state.py``).
     schedules/<fingerprint>             persistent JSON list of the entry names of one schedule
                                         version; content-addressed, written once by any instance.
+    dedup/<quoted entry>/...            workers' run claims (``dedup.install``, ``claims.py``).
 
 Entry names are percent-quoted so that any Celery entry name (spaces, slashes, non-ASCII) is a
 single valid znode name; :func:`unquote_entry_name` gives the original back. This module only
@@ -27,6 +28,7 @@ from urllib.parse import quote, unquote
 ELECTION = "election"
 ENTRIES = "entries"
 SCHEDULES = "schedules"
+DEDUP = "dedup"
 
 #: Namespace of the deterministic task ids (uuid5 of path, entry name and run ordinal).
 TASK_ID_NAMESPACE = uuid.UUID("6f6c2d55-9b1e-4c1b-a7f4-626561746c64")
@@ -43,6 +45,11 @@ def entries_path(root: str) -> str:
 def schedule_path(root: str, fingerprint: str) -> str:
     """JSON list of the entry names of the schedule with this fingerprint."""
     return f"{root}/{SCHEDULES}/{fingerprint}"
+
+
+def dedup_path(root: str) -> str:
+    """Parent of the workers' run claims, one folder per entry (``claims.py``)."""
+    return f"{root}/{DEDUP}"
 
 
 def entry_path(root: str, name: str) -> str:
