@@ -7,8 +7,10 @@ Under an app's root path (``/beatleader/<app.main>`` by default)::
                                         names and orders them).
     entries/<quoted entry name>         persistent JSON EntryState, written only by the leader
                                         through the fenced commit (see ``state.py``).
-    schedules/<fingerprint>             persistent JSON list of the entry names of one schedule
-                                        version; content-addressed, written once by any instance.
+    schedules/<fingerprint>             persistent JSON object {entry name: {task, schedule, ...}}
+                                        of one schedule version (older versions: a JSON list of
+                                        the names); content-addressed, written once by any
+                                        instance (``schedules.py``).
     dedup/<quoted entry>/...            workers' run claims (``dedup.install``, ``claims.py``).
 
 Entry names are percent-quoted so that any Celery entry name (spaces, slashes, non-ASCII) is a
@@ -97,6 +99,8 @@ class ContenderInfo:
     version: str
     started_at: str
     fingerprint: str
+    #: The Celery app's name (``app.main``); None in nodes of versions that did not publish it.
+    app: str | None = None
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -105,7 +109,8 @@ class ContenderInfo:
     def decode(cls, data: bytes) -> ContenderInfo | None:
         """The info in ``data``, or None when it is not a beatleader contender's ("foreign").
 
-        Strict: every field present with its exact JSON type (``pid`` an int, not a bool), or None.
+        Strict: every field present with its exact JSON type (``pid`` an int, not a bool), or None;
+        ``app`` may be absent or null (older versions did not publish it).
         """
         fields = _json_object(data)
         values: dict[str, Any] = {}
@@ -114,7 +119,10 @@ class ContenderInfo:
             if type(value) is not kind:
                 return None
             values[name] = value
-        return cls(**values)
+        app = fields.get("app")
+        if app is not None and type(app) is not str:
+            return None
+        return cls(**values, app=app)
 
 
 #: The exact JSON type of each ContenderInfo field (``type(value) is`` this, so no bool for int).

@@ -52,6 +52,8 @@ from beatleader.config import ConfigError, Settings
 from beatleader.election import LeaderElection
 from beatleader.layout import ContenderInfo, EntryState
 from beatleader.observe import Observers
+from beatleader.peers import PeerWatch
+from beatleader.schedules import publish_schedule
 from beatleader.state import StateStore, StoredState, Write
 from beatleader.trust import make_scheduler_client, start_scheduler_client
 
@@ -95,6 +97,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.observers = beatleader_observers or Observers()
         self._zk: KazooClient | None = None
         self._election: LeaderElection | None = None
+        self._peers: PeerWatch | None = None
         self._store: StateStore | None = None
         self._stored: dict[str, StoredState] = {}
         self._loaded_generation = 0
@@ -199,18 +202,24 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             version=__version__,
             started_at=layout.utc_now_iso(),
             fingerprint=self.fingerprint(),
+            app=self.app.main if isinstance(self.app.main, str) else None,
         )
-        self._store = store = StateStore(self._zk, settings.path)
-        fingerprint, names = info.fingerprint, sorted(self.schedule)
-        self._election = LeaderElection(
+        self._store = StateStore(self._zk, settings.path)
+        client, fingerprint, entries = self._zk, info.fingerprint, list(self.schedule.values())
+        election_path = layout.election_path(settings.path)
+        self._election = election = LeaderElection(
             self._zk,
-            layout.election_path(settings.path),
+            election_path,
             info.encode(),
-            prepare=lambda: store.publish_schedule(fingerprint, names),
+            prepare=lambda: publish_schedule(client, settings.path, fingerprint, entries),
             observer=self.observers,
+        )
+        self._peers = PeerWatch(
+            self._zk, election_path, info, self.observers, lambda: election.node
         )
         start_scheduler_client(self._zk, settings)  # SystemExit on bad credentials or TLS
         self._election.start()
+        self._peers.start()
         logger.info("beatleader: contending for %s as %s", settings.path, settings.identity)
 
     def _disconnect(self) -> None:
@@ -218,11 +227,15 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if election is None or client is None:
             return
         election.stop()
+        if self._peers is not None:
+            self._peers.stop()
         with contextlib.suppress(*ZOOKEEPER_ERRORS):
             client.stop()  # ends the session: the contender node vanishes, the next one leads
         client.close()
         self.observers.connection_changed("CLOSED")  # the election's listener is gone by now
         election.join(self.close_timeout)
+        if self._peers is not None:
+            self._peers.join(self.close_timeout)
         logger.info("beatleader: released leadership and closed the ZooKeeper session")
 
     def _check_process(self) -> None:
