@@ -25,7 +25,8 @@ queue changes can mix two moments.
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import posixpath
 import time
 from collections.abc import Callable, Iterable
 from contextlib import suppress
@@ -37,6 +38,7 @@ from kazoo.exceptions import BadArgumentsError, NoNodeError
 from kazoo.protocol.states import ZnodeStat
 
 from beatleader.contenders import contender_sequence, ignored_reason, sorted_contenders
+from beatleader.diagnose import status_warnings
 from beatleader.layout import (
     ContenderInfo,
     EntryState,
@@ -45,6 +47,7 @@ from beatleader.layout import (
     schedule_path,
     unquote_entry_name,
 )
+from beatleader.schedules import PlannedEntry, decode_schedule, next_due
 
 #: How often the waiting functions look at the election queue again, in seconds.
 POLL_INTERVAL = 0.05
@@ -105,13 +108,34 @@ class IgnoredNode:
 
 @dataclass(frozen=True)
 class Entry:
-    """The shared state of one schedule entry, as the leaders wrote it."""
+    """One schedule entry: its shared state as the leaders wrote it, and how it is scheduled."""
 
     name: str
-    state: EntryState | None  # None when the node's data is unreadable
+    state: EntryState | None  # None when there is no state node or its data is unreadable
+    #: False for an entry that a running schedule holds but that never ran (no state node).
+    stored: bool = True
+    #: How a running instance schedules it (``schedules.py``); None when no schedule names it.
+    plan: PlannedEntry | None = None
+    #: When it is next due (UTC ISO 8601), when the reader can tell (``schedules.next_due``).
+    next_due: str | None = None
+    #: Whether a running schedule holds it; None when some schedule is unknown.
+    scheduled: bool | None = None
+
+    @property
+    def unreadable(self) -> bool:
+        return self.stored and self.state is None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, **_fields_or_none(self.state, EntryState)}
+        plan = self.plan
+        return {
+            "name": self.name,
+            "scheduled": self.scheduled,
+            "schedule": plan.schedule if plan else None,
+            "task": plan.task if plan else None,
+            "next_due": self.next_due,
+            "stored": self.stored,
+            **_fields_or_none(self.state, EntryState),
+        }
 
 
 def _fields_or_none(value: Any, cls: type) -> dict[str, Any]:
@@ -131,6 +155,8 @@ class Status:
     warnings: tuple[str, ...] = field(default=())
     #: Children of ``election/`` that are not well-formed ephemeral contenders.
     ignored: tuple[IgnoredNode, ...] = field(default=())
+    #: False when ``root`` itself does not exist (a typo in --path, or nothing ever ran there).
+    exists: bool = True
 
     @property
     def leader(self) -> Contender | None:
@@ -154,6 +180,7 @@ class Status:
         leader = self.leader
         return {
             "path": self.root,
+            "exists": self.exists,
             "leader": leader.as_dict() if leader else None,
             "leader_problem": self.leader_problem(),
             "contenders": [c.as_dict() for c in self.contenders],
@@ -181,15 +208,60 @@ class ResignResult:
 
 def read_status(client: Any, root: str) -> Status:
     """Read contenders, entry state and published schedules under ``root``."""
+    if client.exists(root) is None:
+        return Status(root, (), (), exists=False, warnings=(f"{root} does not exist",))
     contenders, ignored = read_election(client, root)
-    entries = read_entries(client, root)
     schedules = read_schedules(client, root, contenders)
     scheduled = _scheduled_names(contenders, schedules)
+    entries = _with_plans(read_entries(client, root), schedules, scheduled)
     warnings = [f"ignoring election node {i.node!r}: {i.reason}" for i in ignored]
-    warnings += _warnings(root, contenders, entries, scheduled)
+    warnings += status_warnings(root, contenders, entries, scheduled)
     return Status(
         root, tuple(contenders), tuple(entries), scheduled, tuple(warnings), tuple(ignored)
     )
+
+
+def _with_plans(
+    stored: list[Entry],
+    schedules: dict[str, dict[str, PlannedEntry] | None],
+    scheduled: frozenset[str] | None,
+) -> list[Entry]:
+    """``stored`` plus the never-run scheduled entries, each with its plan and next due time."""
+    plans: dict[str, PlannedEntry] = {}
+    for fingerprint in sorted(schedules):  # the same order on every run
+        for name, plan in (schedules[fingerprint] or {}).items():
+            known = plans.get(name)
+            if known is None or known.schedule is None:
+                plans[name] = plan
+    by_name = {e.name: e for e in stored}
+    for name in plans.keys() - by_name.keys():
+        by_name[name] = Entry(name, None, stored=False)
+    now = datetime.now(timezone.utc)
+    result = []
+    for name in sorted(by_name):
+        entry, planned = by_name[name], plans.get(name)
+        last = entry.state.last_run_at if entry.state else None
+        due = next_due(planned, last, now) if planned else None
+        result.append(
+            dataclasses.replace(
+                entry,
+                plan=planned,
+                next_due=due.isoformat(timespec="seconds") if due else None,
+                scheduled=None if scheduled is None else name in scheduled,
+            )
+        )
+    return result
+
+
+def sibling_paths(client: Any, root: str) -> tuple[str, list[str]] | None:
+    """(parent, its children as full paths) for "did you mean"; None when the parent is gone."""
+    parent = posixpath.dirname(root.rstrip("/")) or "/"
+    try:
+        children = client.get_children(parent)
+    except NoNodeError:
+        return None
+    base = parent.rstrip("/")
+    return parent, sorted(f"{base}/{c}" for c in children if c != "zookeeper" or base)
 
 
 def read_contenders(client: Any, root: str) -> list[Contender]:
@@ -245,34 +317,26 @@ def _decode_state(data: bytes) -> EntryState | None:
 
 def read_schedules(
     client: Any, root: str, contenders: Iterable[Contender]
-) -> dict[str, list[str] | None]:
-    """fingerprint -> published entry names (None when absent or unreadable)."""
-    result: dict[str, list[str] | None] = {}
+) -> dict[str, dict[str, PlannedEntry] | None]:
+    """fingerprint -> published entries by name (None when absent or unreadable)."""
+    result: dict[str, dict[str, PlannedEntry] | None] = {}
     for fingerprint in {c.fingerprint for c in contenders if c.fingerprint}:
         result[fingerprint] = _read_schedule(client, root, fingerprint)
     return result
 
 
-def _read_schedule(client: Any, root: str, fingerprint: str) -> list[str] | None:
+def _read_schedule(client: Any, root: str, fingerprint: str) -> dict[str, PlannedEntry] | None:
     if not fingerprint.isprintable() or "/" in fingerprint or fingerprint in (".", ".."):
         return None
     try:
         node = _get(client, schedule_path(root, fingerprint))
     except (BadArgumentsError, ValueError):  # a name ZooKeeper or kazoo refuses
         return None
-    if node is None:
-        return None
-    try:
-        names = json.loads(node[0].decode() if node[0] else "null")
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        return None
-    return names
+    return None if node is None else decode_schedule(node[0])
 
 
 def _scheduled_names(
-    contenders: list[Contender], schedules: dict[str, list[str] | None]
+    contenders: list[Contender], schedules: dict[str, dict[str, PlannedEntry] | None]
 ) -> frozenset[str] | None:
     """Union of every contender's schedule, or None when any of them is unknown."""
     if not contenders or any(c.fingerprint is None for c in contenders):
@@ -283,60 +347,6 @@ def _scheduled_names(
             return None
         names.update(listed)
     return frozenset(names)
-
-
-def _warnings(
-    root: str,
-    contenders: list[Contender],
-    entries: list[Entry],
-    scheduled: frozenset[str] | None,
-) -> list[str]:
-    warnings = []
-    if not contenders:
-        warnings.append(f"no leader: no instance is contending under {root}")
-    warnings.extend(_unreadable_warnings(contenders, entries))
-    mismatch = fingerprint_mismatch(contenders)
-    if mismatch:
-        warnings.append(mismatch)
-    orphans = orphaned_entries(entries, scheduled)
-    if orphans:
-        listed = ", ".join(repr(name) for name in orphans)
-        warnings.append(f"state kept for entries that no running instance schedules: {listed}")
-    return warnings
-
-
-def _unreadable_warnings(contenders: list[Contender], entries: list[Entry]) -> list[str]:
-    found = [
-        f"contender node {c.node} holds no readable ContenderInfo"
-        for c in contenders
-        if c.info is None
-    ]
-    found += [
-        f"contender node {c.node} was rewritten by another client (data version {c.data_version})"
-        for c in contenders
-        if c.data_version != 0
-    ]
-    found += [f"entry {e.name!r} has unreadable state" for e in entries if e.state is None]
-    return found
-
-
-def fingerprint_mismatch(contenders: list[Contender]) -> str | None:
-    """A warning when the instances run different schedules (e.g. during a rolling deploy)."""
-    groups: dict[str, list[str]] = {}
-    for contender in contenders:
-        if contender.info is not None:
-            groups.setdefault(contender.info.fingerprint, []).append(contender.info.identity)
-    if len(groups) < 2:
-        return None
-    parts = "; ".join(f"{fp}: {', '.join(ids)}" for fp, ids in groups.items())
-    return f"instances run different schedules (rolling deploy?): {parts}"
-
-
-def orphaned_entries(entries: list[Entry], scheduled: frozenset[str] | None) -> list[str]:
-    """Names with state that no running schedule contains ([] when schedules are unknown)."""
-    if scheduled is None:
-        return []
-    return [e.name for e in entries if e.name not in scheduled]
 
 
 def resign_leader(client: Any, root: str, timeout: float = 5.0) -> ResignResult:
