@@ -1,4 +1,4 @@
-"""The operator CLI: ``beatleader status`` and ``beatleader resign`` (also ``celery beatleader``).
+"""The operator CLI: ``beatleader status``, ``resign``, ``prune`` (also ``celery beatleader``).
 
 Guarantees:
 
@@ -17,8 +17,12 @@ Guarantees:
   settings of the same name. Bad credentials or a TLS failure exit 2 with the cause
   (:mod:`beatleader.trust`), not "unreachable"; a tree that anyone may write although auth is
   set is listed under the status warnings.
-* ``status`` only reads; ``resign`` deletes only the leader's contender node. All ZooKeeper
-  reading lives in :mod:`beatleader.status`; this module parses options, connects and renders.
+* ``status`` only reads; a root path that does not exist exits 2 (bad input, like a typo),
+  naming the paths that exist under its parent; one that exists without contenders exits 1.
+  ``resign`` deletes only the leader's contender node; ``prune`` only state nodes of entries no
+  running schedule holds (:mod:`beatleader.prune`). All ZooKeeper reading lives in
+  :mod:`beatleader.status`, rendering in :mod:`beatleader.render`; this module parses options,
+  connects and prints.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ from beatleader._version import __version__
 from beatleader.client import make_client
 from beatleader.config import ConfigError, Settings
 from beatleader.kazoolog import KAZOO_LOGGER
-from beatleader.status import Contender, Entry, ResignResult, Status, read_status, resign_leader
+from beatleader.prune import PruneRefused, Stale, plan_prune, prune
+from beatleader.render import cell, render_status
+from beatleader.status import ResignResult, read_status, resign_leader, sibling_paths
 from beatleader.trust import ZooKeeperTrustError, acl_warnings, start_client
 
 EXIT_LEADER = 0
@@ -218,104 +224,35 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-# --- rendering -------------------------------------------------------------------------------
-
-
-def render_status(status: Status, target: Target) -> str:
-    """The human-readable status: leader, queue, entries, warnings."""
-    sections = [
-        f"ZooKeeper {target.settings.zk_hosts}  path {status.root}",
-        _leader_line(status.leader),
-        "",
-        "Contenders (queue order):",
-        _indent(_contender_table(status.contenders)),
-        "",
-        "Entries:",
-        _indent(_entry_table(status.entries)),
-    ]
-    if status.warnings:
-        sections += ["", "Warnings:", *(f"  ! {_cell(w)}" for w in status.warnings)]
-    return "\n".join(sections)
-
-
-def _leader_line(leader: Contender | None) -> str:
-    if leader is None:
-        return "Leader: none"
-    return f"Leader: {_cell(leader.label())} since {leader.since or '?'}"
-
-
-def _contender_table(contenders: tuple[Contender, ...]) -> str:
-    if not contenders:
-        return "(none)"
-    headers = ["#", "IDENTITY", "HOST", "PID", "VERSION", "FINGERPRINT", "SINCE", "NODE"]
-    rows: list[list[Any]] = []
-    for position, c in enumerate(contenders, 1):
-        mark = f"{position}*" if position == 1 else str(position)
-        info = c.info
-        fields = (
-            [info.identity, info.host, info.pid, info.version, info.fingerprint] if info else []
-        )
-        rows.append([mark, *(fields or ["?"] * 5), c.since, c.node])
-    return table(headers, rows)
-
-
-def _entry_table(entries: tuple[Entry, ...]) -> str:
-    if not entries:
-        return "(none)"
-    headers = ["NAME", "LAST RUN", "RUNS", "SKIPPED", "LAST TASK ID", "WRITTEN BY"]
-    rows: list[list[Any]] = []
-    for e in entries:
-        s = e.state
-        if s is None:
-            rows.append([e.name, "(unreadable)", "", "", "", ""])
-            continue
-        values = [s.last_run_at, s.total_run_count, s.skipped_count, s.last_task_id, s.written_by]
-        rows.append([e.name, *values])
-    return table(headers, rows)
-
-
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    """Left-aligned columns separated by two spaces; None shows as '-'."""
-    cells = [headers] + [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def _cell(value: Any) -> str:
-    text = "-" if value is None else str(value)
-    return text if text.isprintable() else repr(text)
-
-
-def _indent(text: str) -> str:
-    return "\n".join(f"  {line}" for line in text.splitlines())
-
-
 # --- commands --------------------------------------------------------------------------------
 
 
 @click.command("status")
 @connection_options
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (every field).")
+@click.option("--wide", is_flag=True, help="Every column, nothing cut (wider than 100 columns).")
 @click.option("--watch", is_flag=True, help="Redraw every second until Ctrl-C.")
 @click.option("--check", is_flag=True, help="Print nothing on success; one line on failure.")
 @click.pass_context
 def status_command(
-    ctx: click.Context, /, as_json: bool, watch: bool, check: bool, **options: Any
+    ctx: click.Context, /, as_json: bool, wide: bool, watch: bool, check: bool, **options: Any
 ) -> None:
-    """Show who leads, who waits, and what the schedule has done.
+    """Show who leads, who waits, and every entry: its schedule, last run and next due time.
 
-    Exit code 0: a sound leader exists; 1: no leader, or its node is foreign or rewritten;
-    2: ZooKeeper unreachable or bad input.
+    Exit code 0: a sound leader exists; 1: the path exists but there is no leader, or its node
+    is foreign or rewritten; 2: ZooKeeper unreachable, bad input, or the path does not exist
+    (the message lists the paths that do exist under its parent, to make a typo obvious).
     """
     if sum((as_json, watch, check)) > 1:
         raise click.UsageError("--json, --watch and --check exclude each other", ctx)
     target = resolve_target(ctx, **options)
     with connect(target) as client:
         if watch:
-            watch_status(client, target)
+            watch_status(client, target, wide=wide)
             return
         status = read_status(client, target.settings.path)
+        if not status.exists:
+            raise CliError(missing_path(client, target))
         open_tree = acl_warnings(client, target.settings.path, target.settings)
     status = dataclasses.replace(status, warnings=(*status.warnings, *open_tree))
     problem = status.leader_problem()
@@ -325,15 +262,35 @@ def status_command(
     if as_json:
         click.echo(json.dumps(status.as_dict(), indent=2))
     elif not check:
-        click.echo(render_status(status, target))
+        click.echo(render_status(status, target.settings.zk_hosts, wide))
     ctx.exit(code)
 
 
-def watch_status(client: Any, target: Target, interval: float = WATCH_INTERVAL) -> None:
+#: At most this many sibling paths are named in the "does not exist" message.
+MAX_SIBLINGS = 20
+
+
+def missing_path(client: Any, target: Target) -> str:
+    """One line: the path does not exist, and which app paths exist beside it."""
+    root, hosts = target.settings.path, target.settings.zk_hosts
+    found = sibling_paths(client, root)
+    if found is None:
+        return f"path {root} does not exist at {hosts}, nor does its parent"
+    parent, paths = found
+    if not paths:
+        return f"path {root} does not exist at {hosts}; {parent} is empty"
+    listed = ", ".join(cell(p) for p in paths[:MAX_SIBLINGS])
+    more = f" and {len(paths) - MAX_SIBLINGS} more" if len(paths) > MAX_SIBLINGS else ""
+    return f"path {root} does not exist at {hosts}; paths under {parent}: {listed}{more}"
+
+
+def watch_status(
+    client: Any, target: Target, interval: float = WATCH_INTERVAL, wide: bool = False
+) -> None:
     """Clear the screen and redraw the status every ``interval`` seconds until Ctrl-C."""
     try:
         while True:
-            frame = _watch_frame(client, target, interval)
+            frame = _watch_frame(client, target, interval, wide)
             click.clear()
             click.echo(frame)
             time.sleep(interval)
@@ -341,13 +298,16 @@ def watch_status(client: Any, target: Target, interval: float = WATCH_INTERVAL) 
         return
 
 
-def _watch_frame(client: Any, target: Target, interval: float) -> str:
+def _watch_frame(client: Any, target: Target, interval: float, wide: bool = False) -> str:
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     header = f"beatleader status, every {interval:g} s (Ctrl-C to stop)  {stamp}\n"
     if not client.connected:
         return header + f"ZooKeeper unreachable at {target.settings.zk_hosts}: reconnecting"
     try:
-        return header + render_status(read_status(client, target.settings.path), target)
+        status = read_status(client, target.settings.path)
+        if not status.exists:
+            return header + missing_path(client, target)
+        return header + render_status(status, target.settings.zk_hosts, wide)
     except _ZK_ERRORS as exc:
         return header + f"ZooKeeper unreachable at {target.settings.zk_hosts}: {_one_line(exc)}"
 
@@ -387,6 +347,44 @@ def report_resign(result: ResignResult, target: Target) -> None:
         )
 
 
+@click.command("prune")
+@connection_options
+@click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
+@click.option("--force", is_flag=True, help="Prune even while no instance runs or they disagree.")
+@click.pass_context
+def prune_command(ctx: click.Context, /, dry_run: bool, force: bool, **options: Any) -> None:
+    """Remove the state of entries that no running instance schedules.
+
+    Refuses while no instance runs (nothing to compare against), while the instances run
+    different schedules, or while one's schedule is unknown, unless --force. Each node is
+    deleted at the version read: one a leader wrote meanwhile is kept. Exit code 0: done (or
+    nothing to do); 1: refused, or some node was kept; 2: ZooKeeper unreachable or bad input.
+    """
+    target = resolve_target(ctx, **options)
+    with connect(target) as client:
+        try:
+            stale = plan_prune(client, target.settings.path, force=force)
+        except PruneRefused as exc:
+            raise CliError(f"not pruning: {exc}", EXIT_NO_LEADER) from None
+        if not stale:
+            click.echo(f"nothing to prune under {target.settings.path}")
+            return
+        if dry_run:
+            _list_stale("would remove", stale)
+            return
+        result = prune(client, target.settings.path, stale)
+    for name in result.deleted:
+        click.echo(f"removed {cell(name)}")
+    if result.kept:
+        listed = ", ".join(cell(n) for n in result.kept)
+        raise CliError(f"kept (written while pruning): {listed}", EXIT_NO_LEADER)
+
+
+def _list_stale(verb: str, stale: list[Stale]) -> None:
+    for item in stale:
+        click.echo(f"{verb} {cell(item.name)}")
+
+
 def _build_group(name: str, with_options: bool, help_text: str) -> click.Group:
     def group(ctx: click.Context, **options: Any) -> None:
         ctx.meta[_GROUP_OPTIONS] = options
@@ -397,6 +395,7 @@ def _build_group(name: str, with_options: bool, help_text: str) -> click.Group:
     command = click.group(name=name, help=help_text)(click.pass_context(group))
     command.add_command(status_command)
     command.add_command(resign_command)
+    command.add_command(prune_command)
     return command
 
 

@@ -212,7 +212,7 @@ def read_status(client: Any, root: str) -> Status:
         return Status(root, (), (), exists=False, warnings=(f"{root} does not exist",))
     contenders, ignored = read_election(client, root)
     schedules = read_schedules(client, root, contenders)
-    scheduled = _scheduled_names(contenders, schedules)
+    scheduled = scheduled_names(contenders, schedules)
     entries = _with_plans(read_entries(client, root), schedules, scheduled)
     warnings = [f"ignoring election node {i.node!r}: {i.reason}" for i in ignored]
     warnings += status_warnings(root, contenders, entries, scheduled)
@@ -335,7 +335,7 @@ def _read_schedule(client: Any, root: str, fingerprint: str) -> dict[str, Planne
     return None if node is None else decode_schedule(node[0])
 
 
-def _scheduled_names(
+def scheduled_names(
     contenders: list[Contender], schedules: dict[str, dict[str, PlannedEntry] | None]
 ) -> frozenset[str] | None:
     """Union of every contender's schedule, or None when any of them is unknown."""

@@ -151,8 +151,11 @@ def test_status_table_names_leader_queue_and_entries(
     out = result.stdout
     assert "Leader: alpha (host host-alpha, pid 1001)" in out
     assert out.index("alpha", out.index("Contenders")) < out.index("beta")
-    assert "every minute" in out and "42" in out and "task-42" in out
+    assert "every minute" in out and "42" in out and "task-42" not in out  # --wide only
     assert "Warnings" not in out
+    assert max(len(line) for line in out.splitlines()) <= 100
+    wide = run("status", "--wide", *where(zk_hosts, root)).stdout
+    assert "task-42" in wide and "2024-05-01T12:00:00+00:00" in wide
 
 
 def test_status_json_shape(
@@ -181,6 +184,11 @@ def test_status_json_shape(
             "last_task_id": "t-1",
             "written_by": "alpha",
             "skipped_count": 1,
+            "scheduled": None,  # the simulated contenders published no schedule
+            "schedule": None,
+            "task": None,
+            "next_due": None,
+            "stored": True,
         }
     ]
     assert doc["warnings"] == []
@@ -328,6 +336,9 @@ def test_unreachable_zookeeper_exits_2_within_timeout() -> None:
 def test_subprocess_status_exit_codes_and_no_traceback(
     zk_hosts: str, root: str, contenders: Contenders
 ) -> None:
+    missing = subprocess_cli("status", "--check", *where(zk_hosts, root))
+    contenders.add("alpha")
+    contenders.sessions[0].stop()  # the path exists now, nobody contends
     no_leader = subprocess_cli("status", "--check", *where(zk_hosts, root))
     contenders.add("alpha")
     leader = subprocess_cli("status", *where(zk_hosts, root))
@@ -338,6 +349,9 @@ def test_subprocess_status_exit_codes_and_no_traceback(
 
     assert no_leader.returncode == 1 and no_leader.stdout == ""
     assert_one_error_line(no_leader.stderr)
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert_one_error_line(missing.stderr)
+    assert "does not exist" in missing.stderr
     assert leader.returncode == 0, leader.stderr
     assert "Leader: alpha" in leader.stdout and leader.stderr == ""
     for failed in (unreachable, unknown_app):
@@ -414,7 +428,8 @@ def test_app_option_reads_settings(app_module: str, contenders: Contenders) -> N
     assert json.loads(result.stdout)["leader"]["identity"] == "alpha"
 
 
-def test_options_override_the_app(app_module: str, root: str) -> None:
+def test_options_override_the_app(app_module: str, root: str, zk: KazooClient) -> None:
+    zk.ensure_path(root + "-elsewhere")
     result = run("status", "-A", app_module, "--path", root + "-elsewhere", "--json")
     assert result.exit_code == 1
     assert json.loads(result.stdout)["path"] == root + "-elsewhere"
@@ -562,7 +577,11 @@ def test_resign_does_not_count_the_leaders_own_requeued_node(
 
 def test_read_status_of_missing_root_is_empty(zk: KazooClient, root: str) -> None:
     status = read_status(zk, root)
-    assert status.leader is None and status.entries == ()
+    assert status.leader is None and status.entries == () and not status.exists
+    assert status.warnings == (f"{root} does not exist",)
+    zk.ensure_path(root)
+    status = read_status(zk, root)
+    assert status.exists
     assert status.warnings == (f"no leader: no instance is contending under {root}",)
 
 
