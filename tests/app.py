@@ -16,6 +16,8 @@ Shaped entirely by environment variables, read when the module is imported:
     ``file://`` result backend with ``result_expires=60`` (celery adds ``celery.backend_cleanup``).
 ``TEST_EXECUTION_LOG``
     file that :func:`record` appends one JSON line per execution to.
+``TEST_APP_NAME``
+    the app's name (``app.main``; default ``beatleader_tests``), e.g. for two apps on one path.
 ``TEST_BEAT_SCHEDULER``
     celery's ``beat_scheduler`` setting (e.g. ``beatleader``), for runs without ``-S``.
 ``TEST_DEDUP``
@@ -52,7 +54,8 @@ FILESYSTEM_POLLING_INTERVAL = 0.05
 
 def make_app(environ: Mapping[str, str], *, set_as_current: bool = True) -> Celery:
     """A fresh app configured from ``environ`` (tests may build one without touching os.environ)."""
-    celery_app = Celery(APP_NAME, set_as_current=set_as_current)
+    name = environ.get("TEST_APP_NAME") or APP_NAME
+    celery_app = Celery(name, set_as_current=set_as_current)
     celery_app.conf.update(build_config(environ))
     if environ.get("TEST_DEDUP") and environ["TEST_DEDUP"] != "after-tasks":
         dedup.install(celery_app, dedup_tasks.policy(environ))  # tasks defined after install()
