@@ -88,7 +88,10 @@ def test_status_warns_when_instances_run_different_schedules(
     assert result.returncode == 0
 
 
-def test_exit_code_1_when_nobody_leads_and_2_when_unreachable(zk_server, zk_root) -> None:
+def test_exit_code_1_when_nobody_leads_and_2_when_unreachable(
+    zk_server, zk_client, zk_root
+) -> None:
+    zk_client.ensure_path(f"{zk_root}/election")  # what instances that stopped leave behind
     nobody = cli(zk_server, zk_root, "status", "--check")
     assert nobody.returncode == 1 and nobody.stdout == ""
     assert len(nobody.stderr.strip().splitlines()) == 1

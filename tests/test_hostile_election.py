@@ -242,7 +242,10 @@ def test_status_and_resign_survive_garbage_everywhere(
 def test_status_and_resign_on_a_deleted_root(zk_server) -> None:
     root = f"/bltest/{uuid.uuid4().hex}/never-created"
     runs = _run_all(zk_server.hosts, root)
-    assert {what: r.returncode for what, r in runs.items()} == dict.fromkeys(runs, 1)
+    # status: a path that does not exist is bad input (2), told apart from "nobody contends"
+    expected = {**dict.fromkeys(runs, 2), "resign": 1}
+    assert {what: r.returncode for what, r in runs.items()} == expected
+    assert all("does not exist" in r.stderr for what, r in runs.items() if what != "resign")
 
 
 def test_status_survives_nodes_vanishing_mid_read(
