@@ -6,11 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from tests.cluster import ENTRY, every, schedule_env
 from tests.harness import REPO_ROOT, contenders, entry_state, free_port, wait_for
+from tests.security import AUTH, as_env
 from tests.test_metrics import try_scrape, value
 
 DAILY = "daily at 03:00"
@@ -158,3 +160,27 @@ def test_prune_refuses_while_instances_run_different_schedules(
     forced = cli(zk_server, zk_root, "prune", "--force")
     assert (forced.returncode, forced.stdout) == (0, "removed gone\n"), forced.stderr
     assert entry_state(zk_client, zk_root, "stale") is not None  # the old release has it
+
+
+def test_prune_of_a_tree_with_digest_acls_needs_the_credentials(
+    beats, zk_server, zk_client
+) -> None:
+    root = f"/bltest-secure/{uuid.uuid4().hex}/app"
+    auth = {"BEATLEADER_PATH": root, **as_env({"zk_auth": AUTH})}
+    old = beats(env={**schedule_env(**{ENTRY: every(1), "removed": every(1)}), **auth})
+    wait_for(lambda: entry_state(zk_client, root, "removed"), 30, message="removed ran")
+    old.close()
+    wait_for(lambda: not contenders(zk_client, root), 30, message="the old release gone")
+    beats(env={**schedule_env(**{ENTRY: every(1)}), **auth})
+    wait_for(lambda: contenders(zk_client, root), 30, message="the new release contends")
+
+    dry = cli(zk_server, root, "prune", "--dry-run")  # world readable: listing needs no identity
+    refused = cli(zk_server, root, "prune")
+    assert (dry.returncode, dry.stdout) == (0, "would remove removed\n"), dry.stderr
+    assert refused.returncode == 2 and "NoAuthError" in refused.stderr
+    assert "--zk-auth" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert entry_state(zk_client, root, "removed") is not None
+
+    done = cli(zk_server, root, "prune", "--zk-auth", AUTH)
+    assert (done.returncode, done.stdout) == (0, "removed removed\n"), done.stderr
+    assert entry_state(zk_client, root, "removed") is None
