@@ -133,6 +133,9 @@ class Entry:
             "schedule": plan.schedule if plan else None,
             "task": plan.task if plan else None,
             "next_due": self.next_due,
+            "every": plan.every if plan else None,
+            "crontab": plan.crontab if plan else None,
+            "timezone": plan.timezone if plan else None,
             "stored": self.stored,
             **_fields_or_none(self.state, EntryState),
         }
@@ -177,7 +180,7 @@ class Status:
         return None
 
     def as_dict(self) -> dict[str, Any]:
-        leader = self.leader
+        leader, names = self.leader, self.scheduled_names
         return {
             "path": self.root,
             "exists": self.exists,
@@ -186,6 +189,7 @@ class Status:
             "contenders": [c.as_dict() for c in self.contenders],
             "ignored": [i.as_dict() for i in self.ignored],
             "entries": [e.as_dict() for e in self.entries],
+            "scheduled_names": None if names is None else sorted(names),
             "warnings": list(self.warnings),
         }
 

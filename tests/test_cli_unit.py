@@ -188,6 +188,9 @@ def test_status_json_shape(
             "schedule": None,
             "task": None,
             "next_due": None,
+            "every": None,
+            "crontab": None,
+            "timezone": None,
             "stored": True,
         }
     ]
