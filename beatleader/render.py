@@ -7,7 +7,7 @@ nothing. ``--json`` (``Status.as_dict``) has every field, uncut.
 
 Guarantees: any text from ZooKeeper is printed escaped (``repr``) when it is not printable, so
 another client's data cannot move the cursor or forge lines. Not guaranteed: 100 columns for
-warning lines, which wrap instead.
+the first line (it names every ZooKeeper host).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from beatleader.status import Contender, Entry, Status
 
 #: Widest a cell of the narrow table may be, per column heading.
 NARROW_LIMITS = {"IDENTITY": 24, "HOST": 16, "NAME": 24, "SCHEDULE": 22}
+#: Widest the leader's label may be in the narrow view.
+LEADER_LIMIT = 56
 #: Width the warnings are wrapped to.
 WRAP = 98
 
@@ -27,7 +29,7 @@ def render_status(status: Status, where: str, wide: bool = False) -> str:
     """Leader, queue, entries and warnings of ``status``; ``where`` names the ZooKeeper."""
     sections = [
         f"ZooKeeper {where}  path {status.root}  (times UTC)",
-        _leader_line(status.leader),
+        _leader_line(status.leader, wide),
         "",
         "Contenders (queue order):",
         _indent(contender_table(status.contenders, wide)),
@@ -43,10 +45,11 @@ def render_status(status: Status, where: str, wide: bool = False) -> str:
     return "\n".join(sections)
 
 
-def _leader_line(leader: Contender | None) -> str:
+def _leader_line(leader: Contender | None, wide: bool) -> str:
     if leader is None:
         return "Leader: none"
-    return f"Leader: {cell(leader.label())} since {leader.since or '?'}"
+    label = _cut(cell(leader.label()), None if wide else LEADER_LIMIT)
+    return f"Leader: {label} since {leader.since or '?'}"
 
 
 def contender_table(contenders: tuple[Contender, ...], wide: bool) -> str:

@@ -78,9 +78,11 @@ def test_resign_moves_leadership_and_the_old_leader_sends_nothing_after(
 def test_status_warns_when_instances_run_different_schedules(
     beats, zk_server, zk_client, zk_root
 ) -> None:
-    beats(env=schedule_env(**{ENTRY: every(1)}))
-    beats(env=schedule_env(**{ENTRY: every(1), "added in the new release": every(5)}))
+    old = beats(env=schedule_env(**{ENTRY: every(1)}))
+    new = beats(env=schedule_env(**{ENTRY: every(1), "added in the new release": every(5)}))
     wait_for(lambda: len(contenders(zk_client, zk_root)) == 2, 20, message="2 contenders")
+    for process in (old, new):  # the misconfiguration is an ERROR in the log of each of them
+        process.wait_for_log(r"ERROR.*an instance with a different schedule contends on", 20)
 
     result = cli(zk_server, zk_root, "status", "--json")
     warnings = json.loads(result.stdout)["warnings"]

@@ -158,6 +158,22 @@ def test_status_table_names_leader_queue_and_entries(
     assert "task-42" in wide and "2024-05-01T12:00:00+00:00" in wide
 
 
+def test_the_default_table_fits_100_columns_and_wide_cuts_nothing(
+    zk: KazooClient, zk_hosts: str, root: str, contenders: Contenders
+) -> None:
+    long_identity = "worker-" + "x" * 60
+    contenders.add(long_identity)
+    long_name = "a very long entry name " * 4
+    put_entry(zk, root, long_name, runs=3)
+
+    narrow = run("status", *where(zk_hosts, root)).stdout
+    wide = run("status", "--wide", *where(zk_hosts, root)).stdout
+
+    assert max(len(line) for line in narrow.splitlines()[1:]) <= 100, narrow
+    assert long_name not in narrow and long_name[:21] + "..." in narrow
+    assert long_name.rstrip() in wide and long_identity in wide
+
+
 def test_status_json_shape(
     zk: KazooClient, zk_hosts: str, root: str, contenders: Contenders
 ) -> None:
