@@ -5,8 +5,9 @@ Guarantees:
 * Exit codes are fit for health checks: 0 a sound leader exists (a well-formed, ephemeral
   contender node holding readable, unrewritten ContenderInfo; ``resign``: leadership stepped
   down), 1 ZooKeeper answered but there is no sound leader (``resign``: nothing to resign, or
-  leadership did not move in time), 2 ZooKeeper unreachable within ``--timeout`` or bad input
-  (settings, options, an app that cannot be loaded).
+  leadership did not move in time; ``prune``: refused, or a node was written meanwhile), 2
+  ZooKeeper unreachable within ``--timeout`` or bad input (settings, options, an app that cannot
+  be loaded, a ``status`` path that does not exist: a typo is not an outage).
 * Every error is one line on stderr starting with ``beatleader:``, never a traceback, whatever
   another client wrote into the tree; names and values from ZooKeeper are printed escaped.
 * Settings are resolved like the scheduler's (:meth:`Settings.from_app`): ``--zk-hosts`` and
