@@ -326,11 +326,11 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
         """Publish every outbox run this leader committed within the publish window."""
         if not self._broker_backoff.ready("broker", time.monotonic()):
             return
-        for pending in self._outbox.publishable(time.monotonic()):
+        for pending in self._outbox.attempts_due(time.monotonic()):
             if not self._outbox.fresh(pending, time.monotonic()):
-                logger.warning(
-                    "beatleader: run %d of %r was committed more than %.1f s ago; not publishing "
-                    "it from here until it is committed again",
+                logger.info(
+                    "beatleader: run %d of %r is past its publish window (%.1f s after its "
+                    "commit); it is committed again (fenced) before it is published",
                     pending.ordinal,
                     pending.name,
                     self._outbox.window,

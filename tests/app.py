@@ -148,8 +148,9 @@ class FaultScheduler(_BeatleaderScheduler):
     ``TEST_CLOCK_SKEW``
         seconds added to this instance's wall clock (``Scheduler.local_time``).
     ``TEST_PAUSE_BEFORE_PUBLISH``
-        seconds to sleep after a commit, before its runs are published (logs
-        ``test: pausing before publishing``), so a test can SIGKILL or SIGSTOP the process there.
+        seconds to sleep after the first commit with runs to publish, before they are published
+        (once per process; logs ``test: pausing before publishing``), so a test can SIGKILL or
+        SIGSTOP the process there.
     ``TEST_SLOW_PUBLISH``
         seconds every publish takes (logs ``test: publishing slowly``), inside the gap where
         SIGTERM must be held.
@@ -158,9 +159,12 @@ class FaultScheduler(_BeatleaderScheduler):
     def local_time(self) -> float:
         return super().local_time() + float(os.environ.get("TEST_CLOCK_SKEW") or 0)
 
+    _paused = False
+
     def _publish_outbox(self) -> None:
         pause = float(os.environ.get("TEST_PAUSE_BEFORE_PUBLISH") or 0)
-        if pause and self.unpublished():
+        if pause and self.unpublished() and not self._paused:
+            self._paused = True
             _test_log(f"test: pausing before publishing {self.unpublished()}")
             time.sleep(pause)
         super()._publish_outbox()

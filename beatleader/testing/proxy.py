@@ -133,8 +133,8 @@ class ZkProxy:
         """Client -> server."""
         first = True
         for frame in _frames(connection.client):
-            if not first and len(frame) >= 8:
-                xid, op = struct.unpack(">ii", frame[:8])
+            if not first and len(frame) >= 12:  # length prefix, xid, op type
+                xid, op = struct.unpack(">ii", frame[4:12])
                 if op == MULTI and not self._on_multi_request(connection, xid):
                     break
             first = False
@@ -161,8 +161,8 @@ class ZkProxy:
         """Server -> client."""
         first = True
         for frame in _frames(connection.server):
-            if not first and len(frame) >= 4:
-                (xid,) = struct.unpack(">i", frame[:4])
+            if not first and len(frame) >= 8:  # length prefix, xid, ...
+                (xid,) = struct.unpack(">i", frame[4:8])
                 if xid in connection.multis:
                     connection.multis.discard(xid)
                     with self._lock:
