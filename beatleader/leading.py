@@ -326,7 +326,10 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
         """Publish every outbox run this leader committed within the publish window."""
         if not self._broker_backoff.ready("broker", time.monotonic()):
             return
+        election = self._election
         for pending in self._outbox.attempts_due(time.monotonic()):
+            if election is None or not election.is_leader:
+                return  # stepped down (resigned, suspended, fence failed): leave it to the next
             if not self._outbox.fresh(pending, time.monotonic()):
                 logger.info(
                     "beatleader: run %d of %r is past its publish window (%.1f s after its "
