@@ -17,7 +17,8 @@ one after the other:
 3. **PersistentScheduler**: one instance alone for ``--baseline-seconds`` (steady lateness),
    then N-1 more join on the same schedule and the duplicates are counted for
    ``--dup-seconds``. It has no failover to measure.
-4. **Throughput** (``--entries`` entries, each due every 1 s, Redis broker, no worker):
+4. **Throughput** (for each count in ``--entries``, default 1,000 and 4,000: that many entries,
+   each due every 1 s, Redis broker, no worker):
    beatleader xN vs one PersistentScheduler. After the first full round and ``--warmup``
    seconds, ``LLEN celery`` is sampled every 0.1 s for ``--throughput-seconds``; sends/s is its
    least-squares slope (the two endpoints alone are off by up to one burst of all entries).
@@ -444,15 +445,18 @@ class ThroughputResult:
 LLEN_EVERY = 0.1
 
 
-def run_throughput(ctx: Context, label: str, scheduler: str, count: int) -> ThroughputResult:
-    """``--entries`` entries due every second on the Redis broker; count what gets queued."""
-    entries, window = ctx.args.entries, ctx.args.throughput_seconds
+def run_throughput(
+    ctx: Context, label: str, scheduler: str, count: int, entries: int
+) -> ThroughputResult:
+    """``entries`` entries due every second on the Redis broker; count what gets queued."""
+    window = ctx.args.throughput_seconds
     progress(f"throughput {label} x{count}: {entries} entries, warm-up, {window:g} s window")
     client = ctx.redis()
     client.flushall()
     schedule = json.dumps({f"e{i:05d}": {"every": INTERVAL_S} for i in range(entries)})
-    env = {"TEST_SCHEDULE": schedule, "BEATLEADER_PATH": f"/bench/throughput-{label}"}
-    beats = ctx.fleet.start(f"throughput-{label}", count, scheduler, env, loglevel="WARNING")
+    env = {"TEST_SCHEDULE": schedule, "BEATLEADER_PATH": f"/bench/throughput-{label}-{entries}"}
+    name = f"throughput-{label}-{entries}"
+    beats = ctx.fleet.start(name, count, scheduler, env, loglevel="WARNING")
     wait_for(
         lambda: client.llen(QUEUE) >= entries,
         STARTUP_TIMEOUT,
@@ -597,8 +601,14 @@ def timeline_rows(res: Results) -> list[Row]:
 
 
 def throughput_rows(results: Sequence[ThroughputResult]) -> list[Row]:
-    by = {r.label: r for r in results}
-    bl, ps = by.get("beatleader"), by.get("persistent")
+    rows: list[Row] = []
+    for entries in sorted({r.entries for r in results}):
+        by = {r.label: r for r in results if r.entries == entries}
+        rows += throughput_rows_of(by.get("beatleader"), by.get("persistent"))
+    return rows
+
+
+def throughput_rows_of(bl: ThroughputResult | None, ps: ThroughputResult | None) -> list[Row]:
     if bl is None or ps is None:
         return []
     return [
@@ -647,10 +657,11 @@ def ratio_pairs(res: Results) -> list[tuple[str, str, float | None, float | None
         pairs.append((f"lateness p{q}", "PersistentScheduler", mine, percentile(ps.lateness, q)))
         if rb is not None:
             pairs.append((f"lateness p{q}", "redbeat", mine, percentile(rb.lateness, q)))
-    by = {r.label: r for r in res.throughput}
-    if "beatleader" in by and "persistent" in by:
-        tp = (by["beatleader"].sends_per_s, by["persistent"].sends_per_s)
-        pairs.append(("throughput", "PersistentScheduler", *tp))
+    for entries in sorted({r.entries for r in res.throughput}):
+        by = {r.label: r for r in res.throughput if r.entries == entries}
+        if "beatleader" in by and "persistent" in by:
+            tp = (by["beatleader"].sends_per_s, by["persistent"].sends_per_s)
+            pairs.append((f"throughput {entries:,}", "PersistentScheduler", *tp))
     return pairs
 
 
@@ -739,7 +750,7 @@ def settings_line(args: argparse.Namespace) -> str:
         f"--seconds {args.seconds:g} --session-timeout {args.session_timeout:g} "
         f"--instances {args.instances} --signal-phase {args.signal_phase:g} "
         f"--baseline-seconds {args.baseline_seconds:g} --dup-seconds {args.dup_seconds:g} "
-        f"--entries {args.entries} --warmup {args.warmup:g} "
+        f"--entries {' '.join(map(str, args.entries))} --warmup {args.warmup:g} "
         f"--throughput-seconds {args.throughput_seconds:g}"
         + (" --skip-redbeat" if args.skip_redbeat else "")
         + (" --skip-throughput" if args.skip_throughput else "")
@@ -804,7 +815,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=10,
         help="how long N PersistentSchedulers run together to count duplicates",
     )
-    add("--entries", type=int, default=1000, help="entries (each every 1 s) for throughput")
+    add(
+        "--entries",
+        type=int,
+        nargs="+",
+        default=[1000, 4000],
+        help="entry counts (each entry every 1 s) of the throughput phases",
+    )
     add("--warmup", type=float, default=5, help="throughput warm-up after the first round")
     add("--throughput-seconds", type=float, default=15, help="throughput measuring window")
     add("--skip-redbeat", action="store_true", help="do not run the redbeat timeline")
@@ -856,12 +873,13 @@ def run_all(ctx: Context, load_start: tuple[float, float, float]) -> Results:
     beatleader = run_timeline(ctx, "beatleader", BEATLEADER)
     redbeat = None if args.skip_redbeat else run_timeline(ctx, "redbeat", REDBEAT)
     persistent = run_persistent(ctx)
-    throughput = []
+    throughput: list[ThroughputResult] = []
     if not args.skip_throughput:
-        throughput = [
-            run_throughput(ctx, "beatleader", BEATLEADER, args.instances),
-            run_throughput(ctx, "persistent", PERSISTENT, 1),
-        ]
+        for entries in args.entries:
+            throughput += [
+                run_throughput(ctx, "beatleader", BEATLEADER, args.instances, entries),
+                run_throughput(ctx, "persistent", PERSISTENT, 1, entries),
+            ]
     return Results(beatleader, redbeat, persistent, throughput, load_start, os.getloadavg())
 
 
