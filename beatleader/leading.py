@@ -18,7 +18,6 @@ import dataclasses
 import heapq
 import logging
 import time
-from datetime import datetime, timezone
 from typing import Any
 
 from celery import beat
@@ -30,7 +29,7 @@ from beatleader.config import Settings
 from beatleader.election import LeaderElection
 from beatleader.layout import EntryState
 from beatleader.observe import Observers
-from beatleader.planning import Backoff, Marks, Outbox, Pending
+from beatleader.planning import Backoff, Marks, Outbox, Pending, Run, lateness_of, utc_iso
 from beatleader.state import CommitOutcome, StateStore, StoredState, Write
 
 logger = logging.getLogger("beatleader.scheduler")
@@ -156,10 +155,10 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
             waits.append(marks)
         return min(waits)
 
-    def _plan(self, entry: beat.ScheduleEntry, delay: float) -> _Run:
+    def _plan(self, entry: beat.ScheduleEntry, delay: float) -> Run:
         """Step 4: send this run, or skip it when it is later than the misfire grace."""
         grace = self.settings.misfire_grace
-        lateness = _lateness(entry)
+        lateness = lateness_of(entry)
         if grace is not None and lateness > grace:
             logger.warning(
                 "beatleader: skipping %r: due %.1f s ago, more than misfire_grace %g s",
@@ -167,12 +166,12 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
                 lateness,
                 grace,
             )
-            return _Run(
+            return Run(
                 self.Entry(**dict(entry, last_run_at=entry.default_now())), delay, False, lateness
             )
-        return _Run(next(entry), delay, True, lateness)
+        return Run(next(entry), delay, True, lateness)
 
-    def _write_for(self, run: _Run) -> Write:
+    def _write_for(self, run: Run) -> Write:
         stored = self._stored.get(run.entry.name)
         previous = stored.state if stored is not None else None
         last_task_id: str | None
@@ -181,7 +180,7 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
         else:  # a skip keeps the last sent task's id and counts itself
             last_task_id, skipped = (previous.last_task_id if previous else None), 1
         state = EntryState(
-            last_run_at=_utc_iso(run.entry.last_run_at),
+            last_run_at=utc_iso(run.entry.last_run_at),
             total_run_count=run.entry.total_run_count,
             last_task_id=last_task_id,
             written_by=self.settings.identity,
@@ -232,7 +231,7 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
         return Write(name, state, stored.version)
 
     def _commit_and_publish(
-        self, runs: list[_Run], renewals: list[Pending], marks: list[tuple[str, int]]
+        self, runs: list[Run], renewals: list[Pending], marks: list[tuple[str, int]]
     ) -> None:
         """Step 5 and 6: one fenced commit, then every publishable outbox run."""
         assert self._store is not None and self._election is not None
@@ -274,7 +273,7 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
                 self._stored[write.name] = StoredState(write.state, version, mtime)
                 self._entry_backoff.succeeded(write.name)
 
-    def _settle(self, run: _Run, committed_at: float) -> None:
+    def _settle(self, run: Run, committed_at: float) -> None:
         """A run committed: adopt its entry; a send goes to the outbox, a skip back on the heap."""
         entry = run.entry
         self.schedule[entry.name] = entry
@@ -289,7 +288,7 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
         assert self._heap is not None
         heapq.heappush(self._heap, beat.event_t(self._when(entry, run.delay), 5, entry))
 
-    def _after_commit(self, outcome: CommitOutcome, runs: list[_Run]) -> None:
+    def _after_commit(self, outcome: CommitOutcome, runs: list[Run]) -> None:
         """What a commit that was not wholly fine means for leadership, state and entries."""
         assert self._election is not None
         if outcome.lost_leadership:
@@ -408,42 +407,5 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
             seen = seen.__cause__ or seen.__context__
         return False
 
-    def _flush_marks(self) -> None:
-        """On close: write every pending mark (fenced), so a graceful handoff republishes none."""
-        election, store = self._election, self._store
-        if not self._marks or election is None or store is None or not election.is_leader:
-            return
-        fence = election.node
-        writes = [self._mark_write(n, o) for n, o in self._marks.items()]
-        try:
-            if fence is not None:
-                store.commit(fence, [w for w in writes if w is not None])
-        except Exception:  # best effort: the successor republishes what is not marked
-            logger.exception("beatleader: could not mark published runs on close")
-
     def _task_id(self, name: str, ordinal: int) -> str:
         return layout.run_task_id(self.settings.path, name, ordinal)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Run:
-    """One due run: the entry as it will be after the run, its next delay, whether to send."""
-
-    entry: beat.ScheduleEntry
-    delay: float
-    send: bool
-    #: Seconds between the moment the run fell due and the moment it was planned.
-    lateness: float = 0.0
-
-
-def _lateness(entry: beat.ScheduleEntry) -> float:
-    """Seconds since the run of ``entry`` fell due (0 when it cannot be told)."""
-    try:
-        remaining = entry.schedule.remaining_estimate(entry.last_run_at)
-    except Exception:
-        return 0.0
-    return max(-float(remaining.total_seconds()), 0.0)
-
-
-def _utc_iso(moment: datetime) -> str:
-    return str(maybe_make_aware(moment).astimezone(timezone.utc).isoformat())

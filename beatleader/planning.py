@@ -7,6 +7,7 @@
 * :class:`ServerClock`: this instance's offset to ZooKeeper's server clock, the one clock of the
   schedule.
 * :func:`continuation`: what a new leader continues an entry from, given what it read.
+* :class:`Run`, :func:`lateness_of`, :func:`utc_iso`: one planned run and its timing.
 
 Guarantees (of the decisions; the scheduler carries them out):
 
@@ -31,6 +32,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
+from celery.utils.time import maybe_make_aware
 
 from beatleader.state import StoredState
 
@@ -247,3 +250,27 @@ def continuation(stored: StoredState, max_seen: int, future_tolerance: float) ->
         )
         last_run_at = mtime
     return Continuation(last_run_at, count, published, "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One due run: the entry as it will be after the run, its next delay, whether to send."""
+
+    entry: Any
+    delay: float
+    send: bool
+    #: Seconds between the moment the run fell due and the moment it was planned.
+    lateness: float = 0.0
+
+
+def lateness_of(entry: Any) -> float:
+    """Seconds since the run of ``entry`` fell due (0 when it cannot be told)."""
+    try:
+        remaining = entry.schedule.remaining_estimate(entry.last_run_at)
+    except Exception:
+        return 0.0
+    return max(-float(remaining.total_seconds()), 0.0)
+
+
+def utc_iso(moment: datetime) -> str:
+    return str(maybe_make_aware(moment).astimezone(timezone.utc).isoformat())

@@ -53,6 +53,7 @@ from typing import Any
 
 from celery import beat
 from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException
 
 from beatleader import layout, sigmask
 from beatleader._version import __version__
@@ -63,7 +64,7 @@ from beatleader.layout import ContenderInfo
 from beatleader.leading import LeadingScheduler
 from beatleader.observe import Observers
 from beatleader.planning import Backoff, Pending, ServerClock, continuation
-from beatleader.state import CONNECTION_ERRORS, StateStore, StoredState
+from beatleader.state import CONNECTION_ERRORS, SESSION_ERRORS, StateStore, StoredState
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +229,18 @@ class Scheduler(LeadingScheduler):
         assert self._store is not None
         self._next_probe = time.monotonic() + self.clock_probe_interval
         before = self.local_time()
-        server = self._store.server_time()
+        try:
+            server = self._store.server_time()
+        except KazooException as exc:
+            if isinstance(exc, SESSION_ERRORS):
+                raise
+            self._report(
+                "clock-node",
+                "clock",
+                f"cannot write {layout.clock_path(self.settings.path)} to read ZooKeeper's time "
+                f"({exc!r}); scheduling on the last known offset {self._clock.offset:+.3f} s",
+            )
+            return
         if not self._clock.sample(before, self.local_time(), server):
             return
         offset = self._clock.offset
@@ -277,6 +289,19 @@ class Scheduler(LeadingScheduler):
         client.close()
         election.join(self.close_timeout)
         logger.info("beatleader: released leadership and closed the ZooKeeper session")
+
+    def _flush_marks(self) -> None:
+        """On close: write every pending mark (fenced), so a graceful handoff republishes none."""
+        election, store = self._election, self._store
+        if not self._marks or election is None or store is None or not election.is_leader:
+            return
+        fence = election.node
+        writes = [self._mark_write(n, o) for n, o in self._marks.items()]
+        try:
+            if fence is not None:
+                store.commit(fence, [w for w in writes if w is not None])
+        except Exception:  # best effort: the successor republishes what is not marked
+            logger.exception("beatleader: could not mark published runs on close")
 
     def _check_process(self) -> None:
         if os.getpid() != self._owner_pid:

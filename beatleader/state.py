@@ -40,11 +40,15 @@ from dataclasses import dataclass, field
 from kazoo.client import KazooClient
 from kazoo.exceptions import (
     BadVersionError,
+    ConnectionClosedError,
+    ConnectionLoss,
     KazooException,
     NodeExistsError,
     NoNodeError,
+    OperationTimeoutError,
     RolledBackError,
     RuntimeInconsistency,
+    SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import ZnodeStat
@@ -60,6 +64,15 @@ CONTENDER_NODE_VERSION = 0
 
 #: What a request can raise when the connection or session fails under it.
 CONNECTION_ERRORS = (KazooException, KazooTimeoutError)
+
+#: The errors that mean "no answer" rather than "ZooKeeper refused this one request".
+SESSION_ERRORS = (
+    ConnectionLoss,
+    ConnectionClosedError,
+    SessionExpiredError,
+    OperationTimeoutError,
+    RuntimeInconsistency,
+)
 
 
 @dataclass(frozen=True)
@@ -132,14 +145,28 @@ class StateStore:
         ]
         states: dict[str, StoredState] = {}
         for child, result in pending:
+            name = layout.unquote_entry_name(child)
             try:
                 data, stat = result.get()
             except NoNodeError:
                 continue
+            except KazooException as exc:
+                if isinstance(exc, SESSION_ERRORS):
+                    raise
+                found = self._unreadable(child, exc)  # e.g. an ACL that denies reading it
+                if found is not None:
+                    states[name] = found
+                continue
             state, problem = EntryState.parse(data)
-            name = layout.unquote_entry_name(child)
             states[name] = StoredState(state, stat.version, stat.mtime / 1000.0, problem)
         return states
+
+    def _unreadable(self, child: str, exc: Exception) -> StoredState | None:
+        """An entry whose data cannot be read: its version and mtime still bound its state."""
+        stat = self._client.exists(f"{self._entries_path}/{child}")
+        if stat is None:
+            return None
+        return StoredState(None, stat.version, stat.mtime / 1000.0, f"cannot be read: {exc!r}")
 
     def server_time(self) -> float:
         """ZooKeeper's server time now (epoch s): the ``mtime`` of a write to the clock node."""
