@@ -126,6 +126,10 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
             entry = heapq.heappop(heap)[2]
             if self.schedule.get(entry.name) is not entry or entry.name in self._outbox:
                 continue  # a stale event, or held until its run is out (then queued again)
+            retry_at = self._entry_backoff.not_before(entry.name)
+            if retry_at is not None and retry_at > time.monotonic():
+                not_yet.append((entry, retry_at - time.monotonic()))  # its write failed lately
+                continue
             try:
                 is_due, next_time_to_run = self.is_due(entry)
             except Exception:  # one broken entry must not stop the others
@@ -310,6 +314,8 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
             elif name in self._outbox:
                 self._outbox.failed(name, now)
         if outcome.conflicts:
+            for name in outcome.conflicts:
+                self._entry_backoff.failed(name, now)  # a writer racing us cannot spin the tick
             logger.warning("beatleader: %s written by someone else; reloading", outcome.conflicts)
             self._loaded_generation = 0
         if outcome.uncertain or outcome.error:
