@@ -91,6 +91,9 @@ class Scheduler(LeadingScheduler):
 
     #: Seconds ``close`` waits for the election thread to finish.
     close_timeout = 5.0
+    #: Seconds ``close`` waits for a tick in another thread before it writes the pending marks
+    #: (past it, it closes without them: the successor republishes those runs, same task ids).
+    close_flush_timeout = 1.0
 
     #: Beat keeps no local schedule file: state lives in ZooKeeper, written on every run.
     sync_every = float("inf")
@@ -120,7 +123,9 @@ class Scheduler(LeadingScheduler):
         self._loaded_generation = 0
         self._owner_pid = os.getpid()
         self._closed = False
-        self._tick_thread: int | None = None
+        #: Held while leading in a tick, and by ``close`` to write the marks (reentrant: celery
+        #: calls ``close`` from its signal handler, in the middle of a tick).
+        self._lead_lock = threading.RLock()
         self._init_leading(self.settings.session_timeout)
         self._error_backoff = Backoff(self.error_retry_delay, self.error_retry_max)
         self._clock = ServerClock()
@@ -137,28 +142,21 @@ class Scheduler(LeadingScheduler):
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """One pass of the algorithm in the module docstring; returns seconds to sleep."""
         self._check_process()
-        self._tick_thread = threading.get_ident()
         election = self._election
         if election is None or self._closed:
             return self.closed_tick_interval
         if not election.is_leader:
             election.wait_for_leadership(timeout=self.max_interval)
             return 0.0
-        try:
-            if election.generation != self._loaded_generation:
-                self._take_over(election.generation)
-            delay = self._run_due()
-        except ZOOKEEPER_ERRORS as exc:
-            if self._closed:  # close() ended the session under this tick
+        with self._lead_lock:
+            if self._closed:
                 return self.closed_tick_interval
-            self._loaded_generation = 0  # reload state once we lead for sure again
-            delay = self._error_backoff.failed("tick", time.monotonic())
-            logger.warning(
-                "beatleader: ZooKeeper error while leading (%r); not sending, retrying in %.1f s",
-                exc,
-                delay,
-            )
-            return delay
+            try:
+                if election.generation != self._loaded_generation:
+                    self._take_over(election.generation)
+                delay = self._run_due()
+            except ZOOKEEPER_ERRORS as exc:
+                return self._zookeeper_error(exc)
         self._error_backoff.succeeded("tick")
         return delay
 
@@ -166,10 +164,25 @@ class Scheduler(LeadingScheduler):
         """Write pending marks, release leadership at once (close the session), close celery's."""
         if not self._closed:
             self._closed = True
-            if self._tick_thread in (None, threading.get_ident()):
-                self._flush_marks()
+            if self._lead_lock.acquire(timeout=self.close_flush_timeout):
+                try:
+                    self._flush_marks()
+                finally:
+                    self._lead_lock.release()
             self._disconnect()
         super().close()
+
+    def _zookeeper_error(self, exc: Exception) -> float:
+        if self._closed:  # close() ended the session under this tick
+            return self.closed_tick_interval
+        self._loaded_generation = 0  # reload state once we lead for sure again
+        delay = self._error_backoff.failed("tick", time.monotonic())
+        logger.warning(
+            "beatleader: ZooKeeper error while leading (%r); not sending, retrying in %.1f s",
+            exc,
+            delay,
+        )
+        return delay
 
     @property
     def info(self) -> str:

@@ -8,6 +8,7 @@ fault injection (proxies, signals, a stopped Redis) is in ``test_outbox_faults.p
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -173,3 +174,24 @@ def test_a_read_only_entry_backs_off_and_does_not_block_the_others(
     failures = scheduler._entry_backoff.failures("locked")
     elapsed = time.monotonic() - started
     assert 1 <= failures <= 2 + elapsed  # backoff 1 s, 2 s, 4 s...: never a tight loop
+
+
+def test_close_from_another_thread_writes_the_pending_marks(
+    make_scheduler, zk_client, zk_root
+) -> None:
+    scheduler = make_scheduler({"e": {"every": 0.5}})
+    run_until(
+        scheduler, lambda: (entry_state(zk_client, zk_root, "e") or {}).get("published") is False
+    )
+
+    def loop() -> None:
+        while not scheduler._closed:
+            time.sleep(min(scheduler.tick(), 0.05))
+
+    ticking = threading.Thread(target=loop)
+    ticking.start()
+    scheduler.close()  # as EmbeddedBeat.stop() does, from another thread
+    ticking.join(10)
+    state = entry_state(zk_client, zk_root, "e")
+    assert state["published"] is True
+    assert scheduler.published == ids(zk_root, "e", *range(1, state["total_run_count"] + 1))
