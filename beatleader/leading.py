@@ -246,6 +246,9 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
         planned = {run.entry.name for run in runs}
         abandoned = {p.name for p in renewals if self._too_late(p)}
         extra = [self._renew_write(p, p.name in abandoned) for p in renewals]
+        for pending, write in zip(renewals, extra, strict=True):
+            if write is None:  # nothing to renew from: never spin on it
+                self._outbox.failed(pending.name, time.monotonic())
         extra += [self._mark_write(n, o) for n, o in marks if n not in planned]
         writes = [self._write_for(run) for run in runs] + [w for w in extra if w is not None]
         with sigmask.deferred():
