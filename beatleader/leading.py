@@ -237,40 +237,62 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
     def _commit_and_publish(
         self, runs: list[Run], renewals: list[Pending], marks: list[tuple[str, int]]
     ) -> None:
-        """Step 5 and 6: one fenced commit, then every publishable outbox run."""
+        """Steps 5 and 6, per batch: a fenced commit, then every publishable outbox run.
+
+        Publishing each batch right after its commit keeps every run well inside its publish
+        window however many runs are due at once.
+        """
         assert self._store is not None and self._election is not None
         fence = self._election.node
         if fence is None:
             self._election.step_down("no contender node")
             return
         planned = {run.entry.name for run in runs}
-        abandoned = {p.name for p in renewals if self._too_late(p)}
-        extra = [self._renew_write(p, p.name in abandoned) for p in renewals]
+        extra = [self._renew_write(p, self._too_late(p)) for p in renewals]
         for pending, write in zip(renewals, extra, strict=True):
             if write is None:  # nothing to renew from: never spin on it
                 self._outbox.failed(pending.name, time.monotonic())
         extra += [self._mark_write(n, o) for n, o in marks if n not in planned]
         writes = [self._write_for(run) for run in runs] + [w for w in extra if w is not None]
-        with sigmask.deferred():
-            started = time.monotonic()
-            outcome = self._store.commit(fence, writes)
-            if outcome.committed:
-                self.observers.committed(len(outcome.committed), time.monotonic() - started)
-            self._adopt(writes, outcome)
-            for run in runs:
-                if run.entry.name in outcome.committed:
-                    self._settle(run, started)
-            for pending in renewals:
-                if pending.name in outcome.committed and pending.name in abandoned:
-                    self._outbox.published(pending.name)
-                    self._requeue(pending)
-                elif pending.name in outcome.committed:
-                    self._outbox.renewed(pending.name, started)
-            for name, _ in marks:
-                if name in outcome.committed:
-                    self._marks.discard(name)
-            self._publish_outbox()
-        self._after_commit(outcome, runs)
+        runs_by_name = {run.entry.name: run for run in runs}
+        renewing = {p.name: p for p in renewals}
+        total = CommitOutcome()
+        size = self._store.max_ops_per_commit
+        for first in range(0, len(writes), size):  # commit a batch, publish it, then the next
+            chunk = writes[first : first + size]
+            with sigmask.deferred():
+                outcome = self._commit_chunk(fence, chunk)
+                for write in chunk:
+                    if write.name not in outcome.committed:
+                        continue
+                    if write.name in runs_by_name:
+                        self._settle(runs_by_name[write.name], outcome.started)
+                    elif write.name in renewing:
+                        self._renewed(renewing[write.name], write, outcome.started)
+                    else:
+                        self._marks.discard(write.name)
+                self._publish_outbox()
+            total.merge(outcome)
+            if outcome.lost_leadership or outcome.error:
+                break  # the later batches were not tried: a reload or a new leader plans them
+        self._after_commit(total, runs)
+
+    def _commit_chunk(self, fence: str, chunk: list[Write]) -> CommitOutcome:
+        assert self._store is not None
+        started = time.monotonic()
+        outcome = self._store.commit(fence, chunk)
+        outcome.started = started
+        if outcome.committed:
+            self.observers.committed(len(outcome.committed), time.monotonic() - started)
+        self._adopt(chunk, outcome)
+        return outcome
+
+    def _renewed(self, pending: Pending, write: Write, committed_at: float) -> None:
+        if write.state.published:  # given up past misfire_grace
+            self._outbox.published(pending.name)
+            self._requeue(pending)
+        else:
+            self._outbox.renewed(pending.name, committed_at)
 
     def _adopt(self, writes: list[Write], outcome: CommitOutcome) -> None:
         for write in writes:

@@ -135,6 +135,7 @@ class Scheduler(LeadingScheduler):
     # -- celery hooks -----------------------------------------------------------------------------
 
     def setup_schedule(self) -> None:
+        self._timezone = self.app.timezone  # read once: a lock-guarded property in celery
         self.merge_inplace(self.app.conf.beat_schedule)
         self.install_default_entries(self.schedule)
         self._connect()
@@ -229,7 +230,7 @@ class Scheduler(LeadingScheduler):
 
     def server_now(self) -> datetime:
         """Now on ZooKeeper's server clock: the clock every schedule entry runs on."""
-        return datetime.fromtimestamp(self.local_time() + self._clock.offset, self.app.timezone)
+        return datetime.fromtimestamp(self.local_time() + self._clock.offset, self._timezone)
 
     def _on_server_clock(self, entry: beat.ScheduleEntry) -> None:
         schedule = entry.schedule

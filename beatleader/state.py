@@ -114,6 +114,18 @@ class CommitOutcome:
     uncertain: list[str] = field(default_factory=list)
     #: The connection error that ended the commit ("" when none).
     error: str = ""
+    #: Monotonic time the commit was sent (set by the caller that timed it).
+    started: float = 0.0
+
+    def merge(self, other: CommitOutcome) -> None:
+        """Add ``other`` (a later commit of the same tick) to this outcome."""
+        self.committed.update(other.committed)
+        self.mtimes.update(other.mtimes)
+        self.lost_leadership = self.lost_leadership or other.lost_leadership
+        self.conflicts.extend(other.conflicts)
+        self.failed.update(other.failed)
+        self.uncertain.extend(other.uncertain)
+        self.error = self.error or other.error
 
     @property
     def ok(self) -> bool:

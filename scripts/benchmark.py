@@ -244,8 +244,21 @@ class Failover:
 
 
 def failover(sends: Sequence[Send], event: Event) -> Failover:
-    """Signal -> first send by another instance, and the largest gap across the change."""
-    takeover = next((s for s in sends if s.sent_ms >= event.at_ms and s.pid != event.victim), None)
+    """Signal -> first new run sent by another instance, and the largest gap across the change.
+
+    A new run is a task id not sent before the signal: the successor republishing the victim's
+    last run (the outbox, same task id; counted under repeated task ids) is not the schedule
+    going on, and the run after it, late by the failover, belongs to the failover window.
+    """
+    seen = {s.task_id for s in sends if s.sent_ms < event.at_ms}
+    takeover = next(
+        (
+            s
+            for s in sends
+            if s.sent_ms >= event.at_ms and s.pid != event.victim and s.task_id not in seen
+        ),
+        None,
+    )
     if takeover is None:
         return Failover(event, None, None, None)
     before = [s.sent_ms for s in sends if s.sent_ms < event.at_ms][-1:]
