@@ -15,13 +15,14 @@ the number of seconds it returns):
 3. Pop every entry that is due now, except entries whose previous run is still in the outbox
    (held until it is out: missed runs coalesce, as celery's do after a stop).
 4. For each due entry: send it, or skip it past ``misfire_grace``.
-5. One fenced commit (``StateStore.commit``) of: the due runs (``published=false``), the outbox
-   runs that must be renewed before they may be published (inherited or stale), and ripe marks
-   (``published=true`` for runs already out; usually they are superseded by the entry's next run
-   and cost nothing).
-6. Publish every outbox run committed by this leader less than ``publish_window_fraction`` x the
-   session timeout ago (monotonic clock), with its deterministic task id and run headers; a run
-   the broker refused stays in the outbox and is retried with backoff; a published run gets a mark.
+5. Fenced commits (``StateStore.commit``, one per batch of 250) of: the due runs
+   (``published=false``), the outbox runs that must be renewed before they may be published
+   (inherited or stale), and ripe marks (``published=true`` for runs already out; usually they
+   are superseded by the entry's next run and cost nothing).
+6. After each batch's commit, publish every outbox run committed by this leader less than
+   ``publish_window_fraction`` x the session timeout ago (monotonic clock), with its
+   deterministic task id and run headers; a run the broker refused stays in the outbox and is
+   retried with backoff; a published run gets a mark.
 
 Guarantees: **every committed run is published at least once** (by this leader, retrying, or by
 its successor from the outbox: runs are never marked published before the broker accepted them),
