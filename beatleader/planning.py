@@ -197,18 +197,25 @@ class Marks:
 class ServerClock:
     """``offset`` = ZooKeeper server time - local time, from writes whose ``mtime`` is known."""
 
-    #: Samples whose round trip took longer than this are too imprecise and ignored.
-    max_round_trip: float = 0.5
+    #: Samples whose round trip took longer than this are too imprecise and ignored (a sample's
+    #: error is at most half its round trip, plus the millisecond resolution of ``mtime``).
+    max_round_trip: float = 0.05
     offset: float = 0.0
     known: bool = False
 
     def sample(self, local_before: float, local_after: float, server: float) -> bool:
-        """Take one sample: a write sent at ``local_before``, answered at ``local_after``."""
-        if local_after - local_before > self.max_round_trip:
+        """Take one sample: a write sent at ``local_before``, answered at ``local_after``.
+
+        Returns False when the sample is too imprecise. A sample whose error bound contains the
+        current offset leaves it alone, so the schedule does not jitter with every probe.
+        """
+        round_trip = local_after - local_before
+        if round_trip > self.max_round_trip:
             return False
-        # ZooKeeper's mtime has millisecond resolution: at most 1 ms more error.
-        self.offset = server - (local_before + local_after) / 2.0
-        self.known = True
+        offset = server - (local_before + local_after) / 2.0
+        if self.known and abs(offset - self.offset) <= round_trip / 2.0 + 0.001:
+            return True
+        self.offset, self.known = offset, True
         return True
 
 

@@ -82,6 +82,8 @@ class Scheduler(LeadingScheduler):
 
     #: Seconds between reads of ZooKeeper's server time while leading.
     clock_probe_interval = 60.0
+    #: Seconds before the next read when one was too slow to be precise.
+    clock_probe_retry = 1.0
     #: Offsets to ZooKeeper's clock beyond this many seconds are reported (and corrected anyway).
     max_clock_skew = 30.0
     #: A stored ``last_run_at`` later than its own write by more than this is "in the future".
@@ -257,6 +259,7 @@ class Scheduler(LeadingScheduler):
             )
             return
         if not self._clock.sample(before, self.local_time(), server):
+            self._next_probe = time.monotonic() + self.clock_probe_retry  # too slow: soon again
             return
         offset = self._clock.offset
         if abs(offset) > self.max_clock_skew:

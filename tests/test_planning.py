@@ -61,6 +61,15 @@ def test_server_clock_takes_the_midpoint_and_ignores_slow_samples() -> None:
     clock = ServerClock(max_round_trip=0.5)
     assert clock.sample(100.0, 100.2, 125.1) and clock.offset == pytest.approx(25.0)
     assert not clock.sample(100.0, 101.0, 90.0) and clock.offset == pytest.approx(25.0)
+    assert ServerClock().max_round_trip <= 0.05  # the default: at most 25 ms of error
+
+
+def test_server_clock_keeps_its_offset_while_samples_agree_within_their_error() -> None:
+    clock = ServerClock(max_round_trip=0.5)
+    clock.sample(100.0, 100.002, 125.001)
+    assert clock.offset == pytest.approx(25.0)
+    assert clock.sample(200.0, 200.04, 225.035) and clock.offset == pytest.approx(25.0)
+    assert clock.sample(300.0, 300.002, 325.101) and clock.offset == pytest.approx(25.1)
 
 
 def stored(state: EntryState | None, version: int = 5, problem: str = "") -> StoredState:
