@@ -9,7 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY beatleader ./beatleader
 # redis: kombu's Redis transport, the broker of docker-compose.yml
 RUN pip install . "redis>=4.5" && rm -rf /src

@@ -2,21 +2,28 @@
 
 Guarantees:
 
-* Exit codes are fit for health checks: 0 a leader exists (``resign``: leadership stepped down),
-  1 ZooKeeper answered but there is no leader (``resign``: nothing to resign, or leadership did
-  not move in time), 2 ZooKeeper unreachable within ``--timeout`` or bad input (settings,
-  options, an app that cannot be loaded).
-* Every error is one line on stderr starting with ``beatleader:``, never a traceback.
+* Exit codes are fit for health checks: 0 a sound leader exists (a well-formed, ephemeral
+  contender node holding readable, unrewritten ContenderInfo; ``resign``: leadership stepped
+  down), 1 ZooKeeper answered but there is no sound leader (``resign``: nothing to resign, or
+  leadership did not move in time), 2 ZooKeeper unreachable within ``--timeout`` or bad input
+  (settings, options, an app that cannot be loaded).
+* Every error is one line on stderr starting with ``beatleader:``, never a traceback, whatever
+  another client wrote into the tree; names and values from ZooKeeper are printed escaped.
 * Settings are resolved like the scheduler's (:meth:`Settings.from_app`): ``--zk-hosts`` and
   ``--path`` win over the app's configuration, which wins over ``BEATLEADER_ZK_HOSTS`` and
   ``BEATLEADER_PATH``, which win over the defaults. The app is ``-A/--app`` or, under
   ``celery -A proj beatleader``, celery's app.
+* ``--zk-auth``, ``--zk-auth-file``, ``--zk-tls`` and the other ``--zk-tls-*`` flags override the
+  settings of the same name. Bad credentials or a TLS failure exit 2 with the cause
+  (:mod:`beatleader.trust`), not "unreachable"; a tree that anyone may write although auth is
+  set is listed under the status warnings.
 * ``status`` only reads; ``resign`` deletes only the leader's contender node. All ZooKeeper
-  reading lives in :mod:`beatleader.inspect`; this module parses options, connects and renders.
+  reading lives in :mod:`beatleader.status`; this module parses options, connects and renders.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -27,12 +34,15 @@ from datetime import datetime, timezone
 from typing import IO, Any, TypeVar
 
 import click
-from kazoo.exceptions import KazooException
+from kazoo.exceptions import KazooException, NoAuthError
 from kazoo.handlers.threading import KazooTimeoutError
 
-from beatleader.client import KAZOO_LOGGER, make_client
+from beatleader._version import __version__
+from beatleader.client import make_client
 from beatleader.config import ConfigError, Settings
-from beatleader.inspect import Contender, Entry, ResignResult, Status, read_status, resign_leader
+from beatleader.kazoolog import KAZOO_LOGGER
+from beatleader.status import Contender, Entry, ResignResult, Status, read_status, resign_leader
+from beatleader.trust import ZooKeeperTrustError, acl_warnings, start_client
 
 EXIT_LEADER = 0
 EXIT_NO_LEADER = 1
@@ -72,8 +82,33 @@ class Target:
         return f"{self.settings.zk_hosts} {self.settings.path}"
 
 
+#: Flags named like the settings they override (``--zk-tls-ca`` -> ``beatleader_zk_tls_ca``).
+_SECURITY_OPTIONS = [
+    click.option(
+        "--zk-auth",
+        help="'digest:USER:PASSWORD' or 'sasl:USER:PASSWORD' (shown in the process list: "
+        "prefer --zk-auth-file).",
+    ),
+    click.option("--zk-auth-file", help="A file holding the --zk-auth string."),
+    click.option("--zk-tls/--no-zk-tls", default=None, help="Connect with TLS."),
+    click.option("--zk-tls-ca", help="PEM file of the CA that signed ZooKeeper's certificate."),
+    click.option("--zk-tls-cert", help="PEM client certificate."),
+    click.option("--zk-tls-key", help="PEM key of the client certificate."),
+    click.option("--zk-tls-key-password", help="Password of --zk-tls-key."),
+    click.option(
+        "--zk-tls-check-hostname/--no-zk-tls-check-hostname",
+        default=None,
+        help="Check that ZooKeeper's certificate names the host (default on).",
+    ),
+]
+_SECURITY_NAMES = (
+    "zk_auth", "zk_auth_file", "zk_tls", "zk_tls_ca", "zk_tls_cert", "zk_tls_key",
+    "zk_tls_key_password", "zk_tls_check_hostname",
+)  # fmt: skip
+
+
 def connection_options(func: F) -> F:
-    """``--zk-hosts``, ``--path``, ``-A/--app`` and ``--timeout``."""
+    """``--zk-hosts``, ``--path``, ``-A/--app``, ``--timeout`` and the auth/TLS flags."""
     decorators = [
         click.option("--zk-hosts", help="ZooKeeper hosts 'host:port[,...][/chroot]'."),
         click.option("--path", help="The app's root znode (default /beatleader/<app main>)."),
@@ -83,6 +118,7 @@ def connection_options(func: F) -> F:
             type=click.FloatRange(min=0, min_open=True),
             help=f"Seconds to reach ZooKeeper  [default: {DEFAULT_TIMEOUT:g}]",
         ),
+        *_SECURITY_OPTIONS,
     ]
     for decorate in reversed(decorators):
         func = decorate(func)
@@ -92,13 +128,21 @@ def connection_options(func: F) -> F:
 def resolve_target(ctx: click.Context, **options: Any) -> Target:
     """Settings from this command's options, falling back to the group's, then the app."""
     group = ctx.meta.get(_GROUP_OPTIONS, {})
-    value = {name: options.get(name) or group.get(name) for name in options}
+    value = {name: _first(options.get(name), group.get(name)) for name in options}
     app = load_app(value["app"]) if value.get("app") else _celery_app(ctx)
+    security = {name: value.get(name) for name in _SECURITY_NAMES}
     try:
-        settings = Settings.from_app(app, zk_hosts=value.get("zk_hosts"), path=value.get("path"))
+        settings = Settings.from_app(
+            app, zk_hosts=value.get("zk_hosts"), path=value.get("path"), **security
+        )
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     return Target(settings, float(value.get("timeout") or DEFAULT_TIMEOUT))
+
+
+def _first(option: Any, group_option: Any) -> Any:
+    """The command's option unless unset (None or ''), else the group's: ``False`` counts."""
+    return group_option if option is None or option == "" else option
 
 
 def load_app(name: str) -> Any:
@@ -131,11 +175,19 @@ def connect(target: Target) -> Iterator[Any]:
             timeout=max(target.timeout, 1.0),
             connection_retry={"max_tries": -1, "delay": 0.1, "max_delay": 1.0},
         )
+    except ConfigError as exc:  # TLS files, SASL support
+        raise CliError(str(exc)) from None
     except ValueError as exc:
         raise CliError(f"bad ZooKeeper hosts {hosts!r}: {_one_line(exc)}") from None
     try:
         _start(client, target)
         yield client
+    except NoAuthError:
+        raise CliError(
+            f"ZooKeeper at {hosts} refused this for lack of permission (NoAuthError) on "
+            f"{target.settings.path}: pass the identity that owns it with --zk-auth or "
+            "--zk-auth-file"
+        ) from None
     except _ZK_ERRORS as exc:
         raise CliError(f"ZooKeeper error at {hosts}: {_one_line(exc)}") from None
     finally:
@@ -145,7 +197,9 @@ def connect(target: Target) -> Iterator[Any]:
 
 def _start(client: Any, target: Target) -> None:
     try:
-        client.start(timeout=target.timeout)
+        start_client(client, target.settings, target.timeout)
+    except ZooKeeperTrustError as exc:  # bad credentials or TLS: named, not "unreachable"
+        raise CliError(str(exc)) from None
     except _ZK_ERRORS:
         raise CliError(
             f"ZooKeeper unreachable at {target.settings.zk_hosts} within {target.timeout:g} s"
@@ -180,7 +234,7 @@ def render_status(status: Status, target: Target) -> str:
         _indent(_entry_table(status.entries)),
     ]
     if status.warnings:
-        sections += ["", "Warnings:", *(f"  ! {w}" for w in status.warnings)]
+        sections += ["", "Warnings:", *(f"  ! {_cell(w)}" for w in status.warnings)]
     return "\n".join(sections)
 
 
@@ -251,7 +305,8 @@ def status_command(
 ) -> None:
     """Show who leads, who waits, and what the schedule has done.
 
-    Exit code 0: a leader exists; 1: no leader; 2: ZooKeeper unreachable or bad input.
+    Exit code 0: a sound leader exists; 1: no leader, or its node is foreign or rewritten;
+    2: ZooKeeper unreachable or bad input.
     """
     if sum((as_json, watch, check)) > 1:
         raise click.UsageError("--json, --watch and --check exclude each other", ctx)
@@ -261,9 +316,12 @@ def status_command(
             watch_status(client, target)
             return
         status = read_status(client, target.settings.path)
-    code = EXIT_LEADER if status.leader else EXIT_NO_LEADER
-    if check and code != EXIT_LEADER:
-        raise CliError(f"no leader at {target.where}", exit_code=code)
+        open_tree = acl_warnings(client, target.settings.path, target.settings)
+    status = dataclasses.replace(status, warnings=(*status.warnings, *open_tree))
+    problem = status.leader_problem()
+    code = EXIT_LEADER if problem is None else EXIT_NO_LEADER
+    if check and problem is not None:
+        raise CliError(f"{problem} at {target.where}", exit_code=code)
     if as_json:
         click.echo(json.dumps(status.as_dict(), indent=2))
     elif not check:
@@ -335,6 +393,7 @@ def _build_group(name: str, with_options: bool, help_text: str) -> click.Group:
 
     if with_options:
         group = connection_options(group)
+    group = click.version_option(__version__, prog_name="beatleader")(group)
     command = click.group(name=name, help=help_text)(click.pass_context(group))
     command.add_command(status_command)
     command.add_command(resign_command)

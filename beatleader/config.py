@@ -10,6 +10,7 @@ value came from, and what would be valid. Nothing here talks to ZooKeeper.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -24,6 +25,8 @@ DEFAULT_PATH_PREFIX = "/beatleader"
 DEFAULT_SESSION_TIMEOUT = 10.0
 #: Bounds accepted for the session timeout (the server may still narrow what it grants).
 SESSION_TIMEOUT_RANGE = (0.2, 3600.0)
+#: Seconds a worker's "run done" marker is kept (``dedup.install``); exceed any redelivery delay.
+DEFAULT_DEDUP_RETENTION = 3 * 3600.0
 #: Authentication schemes of ``beatleader_zk_auth`` (``sasl`` is SASL DIGEST-MD5).
 AUTH_SCHEMES = ("digest", "sasl")
 
@@ -74,6 +77,12 @@ class Settings:
     zk_world_readable: bool = True
     #: None: plaintext connection.
     zk_tls: TlsSettings | None = None
+    #: None: no metrics server; else ``celery beat`` serves ``/metrics`` on this port.
+    metrics_port: int | None = None
+    #: Address the metrics server binds (loopback unless told otherwise: it has no auth).
+    metrics_address: str = "127.0.0.1"
+    #: Seconds the workers' done markers are kept (``beatleader.dedup``).
+    dedup_retention: float = DEFAULT_DEDUP_RETENTION
 
     @classmethod
     def from_app(cls, app: Any, **overrides: Any) -> Settings:
@@ -201,6 +210,14 @@ def validate_misfire_grace(label: str, value: Any) -> float | None:
     return seconds
 
 
+def validate_positive_seconds(label: str, value: Any) -> float:
+    """A number of seconds > 0."""
+    seconds = _as_seconds(value)
+    if seconds is None or seconds <= 0:
+        raise _fail(label, value, "expected a number of seconds > 0")
+    return seconds
+
+
 def validate_bool(label: str, value: Any) -> bool:
     """true/false, yes/no, on/off, 1/0 (any case), or a bool."""
     if isinstance(value, bool):
@@ -229,6 +246,26 @@ def validate_optional_file(label: str, value: Any) -> str | None:
     if not isinstance(value, str) or not os.path.isfile(value) or not os.access(value, os.R_OK):
         raise _fail(label, value, "expected the path of a readable file")
     return value
+
+
+def validate_metrics_port(label: str, value: Any) -> int | None:
+    """Unset, or a TCP port 1-65535; set, it needs ``prometheus_client`` (the extra)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    if isinstance(value, bool) or not _is_port(str(value).strip()):
+        raise _fail(label, value, "expected a TCP port from 1 to 65535, or unset")
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise ConfigError(
+            f"{label} = {value!r} needs prometheus_client: pip install 'beatleader[prometheus]'"
+        )
+    return int(str(value).strip())
+
+
+def validate_address(label: str, value: Any) -> str:
+    """A host name or IP address to bind, e.g. ``127.0.0.1``, ``0.0.0.0`` or ``::``."""
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value.strip()):
+        raise _fail(label, value, "expected a host name or IP address such as '0.0.0.0'")
+    return value.strip()
 
 
 def validate_auth(label: str, value: Any) -> ZkAuth | None:
@@ -314,4 +351,7 @@ _SETTINGS: dict[str, tuple[Validator, Any]] = {
     "zk_tls_key": (validate_optional_file, None),
     "zk_tls_key_password": (validate_optional_text, None),
     "zk_tls_check_hostname": (validate_bool, True),
+    "metrics_port": (validate_metrics_port, None),
+    "metrics_address": (validate_address, "127.0.0.1"),
+    "dedup_retention": (validate_positive_seconds, DEFAULT_DEDUP_RETENTION),
 }

@@ -1,25 +1,48 @@
 """Leader election among beat instances over ZooKeeper ephemeral sequential znodes.
 
-Each instance owns one contender node ``<path>/<uuid>__contender__<seq>``; the lowest
-sequence leads. A contender watches only its predecessor (no herd effect) and its own node, so a
-waiting instance costs ZooKeeper nothing until the queue in front of it changes.
+Each instance owns one contender node ``<path>/<uuid>__contender__<seq>``; the first well-formed,
+ephemeral node in sequence order leads (``contenders.py``). A contender watches only its
+predecessor (no herd effect) and its own node, so a waiting instance costs ZooKeeper nothing until
+the queue in front of it changes.
 
 Guarantees:
 
 * :attr:`LeaderElection.is_leader` is true only between "own node is first, confirmed over a live
   connection" and the first sign that this may no longer hold: SUSPENDED (connection lost; the
-  session may still live), LOST (session expired; the node is gone), or the own node deleted from
-  outside (``beatleader resign``). Connection listeners and watches only flip flags and wake the
-  worker thread; every ZooKeeper call happens in that thread.
-* After SUSPENDED -> CONNECTED with the same session the own node is confirmed again before leading
-  resumes. After LOST, or after the own node was deleted, a new node is created at the back of the
-  queue. The election never gives up and never exits the process.
+  session may still live), LOST (session expired; the node is gone), the own node deleted or
+  rewritten from outside (``beatleader resign``, a foreign client), or :meth:`step_down`.
+  Connection listeners and watches only flip flags and wake the worker thread; every ZooKeeper
+  call happens in that thread.
+* Every pass of the worker re-reads the own node with a watch, so the watch is re-armed after each
+  reconnect (kazoo does not restore watches on a new connection of the same session). The own
+  node must be ephemeral, owned by this session, at data version 0 and hold this instance's data;
+  otherwise (data rewritten, node replaced) it is deleted and a fresh node queues at the back, so
+  the next contender leads. The fence (``state.py``, a check of version 0) therefore cannot be
+  failed in a loop by a write to the contender node.
+* Children of the election node that are not well-formed ephemeral contenders (a persistent node
+  sorting first, a malformed name) never lead and never block: they are ignored, logged once per
+  change as a WARNING naming the node, and reported to the observer's ``problem`` hook (kind
+  ``foreign-contender``; a damaged own node: ``contender-node-damaged``).
+* Repeated losses of leadership (:meth:`step_down`, replacing a damaged own node) back off
+  exponentially up to ``Pacing.hold_max`` before leading or queueing again (``pacing.py``); the
+  first one in a quiet period does not wait.
+* After LOST, or after the own node was deleted, a new node is created at the back of the queue.
+  A follower whose node vanished waits ``Pacing.orphan_delay`` first, and a contender leads only
+  after being first for ``Pacing.takeover_settle``, so that when the whole tree is deleted
+  (``rmr``) the previous leader queues first and continues from its own run counts, instead of a
+  follower starting over from missing state (which would reuse task ids). The election never
+  gives up, never exits the process, and no exception ends its thread (logged, retried).
 * Each acquisition of leadership increments :attr:`LeaderElection.generation`, so the scheduler can
   tell that it must reload shared state before sending.
 
-Not guaranteed: that no other instance believes it leads at the same moment (a paused process
-cannot know it was paused). That is what the fence in ``state.py`` is for: every send is preceded by
-a transaction that checks the own node still exists.
+Not guaranteed: that a deleted tree never resets run counts. ``orphan_delay`` and
+``takeover_settle`` are timing: a deletion slower than them, or an ex-leader that is gone too,
+lets a follower start from empty state. Nor that no other instance believes it leads at the
+same moment (a paused process cannot know it was paused): that is what the fence in ``state.py``
+is for: every send is preceded by a transaction that checks the own node still exists at
+version 0. A foreign client with a live
+session can still queue a well-formed ephemeral node (only ACLs stop that); and while this instance
+leads it does not list the queue, so a foreign node is noticed when the queue is next read.
 
 Node creation is protected as in Curator: the uuid in the name lets a create whose reply was lost
 find its node again instead of leaving an orphan that would lead with nobody behind it.
@@ -33,28 +56,25 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import suppress
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import KazooException
+from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import WatchedEvent
 
+from beatleader.contenders import (
+    CONTENDER_MARKER,
+    ContenderQueue,
+    contender_sequence,
+    sorted_contenders,
+)
 from beatleader.observe import Observer, Observers
+from beatleader.pacing import Pacing
 
 logger = logging.getLogger(__name__)
 
-#: Separates the protection token from ZooKeeper's sequence in a contender node's name.
-CONTENDER_MARKER = "__contender__"
-
-
-def contender_sequence(node_name: str) -> int:
-    """The sequence number ZooKeeper gave a contender node (its queue position)."""
-    return int(node_name.rsplit(CONTENDER_MARKER, 1)[1])
-
-
-def sorted_contenders(children: list[str]) -> list[str]:
-    """Contender node names in queue order: the first one leads."""
-    return sorted((c for c in children if CONTENDER_MARKER in c), key=contender_sequence)
+__all__ = ["CONTENDER_MARKER", "LeaderElection", "contender_sequence", "sorted_contenders"]
 
 
 class LeaderElection:
@@ -69,6 +89,8 @@ class LeaderElection:
     waiting_log_max = 60.0
     #: Pause after a failed ZooKeeper call before the worker tries again, seconds.
     retry_delay = 0.5
+    #: Back-off, orphan delay and takeover settle (their tunables are on :class:`Pacing`).
+    pacing_class = Pacing
 
     def __init__(
         self,
@@ -95,7 +117,13 @@ class LeaderElection:
         self._pending_prefix: str | None = None
         self._session_expired = False
         self._own_node_deleted = False
+        self._step_down_reason: str | None = None
+        self._sync_before_check = False
+        self._was_leader = False  # led, and has not seen another contender lead since
+        self._queue = ContenderQueue(client, path)
+        self._ignored: dict[str, str] = {}  # foreign children last reported
         self._watched: str | None = None  # the predecessor last logged as watched
+        self._pacing = self.pacing_class(self._stopped, self._wake)
         self._thread: threading.Thread | None = None
 
     # -- public API ---------------------------------------------------------------------------
@@ -121,6 +149,8 @@ class LeaderElection:
 
     def start(self) -> None:
         self._client.add_listener(self._on_connection_state)
+        if self._client.connected:  # started on a connected client: no CONNECTED event will come
+            self._observer.connection_changed(str(KazooState.CONNECTED))
         self._thread = threading.Thread(target=self._run, name="beatleader-election", daemon=True)
         self._thread.start()
         self._wake.set()
@@ -143,28 +173,43 @@ class LeaderElection:
             return self._leading
 
     def step_down(self, reason: str) -> None:
-        """Stop leading now (the fence failed) and let the worker re-examine the queue."""
-        if self._leading:
-            logger.warning("beatleader: no longer leading: %s", reason)
-        self._set_leading(False)
+        """Stop leading now (the fence failed); the worker re-examines the own node and the queue.
+
+        A damaged own node is replaced by a fresh one at the back of the queue; a sound one may
+        lead again, after the back-off hold when step-downs repeat.
+        """
+        self._step_down_reason = reason
+        self._set_leading(False, reason)
         self._wake.set()
 
-    # -- listener and watches: flags only, no ZooKeeper calls ------------------------------------
+    # -- listener and watches: flags only, no ZooKeeper calls, never raise -------------------------
 
     def _on_connection_state(self, state: str) -> None:
-        self._observer.connection_changed(str(state))
-        if state == KazooState.SUSPENDED:
-            self._set_leading(False, "connection to ZooKeeper suspended")
-        elif state == KazooState.LOST:
-            self._session_expired = True
-            self._set_leading(False, "ZooKeeper session lost")
-        self._wake.set()
+        try:
+            self._observer.connection_changed(str(state))
+            if state == KazooState.SUSPENDED:
+                self._set_leading(False, "connection to ZooKeeper suspended")
+            elif state == KazooState.LOST:
+                self._session_expired = True
+                self._set_leading(False, "ZooKeeper session lost")
+        except Exception:
+            logger.exception("beatleader: error in the connection listener; going on")
+        finally:
+            self._wake.set()  # CONNECTED too: the worker re-reads and re-watches the own node
 
     def _on_own_node_event(self, event: WatchedEvent) -> None:
-        if event.type == "DELETED" and event.path == self._node:
-            self._own_node_deleted = True
-            self._set_leading(False, "own contender node was deleted (resign)")
-        self._wake.set()
+        try:
+            if event.path != self._node:
+                return  # a node this instance has already replaced
+            if event.type == "DELETED":
+                self._own_node_deleted = True
+                self._set_leading(False, "own contender node was deleted (resign)")
+            elif event.type == "CHANGED":
+                self._set_leading(False, "own contender node was rewritten by another client")
+        except Exception:
+            logger.exception("beatleader: error in the own-node watch; going on")
+        finally:
+            self._wake.set()
 
     def _on_predecessor_event(self, _event: WatchedEvent) -> None:
         self._wake.set()
@@ -203,59 +248,150 @@ class LeaderElection:
                         _hosts_label(self._client),
                         waited,
                     )
-                    next_waiting_log = min(next_waiting_log * 2, self.waiting_log_max)
+                    # doubling thresholds, pauses capped at waiting_log_max: 2, 4, 8 ... 64, 124
+                    next_waiting_log = min(
+                        next_waiting_log * 2, next_waiting_log + self.waiting_log_max
+                    )
                 continue
             waiting_since, next_waiting_log = None, self.waiting_log_first
-            try:
-                self._contend()
-            except (KazooException, KazooTimeoutError) as exc:
-                logger.warning("beatleader: election step failed (%r); retrying", exc)
-                self._stopped.wait(self.retry_delay)
-                self._wake.set()
-            except Exception:  # this thread must never die: log, back off, go on
-                logger.exception("beatleader: unexpected error in the election; retrying")
-                self._stopped.wait(self.retry_delay)
-                self._wake.set()
+            self._pass()
+
+    def _pass(self) -> None:
+        """One :meth:`_contend`; any error is logged, waited out and retried."""
+        try:
+            self._contend()
+        except (KazooException, KazooTimeoutError) as exc:
+            logger.warning("beatleader: election step failed (%r); retrying", exc)
+            self._stopped.wait(self.retry_delay)
+            self._wake.set()
+        except Exception:  # this thread must never die: log, back off, go on
+            logger.exception("beatleader: unexpected error in the election; retrying")
+            self._stopped.wait(self.retry_delay)
+            self._wake.set()
 
     def _contend(self) -> None:
-        """One pass: make sure we have a node, then lead or watch our predecessor."""
+        """One pass: make sure we have a sound node, then lead or watch our predecessor."""
+        self._consume_flags()
+        if self._node is None:
+            if self._pacing.held():
+                return
+            if self._prepare is not None:
+                self._prepare()
+            self._node = self._create_node()
+            logger.info("beatleader: contending as %s", self._node)
+        if not self._own_node_sound(self._node):
+            return
+        view = self._queue.read()
+        self._report_ignored(view.ignored)
+        own = posixpath.basename(self._node)
+        if own not in view.contenders:  # vanished since we read it: the next pass sees why
+            self._wake.set()
+            return
+        position = view.contenders.index(own)
+        if position == 0:
+            self._lead()
+        else:
+            self._follow(view.contenders, position)
+
+    def _consume_flags(self) -> None:
+        """Act on what the listener, the watches and :meth:`step_down` flagged."""
         if self._session_expired:
             self._session_expired = False
             self._node = self._pending_prefix = None
         if self._own_node_deleted:
             self._own_node_deleted = False
-            self._node = None
+            self._drop_own_node()
+        if self._step_down_reason is not None:
+            self._step_down_reason = None
+            self._sync_before_check = True  # a lagging ensemble member must not say "sound"
+            self._pacing.loss()
+
+    def _drop_own_node(self) -> None:
+        """The own node is gone: queue again (a follower only after ``orphan_delay``)."""
         if self._node is None:
-            if self._prepare is not None:
-                self._prepare()
-            self._node = self._create_node()
-            logger.info("beatleader: contending as %s", self._node)
-        queue = sorted_contenders(self._client.get_children(self._election_path))
-        own = posixpath.basename(self._node)
-        if own not in queue:  # deleted between our watch and now
-            self._own_node_deleted = True
-            self._set_leading(False, "own contender node is gone")
+            return
+        if not self._was_leader:  # let an ex-leader whose node went too (tree deleted) go first
+            self._pacing.orphaned()
+        self._node = None
+        self._set_leading(False, "own contender node is gone")
+
+    def _own_node_sound(self, node: str) -> bool:
+        """Re-read the own node, re-arming its watch; replace it when it is not sound."""
+        if self._sync_before_check:
+            with suppress(NoNodeError):
+                self._client.sync(node)
+            self._sync_before_check = False
+        try:
+            data, stat = self._client.get(node, watch=self._on_own_node_event)
+        except NoNodeError:
+            self._drop_own_node()
             self._wake.set()
+            return False
+        problem = self._own_node_problem(data, stat.version, int(stat.ephemeralOwner))
+        if problem is None:
+            self._queue.note_owner(posixpath.basename(node), int(stat.ephemeralOwner))
+            return True
+        logger.warning(
+            "beatleader: own contender node %s %s; queueing again with a fresh node", node, problem
+        )
+        self._observer.problem("contender-node-damaged", f"{node}: {problem}")
+        self._set_leading(False, f"own contender node {problem}")
+        with suppress(NoNodeError):
+            self._client.delete(node)
+        self._node = None
+        self._pacing.loss()
+        self._wake.set()
+        return False
+
+    def _own_node_problem(self, data: bytes, version: int, owner: int) -> str | None:
+        client_id = self._client.client_id
+        if client_id is not None and owner != client_id[0]:
+            return f"is owned by session {owner:#x}, not this one ({client_id[0]:#x})"
+        if version != 0:
+            return f"was rewritten by another client (data version {version})"
+        if data != self._identifier:
+            return "holds data this instance did not write"
+        return None
+
+    def _lead(self) -> None:
+        self._watched = None
+        if self._leading or self._pacing.held() or self._pacing.settling():
             return
-        position = queue.index(own)
-        if position == 0:
-            self._watched = None
-            if not self._leading:
-                self._set_leading(True)
-                logger.info("beatleader: leading (%s)", posixpath.basename(self._node))
-            return
+        self._was_leader = True
+        self._set_leading(True)
+        logger.info("beatleader: leading (%s)", posixpath.basename(self._node or ""))
+
+    def _follow(self, queue: tuple[str, ...], position: int) -> None:
+        self._was_leader = False
+        self._pacing.not_first()
         self._set_leading(False, "another contender is first in the queue")
-        predecessor = f"{self._election_path}/{queue[position - 1]}"
+        name = queue[position - 1]
+        predecessor = f"{self._election_path}/{name}"
         if predecessor != self._watched:
             self._watched = predecessor
             logger.info(
                 "beatleader: following at queue position %d of %d; watching %s",
                 position + 1,
                 len(queue),
-                queue[position - 1],
+                name,
             )
-        if self._client.exists(predecessor, watch=self._on_predecessor_event) is None:
+        stat = self._client.exists(predecessor, watch=self._on_predecessor_event)
+        if stat is None:
             self._wake.set()  # it vanished before the watch was set: look again
+        elif int(stat.ephemeralOwner) == 0:
+            self._queue.forget(name)  # replaced by a persistent node: read its stat again
+            self._wake.set()
+
+    def _report_ignored(self, ignored: dict[str, str]) -> None:
+        """Log and report each foreign child of the election node once (per change)."""
+        new = sorted(ignored.keys() - self._ignored.keys())
+        self._ignored = dict(ignored)  # first: a raising observer must not make us report again
+        for name in new:
+            detail = f"{self._election_path}/{name!r}: {ignored[name]}"
+            logger.warning("beatleader: ignoring foreign node in the election: %s", detail)
+            self._observer.problem("foreign-contender", detail)
+
+    # -- node creation ---------------------------------------------------------------------------
 
     def _create_node(self) -> str:
         """Create the own contender node, or find the one a lost reply created."""
@@ -263,18 +399,13 @@ class LeaderElection:
             token = posixpath.basename(self._pending_prefix)
             for child in self._client.get_children(self._election_path):
                 if child.startswith(token):
-                    return self._watch_own(f"{self._election_path}/{child}")
+                    self._pending_prefix = None
+                    return f"{self._election_path}/{child}"
         self._pending_prefix = f"{self._election_path}/{uuid.uuid4().hex}{CONTENDER_MARKER}"
         node: str = self._client.create(
             self._pending_prefix, self._identifier, ephemeral=True, sequence=True, makepath=True
         )
         self._pending_prefix = None
-        return self._watch_own(node)
-
-    def _watch_own(self, node: str) -> str:
-        self._pending_prefix = None
-        if self._client.exists(node, watch=self._on_own_node_event) is None:
-            raise KazooException(f"own contender node {node} vanished right after creation")
         return node
 
 

@@ -47,12 +47,16 @@ import logging
 import os
 import threading
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import beat
 
-from beatleader.config import Settings
+from beatleader.config import ConfigError, Settings
+from beatleader.observe import Observers
 from beatleader.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from beatleader.metrics import PrometheusObserver
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +79,19 @@ class EmbeddedBeat:
 
     ``overrides`` are beatleader settings (``zk_hosts``, ``path``, ``session_timeout``,
     ``identity``, ``misfire_grace``) that win over ``app.conf`` and the environment.
+    ``metrics_registry``: a ``prometheus_client`` registry (e.g. ``prometheus_client.REGISTRY``)
+    to put beatleader's metrics in, so that the web app serves them (:mod:`beatleader.metrics`).
     """
 
     #: Seconds before celery's beat loop is started again after it failed.
     restart_delay = 5.0
 
-    def __init__(self, app: Any, **overrides: Any) -> None:
+    def __init__(self, app: Any, *, metrics_registry: Any = None, **overrides: Any) -> None:
         self.app = app
         self.settings = Settings.from_app(app, **overrides)
+        self._metrics: PrometheusObserver | None = None
+        if metrics_registry is not None:
+            self._metrics = _metrics_observer(self.settings.path, metrics_registry)
         self._overrides = overrides
         self._key: _Key = (id(app), self.settings.zk_hosts, self.settings.path)
         self._runner: _Runner | None = None
@@ -105,7 +114,7 @@ class EmbeddedBeat:
             self._twin = None
             if self._runner is None:
                 _running[self._key] = self
-                self._runner = _Runner(self.app, self.settings, self.restart_delay)
+                self._runner = _Runner(self.app, self.settings, self.restart_delay, self._metrics)
                 self._runner.start()
         return self
 
@@ -166,7 +175,7 @@ class EmbeddedBeat:
             return
         _inherited.append(inherited)
         self.settings = Settings.from_app(self.app, **self._overrides)  # identity has the new pid
-        self._runner = _Runner(self.app, self.settings, self.restart_delay)
+        self._runner = _Runner(self.app, self.settings, self.restart_delay, self._metrics)
         self._runner.start()
         logger.warning(
             "beatleader: process %d was forked from %d after EmbeddedBeat.start(); restarting the "
@@ -180,8 +189,15 @@ class EmbeddedBeat:
 class _Runner:
     """One background thread running celery's beat loop, started again whenever it fails."""
 
-    def __init__(self, app: Any, settings: Settings, restart_delay: float) -> None:
+    def __init__(
+        self,
+        app: Any,
+        settings: Settings,
+        restart_delay: float,
+        metrics: PrometheusObserver | None = None,
+    ) -> None:
         self.pid = os.getpid()
+        self._metrics = metrics
         self._app = app
         self._settings = settings
         self._restart_delay = restart_delay
@@ -230,7 +246,7 @@ class _Runner:
             self._stopping.wait(self._restart_delay)
 
     def _serve(self) -> None:
-        service = _Service(self._app, self._settings, self._stopping)
+        service = _Service(self._app, self._settings, self._stopping, self._metrics)
         with self._lock:
             if self._stopping.is_set():
                 service.shutdown()
@@ -250,11 +266,23 @@ class _Service(beat.Service):  # type: ignore[misc]
     #: shared by every Service and could be inherited locked across a fork.
     scheduler: _EmbeddedScheduler | None = None
 
-    def __init__(self, app: Any, settings: Settings, stopping: threading.Event) -> None:
+    def __init__(
+        self,
+        app: Any,
+        settings: Settings,
+        stopping: threading.Event,
+        metrics: PrometheusObserver | None = None,
+    ) -> None:
         super().__init__(app, scheduler_cls=_EmbeddedScheduler)
         self.scheduler = _EmbeddedScheduler(
-            app, max_interval=self.max_interval, beatleader_settings=settings, stopping=stopping
+            app,
+            max_interval=self.max_interval,
+            beatleader_settings=settings,
+            beatleader_observers=Observers() if metrics is None else Observers(metrics),
+            stopping=stopping,
         )
+        if metrics is not None:
+            metrics.watch(self.scheduler)
 
     def shutdown(self) -> None:
         """End the loop and release leadership now, even while a tick is waiting."""
@@ -273,6 +301,16 @@ class _EmbeddedScheduler(Scheduler):
     def tick(self, *args: Any, **kwargs: Any) -> float:
         self._stopping.wait(super().tick(*args, **kwargs))
         return 0.0
+
+
+def _metrics_observer(path: str, registry: Any) -> PrometheusObserver:
+    try:
+        from beatleader.metrics import observer_for
+    except ImportError:
+        raise ConfigError(
+            "metrics_registry needs prometheus_client: pip install 'beatleader[prometheus]'"
+        ) from None
+    return observer_for(path, registry)
 
 
 def _restart_all_in_child() -> None:

@@ -11,6 +11,7 @@ Under an app's root path (``/beatleader/<app.main>`` by default)::
                                         version; content-addressed, written once by any instance.
     clock                               persistent, empty; the leader writes it to read
                                         ZooKeeper's server time (its ``mtime``); ``planning.py``.
+    dedup/<quoted entry>/...            workers' run claims (``dedup.install``, ``claims.py``).
 
 Entry names are percent-quoted so that any Celery entry name (spaces, slashes, non-ASCII) is a
 single valid znode name; :func:`unquote_entry_name` gives the original back. This module only
@@ -30,6 +31,7 @@ ELECTION = "election"
 ENTRIES = "entries"
 SCHEDULES = "schedules"
 CLOCK = "clock"
+DEDUP = "dedup"
 
 #: Namespace of the deterministic task ids (uuid5 of path, entry name and run ordinal).
 TASK_ID_NAMESPACE = uuid.UUID("6f6c2d55-9b1e-4c1b-a7f4-626561746c64")
@@ -51,6 +53,11 @@ def schedule_path(root: str, fingerprint: str) -> str:
 def clock_path(root: str) -> str:
     """The node whose ``mtime`` tells the leader ZooKeeper's server time."""
     return f"{root}/{CLOCK}"
+
+
+def dedup_path(root: str) -> str:
+    """Parent of the workers' run claims, one folder per entry (``claims.py``)."""
+    return f"{root}/{DEDUP}"
 
 
 def entry_path(root: str, name: str) -> str:
@@ -104,12 +111,29 @@ class ContenderInfo:
 
     @classmethod
     def decode(cls, data: bytes) -> ContenderInfo | None:
-        """The info in ``data``, or None when it is not a beatleader contender's."""
+        """The info in ``data``, or None when it is not a beatleader contender's ("foreign").
+
+        Strict: every field present with its exact JSON type (``pid`` an int, not a bool), or None.
+        """
         fields = _json_object(data)
-        try:
-            return cls(**{k: fields[k] for k in cls.__dataclass_fields__})
-        except (KeyError, TypeError):
-            return None
+        values: dict[str, Any] = {}
+        for name, kind in _CONTENDER_FIELD_TYPES.items():
+            value = fields.get(name)
+            if type(value) is not kind:
+                return None
+            values[name] = value
+        return cls(**values)
+
+
+#: The exact JSON type of each ContenderInfo field (``type(value) is`` this, so no bool for int).
+_CONTENDER_FIELD_TYPES: dict[str, type] = {
+    "identity": str,
+    "host": str,
+    "pid": int,
+    "version": str,
+    "started_at": str,
+    "fingerprint": str,
+}
 
 
 @dataclass(frozen=True)
@@ -208,6 +232,6 @@ def _short(data: bytes, limit: int = 60) -> str:
 def _json_object(data: bytes) -> dict[str, Any]:
     try:
         value = json.loads(data.decode() if data else "null")
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: deep nesting
         return {}
     return value if isinstance(value, dict) else {}

@@ -29,7 +29,8 @@ class Observer:
         """This instance started (``leading``) or stopped leading, and why."""
 
     def connection_changed(self, state: str) -> None:
-        """kazoo's connection state changed: ``CONNECTED``, ``SUSPENDED`` or ``LOST``."""
+        """kazoo's connection state changed: ``CONNECTED``, ``SUSPENDED`` or ``LOST``; or
+        ``CLOSED`` (the scheduler closed its session)."""
 
     def committed(self, runs: int, seconds: float) -> None:
         """A fenced commit of ``runs`` entry states succeeded after ``seconds``."""
@@ -60,6 +61,10 @@ class Observers(Observer):
         with self._lock:
             if observer in self._observers:
                 self._observers.remove(observer)
+
+    def __contains__(self, observer: object) -> bool:
+        with self._lock:
+            return observer in self._observers
 
     def _call(self, hook: str, *args: Any) -> None:
         with self._lock:

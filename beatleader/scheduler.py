@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import heapq
 import logging
 import os
 import socket
@@ -58,7 +59,6 @@ from kazoo.exceptions import KazooException
 
 from beatleader import layout, sigmask
 from beatleader._version import __version__
-from beatleader.client import make_client
 from beatleader.config import ConfigError, Settings
 from beatleader.election import LeaderElection
 from beatleader.layout import ContenderInfo
@@ -66,6 +66,7 @@ from beatleader.leading import LeadingScheduler
 from beatleader.observe import Observers
 from beatleader.planning import Backoff, Pending, ServerClock, continuation
 from beatleader.state import CONNECTION_ERRORS, SESSION_ERRORS, StateStore, StoredState
+from beatleader.trust import make_scheduler_client, start_scheduler_client
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,11 @@ class Scheduler(LeadingScheduler):
         self._timezone = self.app.timezone  # read once: a lock-guarded property in celery
         self.merge_inplace(self.app.conf.beat_schedule)
         self.install_default_entries(self.schedule)
+        if self.settings.metrics_port is not None:  # validated: prometheus_client is installed
+            from beatleader import metrics
+
+            with sigmask.blocked_in_new_threads():  # its HTTP server thread, if it starts one
+                metrics.install(self)
         self._connect()
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
@@ -187,6 +193,25 @@ class Scheduler(LeadingScheduler):
             delay,
         )
         return delay
+
+    def populate_heap(self, event_t: Any = beat.event_t, heapify: Any = heapq.heapify) -> None:
+        """celery's, except that an entry whose ``is_due`` raises cannot stop the others.
+
+        celery before 5.7 lets the exception escape (and the whole tick with it).
+        """
+        self._heap = []
+        for entry in self.schedule.values():
+            try:
+                is_due, delay = entry.is_due()
+            except Exception:
+                logger.exception(
+                    "beatleader: cannot tell when %r is due; trying again in %g s",
+                    entry.name,
+                    self.max_interval,
+                )
+                is_due, delay = False, self.max_interval
+            self._heap.append(event_t(self._when(entry, 0 if is_due else delay) or 0, 5, entry))
+        heapify(self._heap)
 
     @property
     def info(self) -> str:
@@ -274,7 +299,7 @@ class Scheduler(LeadingScheduler):
 
     def _connect(self) -> None:
         settings = self.settings
-        self._zk = make_client(settings)
+        self._zk = make_scheduler_client(settings)  # SystemExit on unusable TLS files
         info = ContenderInfo(
             identity=settings.identity,
             host=socket.gethostname(),
@@ -293,7 +318,7 @@ class Scheduler(LeadingScheduler):
             observer=self.observers,
         )
         with sigmask.blocked_in_new_threads():  # kazoo's and the election's threads
-            self._zk.start_async()
+            start_scheduler_client(self._zk, settings)  # SystemExit on bad credentials or TLS
             self._election.start()
         logger.info("beatleader: contending for %s as %s", settings.path, settings.identity)
 
@@ -305,6 +330,7 @@ class Scheduler(LeadingScheduler):
         with contextlib.suppress(*ZOOKEEPER_ERRORS):
             client.stop()  # ends the session: the contender node vanishes, the next one leads
         client.close()
+        self.observers.connection_changed("CLOSED")  # the election's listener is gone by now
         election.join(self.close_timeout)
         logger.info("beatleader: released leadership and closed the ZooKeeper session")
 

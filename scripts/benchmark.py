@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark beatleader against celery-redbeat and celery's PersistentScheduler, all in one run.
 
+Run it from the repository root: ``python3 -m scripts.benchmark [--help]``.
+
 Every figure printed is measured in this run, on this machine, against a ZooKeeper and a Redis
 the script starts itself in a temporary directory, with real ``celery beat`` processes running
 ``scripts/bench_app.py`` (``tests.app`` plus measuring hooks); nothing is hard-coded. Phases,
@@ -68,21 +70,25 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import redis
+
+from beatleader.testing.localproc import LoggedProcess
+
+try:
+    from tests.harness import (
+        FilesystemBroker,
+        RedisServer,
+        SentMessage,
+        ZooKeeperServer,
+        wait_for,
+    )
+except ModuleNotFoundError as exc:  # run as a file from elsewhere: no sys.path tricks here
+    raise SystemExit(
+        f"scripts/benchmark.py: {exc}; from the repository root: python3 -m scripts.benchmark"
+    ) from None
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS_DIR = REPO_ROOT / "scripts"
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-import redis  # noqa: E402
-
-from beatleader.testing.localproc import LoggedProcess  # noqa: E402
-from tests.harness import (  # noqa: E402
-    FilesystemBroker,
-    RedisServer,
-    SentMessage,
-    ZooKeeperServer,
-    wait_for,
-)
 
 BEATLEADER = "beatleader.Scheduler"
 REDBEAT = "redbeat.RedBeatScheduler"

@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Run beatleader's test suite against a real ZooKeeper and Redis that the suite starts itself.
-# Extra arguments go to pytest, e.g. scripts/test.sh -k failover
+# Run beatleader's test suite against a real ZooKeeper and Redis that the suite starts itself, then
+# the core tests again against the lowest celery and kazoo it supports (scripts/test-lowest-celery.sh;
+# skip that with BEATLEADER_SKIP_LOWEST=1). Extra arguments go to the main pytest run only, e.g.
+# scripts/test.sh -k failover. The exit status is the first failure's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 ruff check beatleader tests scripts examples
 mypy
-exec python3 -m pytest "$@"
+status=0
+python3 -m pytest "$@" || status=$?
+if [ "${BEATLEADER_SKIP_LOWEST:-0}" != 1 ]; then
+    scripts/test-lowest-celery.sh || { rc=$?; [ "$status" -ne 0 ] || status=$rc; }
+fi
+exit "$status"

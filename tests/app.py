@@ -16,6 +16,14 @@ Shaped entirely by environment variables, read when the module is imported:
     ``file://`` result backend with ``result_expires=60`` (celery adds ``celery.backend_cleanup``).
 ``TEST_EXECUTION_LOG``
     file that :func:`record` appends one JSON line per execution to.
+``TEST_BEAT_SCHEDULER``
+    celery's ``beat_scheduler`` setting (e.g. ``beatleader``), for runs without ``-S``.
+``TEST_DEDUP``
+    when set, ``beatleader.dedup.install(app)`` before any task is defined (``after-tasks``:
+    after them); ``TEST_DEDUP_REQUEUE_LIMIT``: see ``tests.dedup_tasks.policy``.
+``TEST_ACKS_LATE``
+    when set, ``task_acks_late``; ``TEST_VISIBILITY_TIMEOUT`` (seconds) makes Redis redeliver
+    unacknowledged messages after that long (checked every second).
 
 beatleader's own settings come from ``BEATLEADER_*`` variables; nothing here sets them.
 """
@@ -33,6 +41,9 @@ from typing import Any
 from celery import Celery, Task
 from celery.schedules import crontab, schedule
 
+from beatleader import dedup
+from tests import dedup_tasks
+
 APP_NAME = "beatleader_tests"
 RECORD_TASK = "tests.app.record"
 #: How often a worker polls the filesystem broker (kombu's default is 1 s).
@@ -43,12 +54,17 @@ def make_app(environ: Mapping[str, str], *, set_as_current: bool = True) -> Cele
     """A fresh app configured from ``environ`` (tests may build one without touching os.environ)."""
     celery_app = Celery(APP_NAME, set_as_current=set_as_current)
     celery_app.conf.update(build_config(environ))
+    if environ.get("TEST_DEDUP") and environ["TEST_DEDUP"] != "after-tasks":
+        dedup.install(celery_app, dedup_tasks.policy(environ))  # tasks defined after install()
 
     @celery_app.task(name=RECORD_TASK, bind=True, shared=False)
     def record(self: Task, name: str) -> None:
         """Append one JSON line about this execution to ``TEST_EXECUTION_LOG``."""
         append_execution(environ.get("TEST_EXECUTION_LOG"), name, self.request.id)
 
+    dedup_tasks.register(celery_app, environ, append_execution)
+    if environ.get("TEST_DEDUP") == "after-tasks":
+        dedup.install(celery_app, dedup_tasks.policy(environ))
     return celery_app
 
 
@@ -79,11 +95,21 @@ def build_config(environ: Mapping[str, str]) -> dict[str, Any]:
         conf["broker_url"] = redis_url
     if redis_url:
         conf["redbeat_redis_url"] = redis_url
+    if environ.get("TEST_ACKS_LATE"):
+        conf["task_acks_late"] = True
+    if environ.get("TEST_VISIBILITY_TIMEOUT"):
+        conf["broker_transport_options"] = {
+            "visibility_timeout": float(environ["TEST_VISIBILITY_TIMEOUT"]),
+            "unacked_restore_interval": 1,
+            "unacked_restore_throttle": 1,
+        }
     if environ.get("TEST_MAX_INTERVAL"):
         conf["beat_max_loop_interval"] = float(environ["TEST_MAX_INTERVAL"])
     if environ.get("TEST_RESULT_DIR"):
         conf["result_backend"] = f"file://{Path(environ['TEST_RESULT_DIR']).resolve()}"
         conf["result_expires"] = 60
+    if environ.get("TEST_BEAT_SCHEDULER"):
+        conf["beat_scheduler"] = environ["TEST_BEAT_SCHEDULER"]
     conf["beat_schedule"] = parse_schedule(environ.get("TEST_SCHEDULE") or "{}")
     return conf
 

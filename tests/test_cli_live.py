@@ -55,8 +55,10 @@ def test_resign_moves_leadership_and_the_old_leader_sends_nothing_after(
 ) -> None:
     broker, old = sending_cluster.broker, sending_cluster.leader
 
-    resigned_at = now_ms()
     result = cli(zk_server, zk_root, "resign")
+    # The CLI deletes the node some hundreds of ms after it starts; it returns once another
+    # contender leads, so every run sent after it returned must be the new leader's.
+    resigned_at = now_ms()
     assert result.returncode == 0, result.stderr
     new = wait_for_new_leader(zk_client, zk_root, old.pid, timeout=1)
     assert str(new["identity"]) in result.stdout and str(old.pid) in result.stdout

@@ -26,13 +26,13 @@ from kazoo.client import KazooClient
 
 from beatleader.cli import CliError, Target, celery_command, cli, report_resign
 from beatleader.config import Settings
-from beatleader.inspect import read_status, resign_leader, wait_for_leader
 from beatleader.layout import (
     ContenderInfo,
     EntryState,
     entry_path,
     schedule_path,
 )
+from beatleader.status import read_status, resign_leader, wait_for_leader
 from beatleader.testing.localzk import ZooKeeperServer, free_port
 from tests.harness import connected_client, contender_prefix
 
@@ -256,17 +256,22 @@ def test_entries_no_schedule_holds_warn_only_when_schedules_are_published(
     assert "'retired job'" in warnings and "'tick'" not in warnings
 
 
-def test_unreadable_contender_still_leads_and_warns(
+def test_unreadable_leader_heads_the_queue_but_is_not_a_sound_leader(
     zk_hosts: str, root: str, contenders: Contenders
 ) -> None:
-    contenders.add("alpha", data=b"not json")
+    node = contenders.add("alpha", data=b"not json")
 
     result = run("status", "--json", *where(zk_hosts, root))
+    check = run("status", "--check", *where(zk_hosts, root))
 
-    assert result.exit_code == 0
+    assert result.exit_code == 1
     doc = json.loads(result.stdout)
     assert doc["leader"]["identity"] is None
+    assert "no readable ContenderInfo" in doc["leader_problem"]
     assert any("no readable ContenderInfo" in w for w in doc["warnings"])
+    assert check.exit_code == 1 and check.stdout == ""
+    assert_one_error_line(check.stderr)
+    assert os.path.basename(node) in check.stderr
 
 
 def test_group_level_options_and_environment(
@@ -552,7 +557,7 @@ def test_resign_does_not_count_the_leaders_own_requeued_node(
     assert result.current is not None and result.current.identity == "alpha"
 
 
-# --- inspect helpers ---------------------------------------------------------------------------
+# --- status helpers- ---------------------------------------------------------------------------
 
 
 def test_read_status_of_missing_root_is_empty(zk: KazooClient, root: str) -> None:

@@ -6,13 +6,21 @@ so the CLI, the scheduler's embedded status and the tests can all reuse it.
 
 Guarantees:
 
-* :func:`read_status` only reads. Nodes that vanish while it reads (an instance stopping) are
-  skipped, never an error; a missing root reads as "no contender, no entry".
-* The leader is the first contender in queue order (lowest sequence), exactly as the election
-  decides it; ``since`` is that contender node's creation time (ctime), in UTC.
-* :func:`resign_leader` deletes only the node that led when it looked; it never touches entry
-  state. The resigned instance queues again at the back by itself.
+* :func:`read_status` only reads. Nodes that vanish while it reads (an instance stopping, a
+  deleted tree) are skipped, never an error; a missing root reads as "no contender, no entry".
+* Any data is survived: unreadable contender or entry data (garbage bytes, non-UTF-8, JSON of the
+  wrong shape or types) reads as ``info``/``state`` None and is named in ``warnings``.
+* Contenders are exactly the election's (``contenders.py``): well-formed, ephemeral nodes in
+  (sequence, name) order; any other child of ``election/`` is listed in ``ignored`` with the
+  reason, and warned about. ``since`` is the contender node's creation time (ctime), in UTC.
+* :meth:`Status.leader_problem` is None only for a leader whose node holds readable, unrewritten
+  ContenderInfo: what ``status --check`` requires.
+* :func:`resign_leader` deletes only the well-formed, ephemeral node that led when it looked; it
+  never touches entry state. The resigned instance queues again at the back by itself.
 * Kazoo errors (connection loss, timeouts, permissions) propagate to the caller unchanged.
+
+Not guaranteed: a consistent snapshot. Nodes are read one by one, so a status taken while the
+queue changes can mix two moments.
 """
 
 from __future__ import annotations
@@ -25,9 +33,10 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
-from kazoo.exceptions import NoNodeError
+from kazoo.exceptions import BadArgumentsError, NoNodeError
+from kazoo.protocol.states import ZnodeStat
 
-from beatleader.election import contender_sequence, sorted_contenders
+from beatleader.contenders import contender_sequence, ignored_reason, sorted_contenders
 from beatleader.layout import (
     ContenderInfo,
     EntryState,
@@ -49,6 +58,8 @@ class Contender:
     sequence: int
     since: str | None  # ctime of the node, UTC ISO 8601
     info: ContenderInfo | None  # None when the node holds no readable ContenderInfo
+    #: The node's data version: contender data is written once, so anything but 0 is foreign.
+    data_version: int = 0
 
     @property
     def identity(self) -> str | None:
@@ -76,8 +87,20 @@ class Contender:
             "node": self.node,
             "sequence": self.sequence,
             "since": self.since,
+            "data_version": self.data_version,
             **_fields_or_none(self.info, ContenderInfo),
         }
+
+
+@dataclass(frozen=True)
+class IgnoredNode:
+    """A child of ``election/`` that takes no part in the election, and why."""
+
+    node: str
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -106,17 +129,35 @@ class Status:
     #: Entry names of every running schedule, when every contender published them; else None.
     scheduled_names: frozenset[str] | None = None
     warnings: tuple[str, ...] = field(default=())
+    #: Children of ``election/`` that are not well-formed ephemeral contenders.
+    ignored: tuple[IgnoredNode, ...] = field(default=())
 
     @property
     def leader(self) -> Contender | None:
         return self.contenders[0] if self.contenders else None
+
+    def leader_problem(self) -> str | None:
+        """Why there is no sound leader (one line), or None when there is one."""
+        leader = self.leader
+        if leader is None:
+            return "no leader: no instance is contending"
+        if leader.info is None:
+            return f"the leader's node {leader.node} holds no readable ContenderInfo"
+        if leader.data_version != 0:
+            return (
+                f"the leader's node {leader.node} was rewritten by another client "
+                f"(data version {leader.data_version})"
+            )
+        return None
 
     def as_dict(self) -> dict[str, Any]:
         leader = self.leader
         return {
             "path": self.root,
             "leader": leader.as_dict() if leader else None,
+            "leader_problem": self.leader_problem(),
             "contenders": [c.as_dict() for c in self.contenders],
+            "ignored": [i.as_dict() for i in self.ignored],
             "entries": [e.as_dict() for e in self.entries],
             "warnings": list(self.warnings),
         }
@@ -140,25 +181,41 @@ class ResignResult:
 
 def read_status(client: Any, root: str) -> Status:
     """Read contenders, entry state and published schedules under ``root``."""
-    contenders = read_contenders(client, root)
+    contenders, ignored = read_election(client, root)
     entries = read_entries(client, root)
     schedules = read_schedules(client, root, contenders)
     scheduled = _scheduled_names(contenders, schedules)
-    warnings = _warnings(root, contenders, entries, scheduled)
-    return Status(root, tuple(contenders), tuple(entries), scheduled, tuple(warnings))
+    warnings = [f"ignoring election node {i.node!r}: {i.reason}" for i in ignored]
+    warnings += _warnings(root, contenders, entries, scheduled)
+    return Status(
+        root, tuple(contenders), tuple(entries), scheduled, tuple(warnings), tuple(ignored)
+    )
 
 
 def read_contenders(client: Any, root: str) -> list[Contender]:
     """Every contender in queue order; the first one leads."""
+    return read_election(client, root)[0]
+
+
+def read_election(client: Any, root: str) -> tuple[list[Contender], list[IgnoredNode]]:
+    """The contenders in queue order, and the children of ``election/`` that are ignored."""
     base = election_path(root)
-    found = []
-    for name in sorted_contenders(_children(client, base)):
+    children = _children(client, base)
+    found: dict[str, Contender] = {}
+    ignored = []
+    for name in sorted(children):
         node = _get(client, f"{base}/{name}")
-        if node is not None:
-            data, ctime_ms = node
-            info = ContenderInfo.decode(data)
-            found.append(Contender(name, contender_sequence(name), _iso(ctime_ms), info))
-    return found
+        if node is None:
+            continue  # vanished while we read
+        data, stat = node
+        reason = ignored_reason(name, int(stat.ephemeralOwner))
+        if reason is not None:
+            ignored.append(IgnoredNode(name, reason))
+            continue
+        info = ContenderInfo.decode(data)
+        since = _iso(int(stat.ctime))
+        found[name] = Contender(name, contender_sequence(name), since, info, int(stat.version))
+    return [found[name] for name in sorted_contenders(found)], ignored
 
 
 def read_leader(client: Any, root: str) -> Contender | None:
@@ -174,8 +231,16 @@ def read_entries(client: Any, root: str) -> list[Entry]:
     for quoted in _children(client, base):
         node = _get(client, f"{base}/{quoted}")
         if node is not None:
-            found.append(Entry(unquote_entry_name(quoted), EntryState.decode(node[0])))
+            found.append(Entry(unquote_entry_name(quoted), _decode_state(node[0])))
     return sorted(found, key=lambda e: e.name)
+
+
+def _decode_state(data: bytes) -> EntryState | None:
+    """``EntryState.decode``, and None should it raise on some data it did not foresee."""
+    try:
+        return EntryState.decode(data)
+    except Exception:
+        return None
 
 
 def read_schedules(
@@ -189,14 +254,17 @@ def read_schedules(
 
 
 def _read_schedule(client: Any, root: str, fingerprint: str) -> list[str] | None:
-    if "/" in fingerprint or fingerprint in (".", ".."):
+    if not fingerprint.isprintable() or "/" in fingerprint or fingerprint in (".", ".."):
         return None
-    node = _get(client, schedule_path(root, fingerprint))
+    try:
+        node = _get(client, schedule_path(root, fingerprint))
+    except (BadArgumentsError, ValueError):  # a name ZooKeeper or kazoo refuses
+        return None
     if node is None:
         return None
     try:
         names = json.loads(node[0].decode() if node[0] else "null")
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         return None
@@ -243,6 +311,11 @@ def _unreadable_warnings(contenders: list[Contender], entries: list[Entry]) -> l
         for c in contenders
         if c.info is None
     ]
+    found += [
+        f"contender node {c.node} was rewritten by another client (data version {c.data_version})"
+        for c in contenders
+        if c.data_version != 0
+    ]
     found += [f"entry {e.name!r} has unreadable state" for e in entries if e.state is None]
     return found
 
@@ -275,7 +348,7 @@ def resign_leader(client: Any, root: str, timeout: float = 5.0) -> ResignResult:
     contenders = read_contenders(client, root)
     if not contenders:
         return ResignResult(None, None, 0)
-    previous = contenders[0]
+    previous = contenders[0]  # well-formed and ephemeral: a foreign persistent node is never hit
     others = [c for c in contenders[1:] if not c.same_instance(previous)]
     # NoNodeError: it stepped down (or died) by itself meanwhile; the wait below still applies.
     with suppress(NoNodeError):
@@ -310,13 +383,13 @@ def _children(client: Any, path: str) -> list[str]:
         return []
 
 
-def _get(client: Any, path: str) -> tuple[bytes, int] | None:
-    """(data, ctime in ms) of ``path``, or None when it does not exist (any more)."""
+def _get(client: Any, path: str) -> tuple[bytes, ZnodeStat] | None:
+    """(data, stat) of ``path``, or None when it does not exist (any more)."""
     try:
         data, stat = client.get(path)
     except NoNodeError:
         return None
-    return bytes(data or b""), int(stat.ctime)
+    return bytes(data or b""), stat
 
 
 def _iso(epoch_ms: int) -> str:

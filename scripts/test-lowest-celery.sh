@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Run beatleader's core tests against the LOWEST celery and kazoo that pyproject.toml allows, in a
+# virtualenv of their own (the newest versions are what scripts/test.sh runs against).
+#
+# The floors below must equal pyproject's: pip installs this package together with them, so a
+# floor that pyproject does not allow fails here. Needs network access to PyPI. Extra arguments go
+# to pytest. The venv is kept in $BEATLEADER_LOWEST_VENV (default: .venv-lowest) for reuse; it is
+# made with $BEATLEADER_LOWEST_PYTHON (default: python3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+LOWEST_CELERY="celery==5.3.0"
+LOWEST_KAZOO="kazoo==2.11.0"
+venv="${BEATLEADER_LOWEST_VENV:-.venv-lowest}"
+python="${BEATLEADER_LOWEST_PYTHON:-python3}"  # e.g. python3.10, the lowest Python too
+
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check \
+    -e . "$LOWEST_CELERY" "$LOWEST_KAZOO" "pytest>=7.4" "pytest-timeout>=2.1"
+rm -rf beatleader.egg-info build  # by-products of the editable build; the venv does not use them
+"$venv/bin/python" - "$LOWEST_CELERY" "$LOWEST_KAZOO" <<'PY'
+import sys
+from importlib.metadata import version
+for pin in sys.argv[1:]:
+    name, wanted = pin.split("==")
+    assert version(name) == wanted, f"{name} {version(name)} installed, expected {wanted}"
+    print(f"lowest supported: {name} {version(name)}")
+PY
+exec "$venv/bin/python" -m pytest -p no:cacheprovider -q \
+    tests/test_config.py tests/test_state.py tests/test_election.py tests/test_embedded.py \
+    tests/test_celery_compat.py \
+    "tests/test_failover.py::test_three_instances_exactly_one_sends_and_followers_stay_idle" \
+    "tests/test_failover.py::test_worker_dash_b_with_the_entry_point_alias_elects_one_sender" \
+    "tests/test_failover.py::test_sigkill_of_the_leader_fails_over_within_the_session_timeout" \
+    "$@"
