@@ -181,8 +181,8 @@ class EntryState:
         """
         try:
             value = json.loads(data.decode() if data else "null")
-        except (UnicodeDecodeError, ValueError) as exc:
-            return None, f"not JSON ({exc})"
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting: Recursion
+            return None, f"not JSON ({type(exc).__name__})"
         if not isinstance(value, dict):
             return None, f"not a JSON object: {_short(data)}"
         problem = _entry_problem(value)

@@ -111,6 +111,7 @@ def test_continuation_does_not_obey_a_time_in_the_future() -> None:
     [
         (b"", "not a JSON object"),
         (b"{", "not JSON"),
+        (b"[" * 50_000, "not JSON"),
         (b"{}", "no total_run_count"),
         (b'{"total_run_count": 1.5}', "total_run_count"),
         (b'{"total_run_count": false}', "total_run_count"),
