@@ -11,6 +11,8 @@ Under an app's root path (``/beatleader/<app.main>`` by default)::
                                         of one schedule version (older versions: a JSON list of
                                         the names); content-addressed, written once by any
                                         instance (``schedules.py``).
+    clock                               persistent, empty; the leader writes it to read
+                                        ZooKeeper's server time (its ``mtime``); ``planning.py``.
     dedup/<quoted entry>/...            workers' run claims (``dedup.install``, ``claims.py``).
 
 Entry names are percent-quoted so that any Celery entry name (spaces, slashes, non-ASCII) is a
@@ -30,6 +32,7 @@ from urllib.parse import quote, unquote
 ELECTION = "election"
 ENTRIES = "entries"
 SCHEDULES = "schedules"
+CLOCK = "clock"
 DEDUP = "dedup"
 
 #: Namespace of the deterministic task ids (uuid5 of path, entry name and run ordinal).
@@ -47,6 +50,11 @@ def entries_path(root: str) -> str:
 def schedule_path(root: str, fingerprint: str) -> str:
     """JSON list of the entry names of the schedule with this fingerprint."""
     return f"{root}/{SCHEDULES}/{fingerprint}"
+
+
+def clock_path(root: str) -> str:
+    """The node whose ``mtime`` tells the leader ZooKeeper's server time."""
+    return f"{root}/{CLOCK}"
 
 
 def dedup_path(root: str) -> str:
@@ -138,7 +146,14 @@ _CONTENDER_FIELD_TYPES: dict[str, type] = {
 
 @dataclass(frozen=True)
 class EntryState:
-    """The shared state of one schedule entry: what a new leader continues from."""
+    """The shared state of one schedule entry: what a new leader continues from.
+
+    ``total_run_count`` is the ordinal of the latest committed run (its task id is
+    :func:`run_task_id` of it); ``published`` says whether that run is known to be published
+    (the outbox, see ``scheduler.py``). Data written before the outbox existed has no
+    ``published`` field and reads as published (that version published right after committing).
+    Times are ZooKeeper server time (the reference clock, see ``planning.py``).
+    """
 
     last_run_at: str | None  # UTC, ISO 8601
     total_run_count: int
@@ -146,24 +161,80 @@ class EntryState:
     written_by: str
     #: Runs skipped because they were later than the misfire grace.
     skipped_count: int = 0
+    #: False from the commit of run ``total_run_count`` until it is known to be published.
+    published: bool = True
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        fields = {  # by hand: dataclasses.asdict is a deep copy, slow for thousands a second
+            "last_run_at": self.last_run_at,
+            "last_task_id": self.last_task_id,
+            "published": self.published,
+            "skipped_count": self.skipped_count,
+            "total_run_count": self.total_run_count,
+            "written_by": self.written_by,
+        }
+        return json.dumps(fields, sort_keys=True).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> EntryState | None:
-        """The state in ``data``, or None when it is unreadable (treated as no state)."""
-        fields = _json_object(data)
+        """The state in ``data``, or None when it is unreadable (see :meth:`parse`)."""
+        return cls.parse(data)[0]
+
+    @classmethod
+    def parse(cls, data: bytes) -> tuple[EntryState | None, str]:
+        """``(state, "")``, or ``(None, why)`` when ``data`` is not a valid entry state.
+
+        Every field is checked: types (no bool for a count), finite non-negative counts, an
+        ISO 8601 ``last_run_at`` with a time zone.
+        """
         try:
-            return cls(
-                last_run_at=fields.get("last_run_at"),
-                total_run_count=int(fields.get("total_run_count", 0)),
-                last_task_id=fields.get("last_task_id"),
-                written_by=str(fields.get("written_by", "")),
-                skipped_count=int(fields.get("skipped_count", 0)),
-            )
-        except (TypeError, ValueError):
-            return None
+            value = json.loads(data.decode() if data else "null")
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting: Recursion
+            return None, f"not JSON ({type(exc).__name__})"
+        if not isinstance(value, dict):
+            return None, f"not a JSON object: {_short(data)}"
+        problem = _entry_problem(value)
+        if problem:
+            return None, problem
+        return cls(
+            last_run_at=value.get("last_run_at"),
+            total_run_count=value.get("total_run_count", 0),
+            last_task_id=value.get("last_task_id"),
+            written_by=value.get("written_by", ""),
+            skipped_count=value.get("skipped_count", 0),
+            published=value.get("published", True),
+        ), ""
+
+
+def _entry_problem(fields: dict[str, Any]) -> str:
+    """Why ``fields`` is not a valid :class:`EntryState` ("" when it is)."""
+    if "total_run_count" not in fields:
+        return "no total_run_count"
+    for name in ("total_run_count", "skipped_count"):
+        count = fields.get(name, 0)
+        if type(count) is not int or count < 0:
+            return f"{name} is not a non-negative integer: {count!r}"
+    for name in ("last_task_id", "written_by"):
+        text = fields.get(name)
+        if text is not None and not isinstance(text, str):
+            return f"{name} is not a string: {text!r}"
+    if not isinstance(fields.get("published", True), bool):
+        return f"published is not a boolean: {fields.get('published')!r}"
+    last_run_at = fields.get("last_run_at")
+    if last_run_at is None:
+        return ""
+    try:
+        moment = datetime.fromisoformat(last_run_at) if isinstance(last_run_at, str) else None
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        return f"last_run_at is not an ISO 8601 time with a zone: {last_run_at!r}"
+    return ""
+
+
+def _short(data: bytes, limit: int = 60) -> str:
+    text = repr(data[:limit])
+    return text + ("..." if len(data) > limit else "")
 
 
 def _json_object(data: bytes) -> dict[str, Any]:

@@ -2,25 +2,41 @@
 
 Run it on every instance: ``celery -A proj beat -S beatleader.Scheduler``. The schedule is the
 app's ordinary ``beat_schedule``; the run state of each entry lives in ZooKeeper (``state.py``),
-leadership comes from ``election.py``.
+leadership comes from ``election.py``; the pure decisions live in ``planning.py``.
 
 The per-tick algorithm (``Scheduler.tick``; celery's ``Service`` calls it in a loop and sleeps for
 the number of seconds it returns):
 
 1. Not leading: wait on the election's leadership event, at most ``max_interval``, and return 0.
-   A follower makes no ZooKeeper request while it waits, and takes over the moment it is elected
-   instead of after celery's sleep.
-2. Leading, but not yet for this leadership: load every entry's state from ZooKeeper
-   (last_run_at, total_run_count), apply it to the local entries, and rebuild the heap.
-3. Pop every entry that is due now. None due: return the time to the next one.
-4. For each due entry, decide: send it, or, when ``misfire_grace`` is set and the run is later
-   than that, skip it (advance last_run_at without sending).
-5. Commit the new state of all of them in one fenced transaction (``StateStore.commit``).
-   Fence failed: step down, send nothing. Version conflict: send nothing, reload state.
-6. Only then publish each run to be sent, with a deterministic task id derived from the root
-   path, the entry name and the run ordinal, and push the entries back on the heap.
+   A follower makes no ZooKeeper request while it waits.
+2. Leading, but not yet for this leadership: read ZooKeeper's server time (the one clock), load
+   and validate every entry's state, continue each entry from it (``planning.continuation``), put
+   every run committed but not marked published into the **outbox**, rebuild the heap.
+3. Pop every entry that is due now, except entries whose previous run is still in the outbox
+   (held until it is out: missed runs coalesce, as celery's do after a stop).
+4. For each due entry: send it, or skip it past ``misfire_grace``.
+5. Fenced commits (``StateStore.commit``, one per batch of 250) of: the due runs
+   (``published=false``), the outbox runs that must be renewed before they may be published
+   (inherited or stale), and ripe marks (``published=true`` for runs already out; usually they
+   are superseded by the entry's next run and cost nothing).
+6. After each batch's commit, publish every outbox run committed by this leader less than
+   ``publish_window_fraction`` x the session timeout ago (monotonic clock), with its
+   deterministic task id and run headers; a run the broker refused stays in the outbox and is
+   retried with backoff; a published run gets a mark.
 
-Commit first, then publish: a crash between the two loses one run, it never sends one twice.
+Guarantees: **every committed run is published at least once** (by this leader, retrying, or by
+its successor from the outbox: runs are never marked published before the broker accepted them),
+with the same task id every time; no signal (SIGTERM/SIGINT) lands between commit and publish in
+any of beatleader's threads; a paused ex-leader does not publish a run past the publish window
+(its successor does); skew of the instances' clocks does not double or skip runs (the schedule
+runs on ZooKeeper's server time), and a large skew or a time in the future is reported
+(``Observer.problem``); one refused write does not block the others, and repeated failures back
+off (exponential, bounded).
+
+Not guaranteed: exactly-once *publication*: a crash after the publish and before its mark, a lost
+broker confirm, or a paused leader whose window had not passed can publish a run twice, with the
+same task id; ``beatleader.dedup.install(app)`` makes the workers execute it once. A run whose
+publish "succeeded" into a broker that then loses the message is not republished.
 """
 
 from __future__ import annotations
@@ -31,48 +47,59 @@ import hashlib
 import heapq
 import logging
 import os
-import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from celery import beat
-from celery.utils.time import maybe_make_aware
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException
-from kazoo.handlers.threading import KazooTimeoutError
 
-from beatleader import layout
+from beatleader import layout, sigmask
 from beatleader._version import __version__
 from beatleader.config import ConfigError, Settings
 from beatleader.election import LeaderElection
-from beatleader.layout import ContenderInfo, EntryState
+from beatleader.layout import ContenderInfo
+from beatleader.leading import LeadingScheduler
 from beatleader.observe import Observers
 from beatleader.peers import PeerWatch
+from beatleader.planning import Backoff, Pending, ServerClock, continuation
 from beatleader.schedules import publish_schedule
-from beatleader.state import StateStore, StoredState, Write
+from beatleader.state import CONNECTION_ERRORS, SESSION_ERRORS, StateStore, StoredState
 from beatleader.trust import make_scheduler_client, start_scheduler_client
 
 logger = logging.getLogger(__name__)
 
-ZOOKEEPER_ERRORS = (KazooException, KazooTimeoutError)
+ZOOKEEPER_ERRORS = CONNECTION_ERRORS
 
 
-class Scheduler(beat.Scheduler):  # type: ignore[misc]
+class Scheduler(LeadingScheduler):
     """A celery beat scheduler that sends only while this instance leads; see the module doc."""
 
-    #: Seconds to wait after a ZooKeeper error in the leader's tick before trying again.
+    #: Seconds to wait after a ZooKeeper error in the leader's tick (doubling up to the next).
     error_retry_delay = 0.5
+    #: Longest wait after repeated ZooKeeper errors in the leader's tick.
+    error_retry_max = 10.0
+
+    #: Seconds between reads of ZooKeeper's server time while leading.
+    clock_probe_interval = 60.0
+    #: Seconds before the next read when one was too slow to be precise.
+    clock_probe_retry = 1.0
+    #: Offsets to ZooKeeper's clock beyond this many seconds are reported (and corrected anyway).
+    max_clock_skew = 30.0
+    #: A stored ``last_run_at`` later than its own write by more than this is "in the future".
+    future_tolerance = 2.0
 
     #: Seconds a closed scheduler's tick asks celery to sleep (short, so an embedded loop ends).
     closed_tick_interval = 0.1
 
     #: Seconds ``close`` waits for the election thread to finish.
     close_timeout = 5.0
+    #: Seconds ``close`` waits for a tick in another thread before it writes the pending marks
+    #: (past it, it closes without them: the successor republishes those runs, same task ids).
+    close_flush_timeout = 1.0
 
     #: Beat keeps no local schedule file: state lives in ZooKeeper, written on every run.
     sync_every = float("inf")
@@ -103,17 +130,26 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._loaded_generation = 0
         self._owner_pid = os.getpid()
         self._closed = False
+        #: Held while leading in a tick, and by ``close`` to write the marks (reentrant: celery
+        #: calls ``close`` from its signal handler, in the middle of a tick).
+        self._lead_lock = threading.RLock()
+        self._init_leading(self.settings.session_timeout)
+        self._error_backoff = Backoff(self.error_retry_delay, self.error_retry_max)
+        self._clock = ServerClock()
+        self._next_probe = 0.0
         super().__init__(app, *args, lazy=lazy, **kwargs)
 
     # -- celery hooks -----------------------------------------------------------------------------
 
     def setup_schedule(self) -> None:
+        self._timezone = self.app.timezone  # read once: a lock-guarded property in celery
         self.merge_inplace(self.app.conf.beat_schedule)
         self.install_default_entries(self.schedule)
         if self.settings.metrics_port is not None:  # validated: prometheus_client is installed
             from beatleader import metrics
 
-            metrics.install(self)
+            with sigmask.blocked_in_new_threads():  # its HTTP server thread, if it starts one
+                metrics.install(self)
         self._connect()
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
@@ -125,23 +161,41 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if not election.is_leader:
             election.wait_for_leadership(timeout=self.max_interval)
             return 0.0
-        try:
-            if election.generation != self._loaded_generation:
-                self._take_over(election.generation)
-            return self._run_due()
-        except ZOOKEEPER_ERRORS as exc:
-            if self._closed:  # close() ended the session under this tick
+        with self._lead_lock:
+            if self._closed:
                 return self.closed_tick_interval
-            logger.warning("beatleader: ZooKeeper error while leading (%r); not sending", exc)
-            self._loaded_generation = 0  # reload state once we lead for sure again
-            return self.error_retry_delay
+            try:
+                if election.generation != self._loaded_generation:
+                    self._take_over(election.generation)
+                delay = self._run_due()
+            except ZOOKEEPER_ERRORS as exc:
+                return self._zookeeper_error(exc)
+        self._error_backoff.succeeded("tick")
+        return delay
 
     def close(self) -> None:
-        """Release leadership at once (close the session), then close celery's resources."""
+        """Write pending marks, release leadership at once (close the session), close celery's."""
         if not self._closed:
             self._closed = True
+            if self._lead_lock.acquire(timeout=self.close_flush_timeout):
+                try:
+                    self._flush_marks()
+                finally:
+                    self._lead_lock.release()
             self._disconnect()
         super().close()
+
+    def _zookeeper_error(self, exc: Exception) -> float:
+        if self._closed:  # close() ended the session under this tick
+            return self.closed_tick_interval
+        self._loaded_generation = 0  # reload state once we lead for sure again
+        delay = self._error_backoff.failed("tick", time.monotonic())
+        logger.warning(
+            "beatleader: ZooKeeper error while leading (%r); not sending, retrying in %.1f s",
+            exc,
+            delay,
+        )
+        return delay
 
     def populate_heap(self, event_t: Any = beat.event_t, heapify: Any = heapq.heapify) -> None:
         """celery's, except that an entry whose ``is_due`` raises cannot stop the others.
@@ -180,6 +234,15 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def zk_connected(self) -> bool:
         return self._zk is not None and bool(self._zk.connected)
 
+    @property
+    def clock_offset(self) -> float:
+        """Seconds ZooKeeper's server clock is ahead of this instance's (0 until measured)."""
+        return self._clock.offset
+
+    def unpublished(self) -> dict[str, int]:
+        """Entry name -> ordinal of every committed run not yet published by this leader."""
+        return {name: p.ordinal for name in self._outbox.names() if (p := self._outbox.get(name))}
+
     def fingerprint(self) -> str:
         """A short hash of this instance's schedule; instances that differ have different ones."""
         digest = hashlib.sha256()
@@ -189,6 +252,51 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 repr((name, entry.task, entry.schedule, entry.args, entry.kwargs)).encode()
             )
         return digest.hexdigest()[:12]
+
+    # -- the one clock ----------------------------------------------------------------------------
+
+    def local_time(self) -> float:
+        """This machine's wall clock, epoch seconds (a test subclass may skew it)."""
+        return time.time()
+
+    def server_now(self) -> datetime:
+        """Now on ZooKeeper's server clock: the clock every schedule entry runs on."""
+        return datetime.fromtimestamp(self.local_time() + self._clock.offset, self._timezone)
+
+    def _on_server_clock(self, entry: beat.ScheduleEntry) -> None:
+        schedule = entry.schedule
+        if hasattr(schedule, "nowfun") and schedule.nowfun != self.server_now:
+            schedule = copy.copy(schedule)  # the app's own schedule object stays untouched
+            schedule.nowfun = self.server_now
+            entry.schedule = schedule
+
+    def _probe_clock(self) -> None:
+        assert self._store is not None
+        self._next_probe = time.monotonic() + self.clock_probe_interval
+        before = self.local_time()
+        try:
+            server = self._store.server_time()
+        except KazooException as exc:
+            if isinstance(exc, SESSION_ERRORS):
+                raise
+            self._report(
+                "clock-node",
+                "clock",
+                f"cannot write {layout.clock_path(self.settings.path)} to read ZooKeeper's time "
+                f"({exc!r}); scheduling on the last known offset {self._clock.offset:+.3f} s",
+            )
+            return
+        if not self._clock.sample(before, self.local_time(), server):
+            self._next_probe = time.monotonic() + self.clock_probe_retry  # too slow: soon again
+            return
+        offset = self._clock.offset
+        if abs(offset) > self.max_clock_skew:
+            self._report(
+                "clock",
+                "clock-skew",
+                f"this clock is {-offset:+.0f} s off ZooKeeper's server time (more than "
+                f"{self.max_clock_skew:g} s); scheduling on the server's time",
+            )
 
     # -- ZooKeeper session ----------------------------------------------------------------------
 
@@ -217,9 +325,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._peers = PeerWatch(
             self._zk, election_path, info, self.observers, lambda: election.node
         )
-        start_scheduler_client(self._zk, settings)  # SystemExit on bad credentials or TLS
-        self._election.start()
-        self._peers.start()
+        with sigmask.blocked_in_new_threads():  # kazoo's, the election's, the peer watch's
+            start_scheduler_client(self._zk, settings)  # SystemExit on bad credentials or TLS
+            self._election.start()
+            self._peers.start()
         logger.info("beatleader: contending for %s as %s", settings.path, settings.identity)
 
     def _disconnect(self) -> None:
@@ -238,6 +347,19 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self._peers.join(self.close_timeout)
         logger.info("beatleader: released leadership and closed the ZooKeeper session")
 
+    def _flush_marks(self) -> None:
+        """On close: write every pending mark (fenced), so a graceful handoff republishes none."""
+        election, store = self._election, self._store
+        if not self._marks or election is None or store is None or not election.is_leader:
+            return
+        fence = election.node
+        writes = [self._mark_write(n, o) for n, o in self._marks.items()]
+        try:
+            if fence is not None:
+                store.commit(fence, [w for w in writes if w is not None])
+        except Exception:  # best effort: the successor republishes what is not marked
+            logger.exception("beatleader: could not mark published runs on close")
+
     def _check_process(self) -> None:
         if os.getpid() != self._owner_pid:
             raise RuntimeError(
@@ -246,184 +368,43 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 "session cannot cross a fork: create the scheduler after forking"
             )
 
-    # -- leading --------------------------------------------------------------------------------
+    # -- taking over ----------------------------------------------------------------------------
 
     def _take_over(self, generation: int) -> None:
         """Step 2: continue the schedule from the shared state."""
         assert self._store is not None
+        self._probe_clock()
         stored = self._store.load()
-        for name, entry in self.schedule.items():
-            if name in stored:
-                self._apply_stored(entry, stored[name])
+        self._outbox.clear()
         self._stored = stored
+        for name, entry in self.schedule.items():
+            self._on_server_clock(entry)
+            if name in stored:
+                self._continue(entry, stored[name])
+        for name, ordinal in self._marks.items():
+            found = stored.get(name)
+            state = found.state if found is not None else None
+            if state is None or state.published or state.total_run_count != ordinal:
+                self._marks.discard(name)
         self._heap = None
         self._loaded_generation = generation
         logger.info(
-            "beatleader: leading; continuing %d of %d entries from shared state",
+            "beatleader: leading; continuing %d of %d entries from shared state, %d run(s) to "
+            "publish again",
             sum(name in stored for name in self.schedule),
             len(self.schedule),
+            len(self._outbox),
         )
 
-    def _apply_stored(self, entry: beat.ScheduleEntry, stored: StoredState) -> None:
-        state = stored.state
-        if state is None:
-            return
-        if state.last_run_at:
-            entry.last_run_at = datetime.fromisoformat(state.last_run_at).astimezone(
-                self.app.timezone
-            )
-        entry.total_run_count = state.total_run_count
-
-    def _run_due(self) -> float:
-        """Steps 3 to 6."""
-        if self._heap is None or not self.schedules_equal(self.old_schedulers, self.schedule):
-            self.old_schedulers = copy.copy(self.schedule)
-            self.populate_heap()
-        runs = [self._plan(entry, delay) for entry, delay in self._pop_due()]
-        if not runs:
-            return self._time_to_next()
-        assert self._store is not None and self._election is not None
-        fence = self._election.node
-        if fence is None:
-            self._election.step_down("no contender node")
-            return 0.0
-        writes = [self._write_for(run) for run in runs]
-        with _signals_deferred():
-            started = time.monotonic()
-            outcome = self._store.commit(fence, writes)
-            if outcome.committed:
-                self.observers.committed(len(outcome.committed), time.monotonic() - started)
-            for run, write in zip(runs, writes, strict=True):
-                if write.name in outcome.committed:
-                    self._settle(run, write.state, outcome.committed[write.name])
-        if outcome.lost_leadership:
-            self._election.step_down("the fence failed: own contender node is gone")
-        elif outcome.conflicts:
-            logger.warning("beatleader: %s written by someone else; reloading", outcome.conflicts)
-            self._loaded_generation = 0
-        return 0.0
-
-    def _pop_due(self) -> list[tuple[beat.ScheduleEntry, float]]:
-        """Every heap event whose time has come and whose entry agrees it is due."""
-        heap = self._heap
-        assert heap is not None
-        due: list[tuple[beat.ScheduleEntry, float]] = []
-        not_yet: list[tuple[beat.ScheduleEntry, float]] = []
-        while heap and heap[0][0] <= self._when(heap[0][2], 0):
-            entry = heapq.heappop(heap)[2]
-            try:
-                is_due, next_time_to_run = self.is_due(entry)
-            except Exception:  # one broken entry must not stop the others
-                logger.exception(
-                    "beatleader: cannot tell when %r is due; trying again in %g s",
-                    entry.name,
-                    self.max_interval,
-                )
-                is_due, next_time_to_run = False, self.max_interval
-            (due if is_due else not_yet).append((entry, next_time_to_run))
-        for entry, delay in not_yet:
-            heapq.heappush(heap, beat.event_t(self._when(entry, delay), 5, entry))
-        return due
-
-    def _time_to_next(self) -> float:
-        if not self._heap:
-            return float(self.max_interval)
-        when, _, entry = self._heap[0]
-        return float(min(max(when - self._when(entry, 0), 0.0), self.max_interval))
-
-    def _plan(self, entry: beat.ScheduleEntry, delay: float) -> _Run:
-        """Step 4: send this run, or skip it when it is later than the misfire grace."""
-        grace = self.settings.misfire_grace
-        lateness = _lateness(entry)
-        if grace is not None and lateness > grace:
-            logger.warning(
-                "beatleader: skipping %r: due %.1f s ago, more than misfire_grace %g s",
-                entry.name,
-                lateness,
-                grace,
-            )
-            return _Run(
-                self.Entry(**dict(entry, last_run_at=entry.default_now())), delay, False, lateness
-            )
-        return _Run(next(entry), delay, True, lateness)
-
-    def _write_for(self, run: _Run) -> Write:
-        stored = self._stored.get(run.entry.name)
-        previous = stored.state if stored is not None else None
-        last_task_id: str | None
-        if run.send:
-            last_task_id, skipped = self._task_id(run.entry), 0
-        else:  # a skip keeps the last sent task's id and counts itself
-            last_task_id, skipped = (previous.last_task_id if previous else None), 1
-        state = EntryState(
-            last_run_at=_utc_iso(run.entry.last_run_at),
-            total_run_count=run.entry.total_run_count,
-            last_task_id=last_task_id,
-            written_by=self.settings.identity,
-            skipped_count=(previous.skipped_count if previous else 0) + skipped,
-        )
-        return Write(run.entry.name, state, stored.version if stored is not None else None)
-
-    def _settle(self, run: _Run, state: EntryState, version: int) -> None:
-        """A run committed: adopt its entry, publish it when it is a send, re-queue it."""
-        entry = run.entry
-        self.schedule[entry.name] = entry
-        self._stored[entry.name] = StoredState(state, version)
-        if run.send:
-            message = copy.copy(entry)
-            task_id = self._task_id(entry)
-            headers = {
-                **(entry.options.get("headers") or {}),
-                **layout.run_headers(self.settings.path, entry.name, entry.total_run_count),
-            }
-            message.options = {**entry.options, "task_id": task_id, "headers": headers}
-            self.apply_entry(message, producer=self.producer)
-            self.observers.sent(entry.name, task_id, run.lateness)
-        else:
-            self.observers.skipped(entry.name, run.lateness)
-        assert self._heap is not None
-        heapq.heappush(self._heap, beat.event_t(self._when(entry, run.delay), 5, entry))
-
-    def _task_id(self, entry: beat.ScheduleEntry) -> str:
-        return layout.run_task_id(self.settings.path, entry.name, entry.total_run_count)
-
-
-@dataclass(frozen=True)
-class _Run:
-    """One due run: the entry as it will be after the run, its next delay, whether to send."""
-
-    entry: beat.ScheduleEntry
-    delay: float
-    send: bool
-    #: Seconds between the moment the run fell due and the moment it was planned.
-    lateness: float = 0.0
-
-
-def _lateness(entry: beat.ScheduleEntry) -> float:
-    """Seconds since the run of ``entry`` fell due (0 when it cannot be told)."""
-    try:
-        remaining = entry.schedule.remaining_estimate(entry.last_run_at)
-    except Exception:
-        return 0.0
-    return max(-float(remaining.total_seconds()), 0.0)
-
-
-def _utc_iso(moment: datetime) -> str:
-    return str(maybe_make_aware(moment).astimezone(timezone.utc).isoformat())
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGTERM/SIGINT between commit and publish, so a stop cannot lose a committed run.
-
-    Only the main thread receives signals in Python; elsewhere this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = {signal.SIGTERM, signal.SIGINT}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    def _continue(self, entry: beat.ScheduleEntry, stored: StoredState) -> None:
+        name = entry.name
+        found = continuation(stored, self._max_seen.get(name, 0), self.future_tolerance)
+        if found.problem:
+            kind = "entry-data" if stored.state is None else "entry-time"
+            self._report(f"entry:{name}", kind, f"entry {name!r}: {found.problem}")
+        if found.last_run_at is not None:
+            entry.last_run_at = found.last_run_at.astimezone(self.app.timezone)
+        entry.total_run_count = found.total_run_count
+        self._see(name, found.total_run_count)
+        if not found.published and self._marks.get(name) != found.total_run_count:
+            self._outbox.add(Pending(name, found.total_run_count, entry))

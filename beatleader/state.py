@@ -13,30 +13,43 @@ Guarantees:
 * A batch commits only while this instance's session is alive and its contender node exists
   (a paused or partitioned ex-leader's node is gone, so its batch fails), and only if nobody
   wrote any of its entries since this instance read them.
-* A batch commits whole or not at all. Batches larger than ``max_ops_per_commit`` are split;
-  each split carries its own check, so a failure stops the batches after it.
-* Failures are returned as values (:class:`CommitOutcome`), never raised, except for
-  connection errors which callers treat as "not committed".
+* A batch commits whole or not at all. Batches larger than ``max_ops_per_commit`` are split,
+  each with its own check.
+* **One bad write does not block the others**: a write refused on its own (version conflict, a
+  read-only ACL on one znode, a name ZooKeeper rejects) is taken out and the rest of its batch is
+  sent again; the refused ones are reported in :class:`CommitOutcome` (``conflicts``, ``failed``).
+* **A lost reply is not a lost batch**: a connection error while a batch is in flight ends the
+  commit, the batches committed before it are reported as committed, the batch in flight as
+  ``uncertain`` (it may or may not have committed; a reload tells), the rest as not tried.
+  Nothing is raised for it: :meth:`StateStore.commit` returns values only.
+* :meth:`StateStore.load` validates every entry znode (:meth:`EntryState.parse`); unreadable data
+  is returned as a :class:`StoredState` with ``state=None``, its version, mtime and the reason,
+  never as "no state": the scheduler decides what it may continue from (``planning.py``).
 
-Not guaranteed: that a committed run is published. The scheduler publishes after the commit; a
-crash between the two loses that run (at most once, never twice).
+Not guaranteed here: that a committed run is published; the scheduler's outbox does that (a run
+is committed with ``published=false`` and marked once it is out).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (
     BadVersionError,
+    ConnectionClosedError,
+    ConnectionLoss,
+    KazooException,
     NodeExistsError,
     NoNodeError,
+    OperationTimeoutError,
     RolledBackError,
     RuntimeInconsistency,
+    SessionExpiredError,
 )
+from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import ZnodeStat
 
 from beatleader import layout
@@ -48,6 +61,18 @@ NOT_APPLIED = (RolledBackError, RuntimeInconsistency)
 #: Contender nodes are never rewritten, so their data version stays 0 for their whole life.
 CONTENDER_NODE_VERSION = 0
 
+#: What a request can raise when the connection or session fails under it.
+CONNECTION_ERRORS = (KazooException, KazooTimeoutError)
+
+#: The errors that mean "no answer" rather than "ZooKeeper refused this one request".
+SESSION_ERRORS = (
+    ConnectionLoss,
+    ConnectionClosedError,
+    SessionExpiredError,
+    OperationTimeoutError,
+    RuntimeInconsistency,
+)
+
 
 @dataclass(frozen=True)
 class StoredState:
@@ -55,6 +80,10 @@ class StoredState:
 
     state: EntryState | None
     version: int
+    #: ZooKeeper server time (epoch seconds) of the znode's last write.
+    mtime: float = 0.0
+    #: Why ``state`` is None: the data is unreadable ("" when it is readable).
+    problem: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,14 +101,36 @@ class CommitOutcome:
 
     #: entry name -> new znode version, for every write that committed.
     committed: dict[str, int] = field(default_factory=dict)
+    #: entry name -> ZooKeeper server time (epoch s) of its commit, where the reply says it.
+    mtimes: dict[str, float] = field(default_factory=dict)
     #: The fence failed: the own contender node is gone (or was never there).
     lost_leadership: bool = False
     #: Entries somebody else wrote since they were read (version conflict).
     conflicts: list[str] = field(default_factory=list)
+    #: entry name -> why ZooKeeper refused its write (not a conflict: ACL, bad name, ...).
+    failed: dict[str, str] = field(default_factory=dict)
+    #: Writes whose batch was in flight when the connection failed: committed or not, unknown.
+    uncertain: list[str] = field(default_factory=list)
+    #: The connection error that ended the commit ("" when none).
+    error: str = ""
+    #: Monotonic time the commit was sent (set by the caller that timed it).
+    started: float = 0.0
+
+    def merge(self, other: CommitOutcome) -> None:
+        """Add ``other`` (a later commit of the same tick) to this outcome."""
+        self.committed.update(other.committed)
+        self.mtimes.update(other.mtimes)
+        self.lost_leadership = self.lost_leadership or other.lost_leadership
+        self.conflicts.extend(other.conflicts)
+        self.failed.update(other.failed)
+        self.uncertain.extend(other.uncertain)
+        self.error = self.error or other.error
 
     @property
     def ok(self) -> bool:
-        return not self.lost_leadership and not self.conflicts
+        return not (
+            self.lost_leadership or self.conflicts or self.failed or self.uncertain or self.error
+        )
 
 
 class StateStore:
@@ -105,57 +156,110 @@ class StateStore:
         ]
         states: dict[str, StoredState] = {}
         for child, result in pending:
+            name = layout.unquote_entry_name(child)
             try:
                 data, stat = result.get()
             except NoNodeError:
                 continue
-            name = layout.unquote_entry_name(child)
-            states[name] = StoredState(EntryState.decode(data), stat.version)
+            except KazooException as exc:
+                if isinstance(exc, SESSION_ERRORS):
+                    raise
+                found = self._unreadable(child, exc)  # e.g. an ACL that denies reading it
+                if found is not None:
+                    states[name] = found
+                continue
+            state, problem = EntryState.parse(data)
+            states[name] = StoredState(state, stat.version, stat.mtime / 1000.0, problem)
         return states
 
-    def publish_schedule(self, fingerprint: str, entry_names: list[str]) -> None:
-        """Record which entries the schedule ``fingerprint`` holds, for ``beatleader status``.
+    def _unreadable(self, child: str, exc: Exception) -> StoredState | None:
+        """An entry whose data cannot be read: its version and mtime still bound its state."""
+        stat = self._client.exists(f"{self._entries_path}/{child}")
+        if stat is None:
+            return None
+        return StoredState(None, stat.version, stat.mtime / 1000.0, f"cannot be read: {exc!r}")
 
-        The node is content-addressed (one per fingerprint, never rewritten), so a follower
-        writing it cannot disturb anything: it is not schedule state.
-        """
-        path = layout.schedule_path(self._root, fingerprint)
-        with contextlib.suppress(NodeExistsError):
-            self._client.create(path, json.dumps(entry_names).encode(), makepath=True)
+    def server_time(self) -> float:
+        """ZooKeeper's server time now (epoch s): the ``mtime`` of a write to the clock node."""
+        path = layout.clock_path(self._root)
+        try:
+            stat = self._client.set(path, b"")
+        except NoNodeError:
+            with contextlib.suppress(NodeExistsError):
+                self._client.create(path, b"", makepath=True)
+            stat = self._client.set(path, b"")
+        return float(stat.mtime) / 1000.0
 
     def commit(self, fence_node: str, writes: Sequence[Write]) -> CommitOutcome:
         """Write ``writes`` under the fence of ``fence_node``; see the module docstring."""
         outcome = CommitOutcome()
-        if any(write.expected_version is None for write in writes):
-            self._client.ensure_path(self._entries_path)  # first run of some entry
         size = self.max_ops_per_commit
+        try:
+            if any(write.expected_version is None for write in writes):
+                self._client.ensure_path(self._entries_path)  # first run of some entry
+        except CONNECTION_ERRORS as exc:
+            outcome.error = repr(exc)
+            return outcome
         for start in range(0, len(writes), size):
-            self._commit_batch(fence_node, writes[start : start + size], outcome)
-            if not outcome.ok:
-                break
+            batch = list(writes[start : start + size])
+            try:
+                self._commit_isolated(fence_node, batch, outcome)
+            except CONNECTION_ERRORS as exc:
+                outcome.uncertain.extend(w.name for w in batch if w.name not in outcome.committed)
+                outcome.error = repr(exc)
+                return outcome
+            if outcome.lost_leadership:
+                return outcome
         return outcome
+
+    def _commit_isolated(self, fence_node: str, batch: list[Write], outcome: CommitOutcome) -> None:
+        """Commit ``batch``; take out every write refused on its own and send the rest again."""
+        while batch:
+            refused = self._commit_batch(fence_node, batch, outcome)
+            if not refused or outcome.lost_leadership:
+                return
+            batch = [write for write in batch if write.name not in refused]
 
     def _commit_batch(
         self, fence_node: str, batch: Sequence[Write], outcome: CommitOutcome
-    ) -> None:
+    ) -> set[str]:
+        """One transaction; returns the names of the writes refused on their own (if any)."""
         transaction = self._client.transaction()
         transaction.check(fence_node, CONTENDER_NODE_VERSION)
+        sent: list[Write] = []
+        refused: set[str] = set()
         for write in batch:
             path = layout.entry_path(self._root, write.name)
-            if write.expected_version is None:
-                transaction.create(path, write.state.encode())
-            else:
-                transaction.set_data(path, write.state.encode(), version=write.expected_version)
+            try:
+                if write.expected_version is None:
+                    transaction.create(path, write.state.encode())
+                else:
+                    transaction.set_data(path, write.state.encode(), version=write.expected_version)
+            except (ValueError, TypeError) as exc:  # kazoo refuses the path before sending
+                outcome.failed[write.name] = f"invalid znode path {path!r}: {exc}"
+                refused.add(write.name)
+                continue
+            sent.append(write)
+        if not sent:
+            return refused
         fence_result, *results = transaction.commit()
         if isinstance(fence_result, Exception) and not isinstance(fence_result, NOT_APPLIED):
             outcome.lost_leadership = True
-            return
-        for write, result in zip(batch, results, strict=True):
+            return refused
+        for write, result in zip(sent, results, strict=True):
             if isinstance(result, ZnodeStat):
                 outcome.committed[write.name] = result.version
+                outcome.mtimes[write.name] = result.mtime / 1000.0
             elif isinstance(result, str):  # create returns the path; a new znode is version 0
                 outcome.committed[write.name] = 0
             elif isinstance(result, BadVersionError | NodeExistsError | NoNodeError):
                 outcome.conflicts.append(write.name)
+                refused.add(write.name)
             elif not isinstance(result, NOT_APPLIED):
-                raise result
+                outcome.failed[write.name] = repr(result)
+                refused.add(write.name)
+        if not refused:  # a failed transaction always names its culprit; never drop silently
+            for write in sent:
+                if write.name not in outcome.committed:
+                    outcome.failed[write.name] = "not applied, and ZooKeeper named no reason"
+        return refused

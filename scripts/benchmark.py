@@ -19,7 +19,8 @@ one after the other:
 3. **PersistentScheduler**: one instance alone for ``--baseline-seconds`` (steady lateness),
    then N-1 more join on the same schedule and the duplicates are counted for
    ``--dup-seconds``. It has no failover to measure.
-4. **Throughput** (``--entries`` entries, each due every 1 s, Redis broker, no worker):
+4. **Throughput** (for each count in ``--entries``, default 1,000 and 4,000: that many entries,
+   each due every 1 s, Redis broker, no worker):
    beatleader xN vs one PersistentScheduler. After the first full round and ``--warmup``
    seconds, ``LLEN celery`` is sampled every 0.1 s for ``--throughput-seconds``; sends/s is its
    least-squares slope (the two endpoints alone are off by up to one burst of all entries).
@@ -100,6 +101,9 @@ QUEUE = "celery"
 SENT_MS_HEADER = "bench_sent_ms"  # bench_app.SENT_MS_HEADER
 LATE_MS_HEADER = "bench_late_ms"  # bench_app.LATE_MS_HEADER
 STARTUP_TIMEOUT = 90.0
+#: The first throughput round may take this long per entry (celery's PersistentScheduler
+#: compares every entry with its copy on every tick: quadratic in the entry count).
+FIRST_ROUND_S_PER_ENTRY = 0.06
 LATE_MS = 1000
 STARTED = time.monotonic()
 
@@ -246,8 +250,21 @@ class Failover:
 
 
 def failover(sends: Sequence[Send], event: Event) -> Failover:
-    """Signal -> first send by another instance, and the largest gap across the change."""
-    takeover = next((s for s in sends if s.sent_ms >= event.at_ms and s.pid != event.victim), None)
+    """Signal -> first new run sent by another instance, and the largest gap across the change.
+
+    A new run is a task id not sent before the signal: the successor republishing the victim's
+    last run (the outbox, same task id; counted under repeated task ids) is not the schedule
+    going on, and the run after it, late by the failover, belongs to the failover window.
+    """
+    seen = {s.task_id for s in sends if s.sent_ms < event.at_ms}
+    takeover = next(
+        (
+            s
+            for s in sends
+            if s.sent_ms >= event.at_ms and s.pid != event.victim and s.task_id not in seen
+        ),
+        None,
+    )
     if takeover is None:
         return Failover(event, None, None, None)
     before = [s.sent_ms for s in sends if s.sent_ms < event.at_ms][-1:]
@@ -380,7 +397,9 @@ def run_timeline(ctx: Context, label: str, scheduler: str) -> TimelineResult:
     sleep_until(end)
     stop_all(beats)
     sends = [s for s in read_sends(broker, start) if s.sent_ms <= end]
-    return analyse_timeline(label, (start, end), sends, events)
+    result = analyse_timeline(label, (start, end), sends, events)
+    progress(f"  steady lateness p50/p99 {quantiles(result.lateness)}")
+    return result
 
 
 @dataclass
@@ -450,18 +469,21 @@ class ThroughputResult:
 LLEN_EVERY = 0.1
 
 
-def run_throughput(ctx: Context, label: str, scheduler: str, count: int) -> ThroughputResult:
-    """``--entries`` entries due every second on the Redis broker; count what gets queued."""
-    entries, window = ctx.args.entries, ctx.args.throughput_seconds
+def run_throughput(
+    ctx: Context, label: str, scheduler: str, count: int, entries: int
+) -> ThroughputResult:
+    """``entries`` entries due every second on the Redis broker; count what gets queued."""
+    window = ctx.args.throughput_seconds
     progress(f"throughput {label} x{count}: {entries} entries, warm-up, {window:g} s window")
     client = ctx.redis()
     client.flushall()
     schedule = json.dumps({f"e{i:05d}": {"every": INTERVAL_S} for i in range(entries)})
-    env = {"TEST_SCHEDULE": schedule, "BEATLEADER_PATH": f"/bench/throughput-{label}"}
-    beats = ctx.fleet.start(f"throughput-{label}", count, scheduler, env, loglevel="WARNING")
+    env = {"TEST_SCHEDULE": schedule, "BEATLEADER_PATH": f"/bench/throughput-{label}-{entries}"}
+    name = f"throughput-{label}-{entries}"
+    beats = ctx.fleet.start(name, count, scheduler, env, loglevel="WARNING")
     wait_for(
         lambda: client.llen(QUEUE) >= entries,
-        STARTUP_TIMEOUT,
+        max(STARTUP_TIMEOUT, entries * FIRST_ROUND_S_PER_ENTRY),
         interval=0.1,
         message=f"a first round of {entries} sends",
     )
@@ -470,7 +492,9 @@ def run_throughput(ctx: Context, label: str, scheduler: str, count: int) -> Thro
     stop_all(beats)
     sends = queued_sends(client)
     client.flushall()
-    return throughput_result(label, count, entries, samples, sends)
+    result = throughput_result(label, count, entries, samples, sends)
+    progress(f"  {result.sends_per_s:,.0f} sends/s, lateness p50/p99 {quantiles(result.lateness)}")
+    return result
 
 
 def sample_llen(client: redis.Redis, seconds: float) -> list[tuple[int, int]]:
@@ -603,8 +627,14 @@ def timeline_rows(res: Results) -> list[Row]:
 
 
 def throughput_rows(results: Sequence[ThroughputResult]) -> list[Row]:
-    by = {r.label: r for r in results}
-    bl, ps = by.get("beatleader"), by.get("persistent")
+    rows: list[Row] = []
+    for entries in sorted({r.entries for r in results}):
+        by = {r.label: r for r in results if r.entries == entries}
+        rows += throughput_rows_of(by.get("beatleader"), by.get("persistent"))
+    return rows
+
+
+def throughput_rows_of(bl: ThroughputResult | None, ps: ThroughputResult | None) -> list[Row]:
     if bl is None or ps is None:
         return []
     return [
@@ -653,10 +683,11 @@ def ratio_pairs(res: Results) -> list[tuple[str, str, float | None, float | None
         pairs.append((f"lateness p{q}", "PersistentScheduler", mine, percentile(ps.lateness, q)))
         if rb is not None:
             pairs.append((f"lateness p{q}", "redbeat", mine, percentile(rb.lateness, q)))
-    by = {r.label: r for r in res.throughput}
-    if "beatleader" in by and "persistent" in by:
-        tp = (by["beatleader"].sends_per_s, by["persistent"].sends_per_s)
-        pairs.append(("throughput", "PersistentScheduler", *tp))
+    for entries in sorted({r.entries for r in res.throughput}):
+        by = {r.label: r for r in res.throughput if r.entries == entries}
+        if "beatleader" in by and "persistent" in by:
+            tp = (by["beatleader"].sends_per_s, by["persistent"].sends_per_s)
+            pairs.append((f"throughput {entries:,}", "PersistentScheduler", *tp))
     return pairs
 
 
@@ -745,7 +776,7 @@ def settings_line(args: argparse.Namespace) -> str:
         f"--seconds {args.seconds:g} --session-timeout {args.session_timeout:g} "
         f"--instances {args.instances} --signal-phase {args.signal_phase:g} "
         f"--baseline-seconds {args.baseline_seconds:g} --dup-seconds {args.dup_seconds:g} "
-        f"--entries {args.entries} --warmup {args.warmup:g} "
+        f"--entries {' '.join(map(str, args.entries))} --warmup {args.warmup:g} "
         f"--throughput-seconds {args.throughput_seconds:g}"
         + (" --skip-redbeat" if args.skip_redbeat else "")
         + (" --skip-throughput" if args.skip_throughput else "")
@@ -810,7 +841,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=10,
         help="how long N PersistentSchedulers run together to count duplicates",
     )
-    add("--entries", type=int, default=1000, help="entries (each every 1 s) for throughput")
+    add(
+        "--entries",
+        type=int,
+        nargs="+",
+        default=[1000, 4000],
+        help="entry counts (each entry every 1 s) of the throughput phases",
+    )
     add("--warmup", type=float, default=5, help="throughput warm-up after the first round")
     add("--throughput-seconds", type=float, default=15, help="throughput measuring window")
     add("--skip-redbeat", action="store_true", help="do not run the redbeat timeline")
@@ -862,12 +899,13 @@ def run_all(ctx: Context, load_start: tuple[float, float, float]) -> Results:
     beatleader = run_timeline(ctx, "beatleader", BEATLEADER)
     redbeat = None if args.skip_redbeat else run_timeline(ctx, "redbeat", REDBEAT)
     persistent = run_persistent(ctx)
-    throughput = []
+    throughput: list[ThroughputResult] = []
     if not args.skip_throughput:
-        throughput = [
-            run_throughput(ctx, "beatleader", BEATLEADER, args.instances),
-            run_throughput(ctx, "persistent", PERSISTENT, 1),
-        ]
+        for entries in args.entries:
+            throughput += [
+                run_throughput(ctx, "beatleader", BEATLEADER, args.instances, entries),
+                run_throughput(ctx, "persistent", PERSISTENT, 1, entries),
+            ]
     return Results(beatleader, redbeat, persistent, throughput, load_start, os.getloadavg())
 
 

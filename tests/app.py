@@ -164,3 +164,47 @@ def append_execution(log_path: str | None, name: str, task_id: str | None) -> No
 
 app = make_app(os.environ)
 record = app.tasks[RECORD_TASK]
+
+
+# -- test-only faults in the scheduler ------------------------------------------------------------
+
+from beatleader.scheduler import Scheduler as _BeatleaderScheduler  # noqa: E402
+
+
+class FaultScheduler(_BeatleaderScheduler):
+    """``beatleader.Scheduler`` with faults injected from the environment (tests only).
+
+    ``TEST_CLOCK_SKEW``
+        seconds added to this instance's wall clock (``Scheduler.local_time``).
+    ``TEST_PAUSE_BEFORE_PUBLISH``
+        seconds to sleep after the first commit with runs to publish, before they are published
+        (once per process; logs ``test: pausing before publishing``), so a test can SIGKILL or
+        SIGSTOP the process there.
+    ``TEST_SLOW_PUBLISH``
+        seconds every publish takes (logs ``test: publishing slowly``), inside the gap where
+        SIGTERM must be held.
+    """
+
+    def local_time(self) -> float:
+        return super().local_time() + float(os.environ.get("TEST_CLOCK_SKEW") or 0)
+
+    _paused = False
+
+    def _publish_outbox(self) -> None:
+        pause = float(os.environ.get("TEST_PAUSE_BEFORE_PUBLISH") or 0)
+        if pause and self.unpublished() and not self._paused:
+            self._paused = True
+            _test_log(f"test: pausing before publishing {self.unpublished()}")
+            time.sleep(pause)
+        super()._publish_outbox()
+
+    def publish_run(self, entry: Any, ordinal: int) -> str:
+        slow = float(os.environ.get("TEST_SLOW_PUBLISH") or 0)
+        if slow:
+            _test_log(f"test: publishing slowly run {ordinal} of {entry.name}")
+            time.sleep(slow)
+        return super().publish_run(entry, ordinal)
+
+
+def _test_log(line: str) -> None:
+    os.write(2, f"{line}\n".encode())

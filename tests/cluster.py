@@ -51,6 +51,34 @@ def assert_exact_runs(messages: Sequence[SentMessage], root: str, entry: str) ->
     assert set(ids) == run_ids(root, entry, len(ids)), "runs are not 1..N exactly"
 
 
+def assert_runs_at_least_once(
+    messages: Sequence[SentMessage], root: str, entry: str, max_duplicates: int
+) -> int:
+    """Every run 1..N of ``entry`` was sent, none missing; returns how many sends repeated one.
+
+    A crash or a lost session leaves the leader's last published run unmarked, and its successor
+    publishes it again with the same task id (the outbox: at least once); ``max_duplicates``
+    bounds that, typically one per such fault.
+    """
+    ids = [m.task_id for m in messages]
+    distinct = set(ids)
+    assert distinct == run_ids(root, entry, len(distinct)), "runs are not 1..N: one is missing"
+    duplicates = len(ids) - len(distinct)
+    assert duplicates <= max_duplicates, f"{duplicates} repeated sends: {ids}"
+    return duplicates
+
+
+def first_sends(messages: Sequence[SentMessage]) -> list[SentMessage]:
+    """``messages`` without the repeats of a task id already sent (republished runs)."""
+    seen: set[str] = set()
+    first = []
+    for message in messages:
+        if message.task_id not in seen:
+            seen.add(message.task_id)
+            first.append(message)
+    return first
+
+
 def start_instances(
     beats: Any, client: KazooClient, root: str, count: int, env: dict[str, str] | None = None
 ) -> list[BeatProcess]:

@@ -26,7 +26,13 @@ from kazoo.client import KazooClient
 
 from beatleader.testing.localzk import ZooKeeperServer
 from scripts.topology import Instance, NativeTopology
-from tests.cluster import assert_exact_runs, every, now_ms, schedule_env, sender_pid
+from tests.cluster import (
+    assert_runs_at_least_once,
+    every,
+    now_ms,
+    schedule_env,
+    sender_pid,
+)
 from tests.harness import (
     REPO_ROOT,
     BeatProcess,
@@ -197,8 +203,9 @@ def test_topology_survives_zookeeper_server_loss_and_quorum_loss(
     assert status_check(topology) == 0
     assert_all_alive(topology.beats)
 
-    assert broker.duplicates() == []
-    assert_exact_runs(broker.for_entry(ENTRY), root, ENTRY)
+    # at least once: a leader whose session expired with the quorum may leave its last run
+    # unmarked, and whoever leads next republishes it (same task id)
+    assert_runs_at_least_once(broker.for_entry(ENTRY), root, ENTRY, max_duplicates=1)
 
 
 # -- the container deployment --------------------------------------------------------------------

@@ -16,7 +16,9 @@ import pytest
 from tests.cluster import (
     ENTRY,
     assert_exact_runs,
+    assert_runs_at_least_once,
     every,
+    first_sends,
     leader_process,
     now_ms,
     one_second_env,
@@ -74,7 +76,8 @@ def test_sigkill_of_the_leader_fails_over_within_the_session_timeout(
     assert latency <= SESSION_TIMEOUT + 1, f"next send {latency:.2f} s after SIGKILL"
     after = [m for m in broker.for_entry(ENTRY) if m.sent_ms > killed_at]
     assert {sender_pid(m) for m in after} == {sender_pid(first)}
-    assert_exact_runs(broker.for_entry(ENTRY), zk_root, ENTRY)
+    # the killed leader's last run was not marked published yet: republished once at most
+    assert_runs_at_least_once(broker.for_entry(ENTRY), zk_root, ENTRY, max_duplicates=1)
 
 
 def test_a_leader_paused_past_its_session_sends_nothing_and_rejoins_as_follower(
@@ -98,7 +101,7 @@ def test_a_leader_paused_past_its_session_sends_nothing_and_rejoins_as_follower(
     assert old.alive
     late = [m for m in broker.for_entry(ENTRY) if m.sent_ms > paused_at]
     assert old.pid not in {sender_pid(m) for m in late}
-    assert_exact_runs(broker.for_entry(ENTRY), zk_root, ENTRY)
+    assert_runs_at_least_once(broker.for_entry(ENTRY), zk_root, ENTRY, max_duplicates=1)
     assert old.log_matches(r"stopped leading")
 
 
@@ -157,7 +160,10 @@ def test_misfire_grace_skips_a_run_overdue_at_takeover(
     (last,) = wait_for_messages(broker, entry, 1, timeout=20)
     old = leader_process(processes, zk_client, zk_root)
     old.kill()  # the run due 3 s later falls in the 5 s failover window
-    takeover, following = wait_for_messages(broker, entry, 2, timeout=25, after_ms=last.sent_ms)
+    wait_for(
+        lambda: len(first_sends(broker.for_entry(entry))) >= 3, 25, message="2 runs after last"
+    )
+    takeover, following = first_sends(broker.for_entry(entry))[1:3]
 
     gap = (takeover.sent_ms - last.sent_ms) / 1000
     state = entry_state(zk_client, zk_root, entry)
@@ -171,7 +177,8 @@ def test_misfire_grace_skips_a_run_overdue_at_takeover(
         assert state["skipped_count"] == 1
         assert new.log_matches(r"skipping 'every three seconds'")
     assert 2.5 <= (following.sent_ms - takeover.sent_ms) / 1000 <= 3.6
-    assert_exact_runs(broker.for_entry(entry), zk_root, entry)
+    # the last run before the kill may be republished (grace None), or given up (grace 1 s)
+    assert_runs_at_least_once(broker.for_entry(entry), zk_root, entry, max_duplicates=1)
 
 
 def test_entry_names_with_spaces_slashes_and_non_ascii(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from kazoo.client import KazooClient
+from kazoo.security import make_acl
 
-from beatleader.layout import EntryState
+from beatleader.layout import EntryState, entry_path
 from beatleader.state import StateStore, Write
 from tests.harness import contender_prefix
 
@@ -42,12 +45,60 @@ def test_commit_fails_whole_when_the_fence_node_is_gone(zk_client, zk_root, fenc
     assert store.load() == {}
 
 
-def test_commit_reports_a_version_conflict_and_writes_nothing(zk_client, zk_root, fence) -> None:
+def test_a_version_conflict_is_reported_and_does_not_block_the_rest(
+    zk_client, zk_root, fence
+) -> None:
     store = StateStore(zk_client, zk_root)
     store.commit(fence, [Write("a", _state(1), None), Write("b", _state(1), None)])
     outcome = store.commit(fence, [Write("a", _state(2), 0), Write("b", _state(2), 7)])
-    assert outcome.conflicts == ["b"] and not outcome.committed and not outcome.lost_leadership
-    assert store.load()["a"].state == _state(1)
+    assert outcome.conflicts == ["b"] and outcome.committed == {"a": 1}
+    assert not outcome.lost_leadership and not outcome.ok
+    loaded = store.load()
+    assert loaded["a"].state == _state(2) and loaded["b"].state == _state(1)
+
+
+def test_a_read_only_entry_does_not_block_its_batch(zk_client, zk_root, fence) -> None:
+    store = StateStore(zk_client, zk_root)
+    names = [f"e{i}" for i in range(5)]
+    store.commit(fence, [Write(n, _state(1), None) for n in names])
+    zk_client.set_acls(entry_path(zk_root, "e2"), [make_acl("world", "anyone", read=True)])
+    outcome = store.commit(fence, [Write(n, _state(2), 0) for n in names])
+    assert set(outcome.failed) == {"e2"} and "NoAuth" in outcome.failed["e2"]
+    assert sorted(outcome.committed) == ["e0", "e1", "e3", "e4"]
+    loaded = store.load()
+    assert [loaded[n].state.total_run_count for n in names] == [2, 2, 1, 2, 2]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"garbage",
+        b"[]",
+        b'{"total_run_count": "7"}',
+        b'{"total_run_count": true}',
+        b'{"total_run_count": -1}',
+        b'{"total_run_count": 1e309}',
+        b'{"total_run_count": 3, "last_run_at": "yesterday"}',
+        b'{"total_run_count": 3, "last_run_at": "2026-01-01T00:00:00"}',
+        b'{"total_run_count": 3, "published": "no"}',
+        b"\xff\xfe",
+    ],
+)
+def test_load_reports_unreadable_entry_data_with_version_and_mtime(
+    zk_client, zk_root, fence, data: bytes
+) -> None:
+    store = StateStore(zk_client, zk_root)
+    store.commit(fence, [Write("a", _state(4), None)])
+    zk_client.set(entry_path(zk_root, "a"), data)
+    found = store.load()["a"]
+    assert found.state is None and found.problem and found.version == 1
+    assert abs(found.mtime - time.time()) < 60
+
+
+def test_server_time_is_zookeepers_clock(zk_client, zk_root) -> None:
+    store = StateStore(zk_client, zk_root)
+    assert abs(store.server_time() - time.time()) < 5  # same machine: same clock
+    assert abs(store.server_time() - time.time()) < 5  # the node exists now: set only
 
 
 def test_large_batches_are_split_and_all_commit(zk_client, zk_root, fence) -> None:

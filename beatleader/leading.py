@@ -1,0 +1,442 @@
+"""The leader's half of the tick: plan, commit, publish from the outbox, mark (steps 3 to 6).
+
+:class:`LeadingScheduler` is the base of :class:`beatleader.Scheduler`, which adds the celery hooks,
+the ZooKeeper session, the takeover and the clock; the algorithm and its guarantees are described
+in ``scheduler.py``'s docstring, the pure decisions (outbox, marks, backoff) in ``planning.py``.
+
+Guarantees kept here: a run is put in the outbox only once its state (``published=false``) has
+committed; it leaves the outbox only when the broker accepted it (``apply_async`` raised nothing),
+and only then is it marked published; a commit and the publishes after it run with SIGTERM/SIGINT
+held; a run older than the publish window is committed again before it is published.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import heapq
+import logging
+import time
+from typing import Any
+
+from celery import beat
+from celery.utils.time import maybe_make_aware
+from kombu.exceptions import OperationalError
+
+from beatleader import layout, sigmask
+from beatleader.config import Settings
+from beatleader.election import LeaderElection
+from beatleader.layout import EntryState
+from beatleader.observe import Observers
+from beatleader.planning import Backoff, Marks, Outbox, Pending, Run, lateness_of, utc_iso
+from beatleader.state import CommitOutcome, StateStore, StoredState, Write
+
+logger = logging.getLogger("beatleader.scheduler")
+
+
+class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
+    """Steps 3 to 6 of the tick; :class:`beatleader.Scheduler` is the class to use."""
+
+    #: A committed run is published only within this fraction of the session timeout after its
+    #: commit (monotonic clock); later it is committed again first, or left to the successor.
+    publish_window_fraction = 0.5
+    #: First and longest delay between publish attempts of a run the broker refused.
+    publish_retry_first = 0.25
+    publish_retry_max = 5.0
+    #: First and longest delay before writing again an entry whose write ZooKeeper refused.
+    entry_retry_first = 1.0
+    entry_retry_max = 60.0
+    #: Seconds a published run's mark waits for its entry's next commit to carry it.
+    mark_delay = 1.5
+
+    settings: Settings
+    observers: Observers
+    _store: StateStore | None
+    _election: LeaderElection | None
+    _stored: dict[str, StoredState]
+    _loaded_generation: int
+    _next_probe: float
+    _heap: list[Any] | None
+    old_schedulers: dict[str, Any] | None
+
+    def _init_leading(self, session_timeout: float) -> None:
+        window = session_timeout * self.publish_window_fraction
+        self._outbox = Outbox(window, Backoff(self.publish_retry_first, self.publish_retry_max))
+        self._marks = Marks(self.mark_delay)
+        self._broker_backoff = Backoff(self.publish_retry_first, self.publish_retry_max)
+        self._entry_backoff = Backoff(self.entry_retry_first, self.entry_retry_max)
+        self._max_seen: dict[str, int] = {}
+        self._reported: dict[str, str] = {}
+
+    def _on_server_clock(self, entry: beat.ScheduleEntry) -> None:
+        raise NotImplementedError
+
+    def _probe_clock(self) -> None:
+        raise NotImplementedError
+
+    def _report(self, key: str, kind: str, detail: str, level: int = logging.ERROR) -> None:
+        """Log ``detail`` and tell the observers, once per change of ``detail`` under ``key``."""
+        if self._reported.get(key) == detail:
+            return
+        self._reported[key] = detail
+        logger.log(level, "beatleader: %s", detail)
+        self.observers.problem(kind, detail)
+
+    def _see(self, name: str, ordinal: int) -> None:
+        if ordinal > self._max_seen.get(name, 0):
+            self._max_seen[name] = ordinal
+
+    # -- leading --------------------------------------------------------------------------------
+
+    def _run_due(self) -> float:
+        """Steps 3 to 6."""
+        if self._heap is None or not self.schedules_equal(self.old_schedulers, self.schedule):
+            for entry in self.schedule.values():
+                self._on_server_clock(entry)
+            self.old_schedulers = copy.copy(self.schedule)
+            self.populate_heap()
+        now = time.monotonic()
+        if now >= self._next_probe:
+            self._probe_clock()
+        runs = [self._plan(entry, delay) for entry, delay in self._pop_due()]
+        broker_ready = self._broker_backoff.ready("broker", now)
+        renewals = self._outbox.to_renew(now) if broker_ready else []
+        marks = [
+            (name, ordinal)
+            for name, ordinal in self._marks.ripe(now)
+            if self._entry_backoff.ready(name, now)
+        ]
+        if runs or renewals or marks:
+            if any(run.send for run in runs):
+                _ = self.producer  # connect to the broker before committing, not in the gap
+            self._commit_and_publish(runs, renewals, marks)
+        elif broker_ready and len(self._outbox):
+            with sigmask.deferred():
+                self._publish_outbox()
+        return self._time_to_next()
+
+    def _pop_due(self) -> list[tuple[beat.ScheduleEntry, float]]:
+        """Every heap event whose time has come and whose entry agrees it is due."""
+        heap = self._heap
+        assert heap is not None
+        due: list[tuple[beat.ScheduleEntry, float]] = []
+        not_yet: list[tuple[beat.ScheduleEntry, float]] = []
+        while heap and heap[0][0] <= self._when(heap[0][2], 0):
+            entry = heapq.heappop(heap)[2]
+            if self.schedule.get(entry.name) is not entry or entry.name in self._outbox:
+                continue  # a stale event, or held until its run is out (then queued again)
+            retry_at = self._entry_backoff.not_before(entry.name)
+            if retry_at is not None and retry_at > time.monotonic():
+                not_yet.append((entry, retry_at - time.monotonic()))  # its write failed lately
+                continue
+            try:
+                is_due, next_time_to_run = self.is_due(entry)
+            except Exception:  # one broken entry must not stop the others
+                logger.exception(
+                    "beatleader: cannot tell when %r is due; trying again in %g s",
+                    entry.name,
+                    self.max_interval,
+                )
+                is_due, next_time_to_run = False, self.max_interval
+            (due if is_due else not_yet).append((entry, next_time_to_run))
+        for entry, delay in not_yet:
+            heapq.heappush(heap, beat.event_t(self._when(entry, delay), 5, entry))
+        return due
+
+    def _time_to_next(self) -> float:
+        now = time.monotonic()
+        waits = [float(self.max_interval)]
+        if self._heap:
+            when, _, entry = self._heap[0]
+            waits.append(max(when - self._when(entry, 0), 0.0))
+        outbox = self._outbox.next_attempt(now)
+        if outbox is not None:
+            broker = (self._broker_backoff.not_before("broker") or now) - now
+            waits.append(max(outbox, broker, 0.0))
+        marks = self._marks.next_ripe(now)
+        if marks is not None:
+            waits.append(marks)
+        return min(waits)
+
+    def _plan(self, entry: beat.ScheduleEntry, delay: float) -> Run:
+        """Step 4: send this run, or skip it when it is later than the misfire grace."""
+        grace = self.settings.misfire_grace
+        lateness = lateness_of(entry)
+        if grace is not None and lateness > grace:
+            logger.warning(
+                "beatleader: skipping %r: due %.1f s ago, more than misfire_grace %g s",
+                entry.name,
+                lateness,
+                grace,
+            )
+            return Run(
+                self.Entry(**dict(entry, last_run_at=entry.default_now())), delay, False, lateness
+            )
+        return Run(next(entry), delay, True, lateness)
+
+    def _write_for(self, run: Run) -> Write:
+        stored = self._stored.get(run.entry.name)
+        previous = stored.state if stored is not None else None
+        last_task_id: str | None
+        if run.send:
+            last_task_id, skipped = self._task_id(run.entry.name, run.entry.total_run_count), 0
+        else:  # a skip keeps the last sent task's id and counts itself
+            last_task_id, skipped = (previous.last_task_id if previous else None), 1
+        state = EntryState(
+            last_run_at=utc_iso(run.entry.last_run_at),
+            total_run_count=run.entry.total_run_count,
+            last_task_id=last_task_id,
+            written_by=self.settings.identity,
+            skipped_count=(previous.skipped_count if previous else 0) + skipped,
+            published=not run.send,
+        )
+        return Write(run.entry.name, state, stored.version if stored is not None else None)
+
+    def _renew_write(self, pending: Pending, abandon: bool = False) -> Write | None:
+        """The same unpublished run, committed again: proves the fence before a late publish.
+
+        ``abandon``: the run is later than ``misfire_grace``; it is given up as celery gives up a
+        misfired run: recorded as done (``published=true``) without publishing it.
+        """
+        stored = self._stored.get(pending.name)
+        if stored is None or stored.state is None:
+            return None
+        state = dataclasses.replace(
+            stored.state, written_by=self.settings.identity, published=abandon
+        )
+        return Write(pending.name, state, stored.version)
+
+    def _too_late(self, pending: Pending) -> bool:
+        grace = self.settings.misfire_grace
+        if grace is None or pending.entry.last_run_at is None:
+            return False
+        late = (
+            pending.entry.default_now() - maybe_make_aware(pending.entry.last_run_at)
+        ).total_seconds()
+        if late <= grace:
+            return False
+        logger.warning(
+            "beatleader: giving up run %d of %r: committed %.1f s ago and not known to be "
+            "published, more than misfire_grace %g s",
+            pending.ordinal,
+            pending.name,
+            late,
+            grace,
+        )
+        return True
+
+    def _mark_write(self, name: str, ordinal: int) -> Write | None:
+        stored = self._stored.get(name)
+        if stored is None or stored.state is None or stored.state.total_run_count != ordinal:
+            self._marks.discard(name)
+            return None
+        state = dataclasses.replace(stored.state, published=True, written_by=self.settings.identity)
+        return Write(name, state, stored.version)
+
+    def _commit_and_publish(
+        self, runs: list[Run], renewals: list[Pending], marks: list[tuple[str, int]]
+    ) -> None:
+        """Steps 5 and 6, per batch: a fenced commit, then every publishable outbox run.
+
+        Publishing each batch right after its commit keeps every run well inside its publish
+        window however many runs are due at once.
+        """
+        assert self._store is not None and self._election is not None
+        fence = self._election.node
+        if fence is None:
+            self._election.step_down("no contender node")
+            return
+        planned = {run.entry.name for run in runs}
+        extra = [self._renew_write(p, self._too_late(p)) for p in renewals]
+        for pending, write in zip(renewals, extra, strict=True):
+            if write is None:  # nothing to renew from: never spin on it
+                self._outbox.failed(pending.name, time.monotonic())
+        extra += [self._mark_write(n, o) for n, o in marks if n not in planned]
+        writes = [self._write_for(run) for run in runs] + [w for w in extra if w is not None]
+        runs_by_name = {run.entry.name: run for run in runs}
+        renewing = {p.name: p for p in renewals}
+        total = CommitOutcome()
+        size = self._store.max_ops_per_commit
+        for first in range(0, len(writes), size):  # commit a batch, publish it, then the next
+            chunk = writes[first : first + size]
+            with sigmask.deferred():
+                outcome = self._commit_chunk(fence, chunk)
+                for write in chunk:
+                    if write.name not in outcome.committed:
+                        continue
+                    if write.name in runs_by_name:
+                        self._settle(runs_by_name[write.name], outcome.started)
+                    elif write.name in renewing:
+                        self._renewed(renewing[write.name], write, outcome.started)
+                    else:
+                        self._marks.discard(write.name)
+                self._publish_outbox()
+            total.merge(outcome)
+            if outcome.lost_leadership or outcome.error:
+                break  # the later batches were not tried: a reload or a new leader plans them
+        self._after_commit(total, runs)
+
+    def _commit_chunk(self, fence: str, chunk: list[Write]) -> CommitOutcome:
+        assert self._store is not None
+        started = time.monotonic()
+        outcome = self._store.commit(fence, chunk)
+        outcome.started = started
+        if outcome.committed:
+            self.observers.committed(len(outcome.committed), time.monotonic() - started)
+        self._adopt(chunk, outcome)
+        return outcome
+
+    def _renewed(self, pending: Pending, write: Write, committed_at: float) -> None:
+        if write.state.published:  # given up past misfire_grace
+            self._outbox.published(pending.name)
+            self._requeue(pending)
+        else:
+            self._outbox.renewed(pending.name, committed_at)
+
+    def _adopt(self, writes: list[Write], outcome: CommitOutcome) -> None:
+        for write in writes:
+            version = outcome.committed.get(write.name)
+            if version is not None:
+                mtime = outcome.mtimes.get(write.name, 0.0)
+                self._stored[write.name] = StoredState(write.state, version, mtime)
+                self._entry_backoff.succeeded(write.name)
+
+    def _settle(self, run: Run, committed_at: float) -> None:
+        """A run committed: adopt its entry; a send goes to the outbox, a skip back on the heap."""
+        entry = run.entry
+        self.schedule[entry.name] = entry
+        self._marks.discard(entry.name)  # the new state supersedes the previous run's mark
+        self._see(entry.name, entry.total_run_count)
+        if run.send:
+            ordinal = entry.total_run_count
+            pending = Pending(entry.name, ordinal, entry, run.lateness, committed_at, run.delay)
+            self._outbox.add(pending)
+            return
+        self.observers.skipped(entry.name, run.lateness)
+        assert self._heap is not None
+        heapq.heappush(self._heap, beat.event_t(self._when(entry, run.delay), 5, entry))
+
+    def _after_commit(self, outcome: CommitOutcome, runs: list[Run]) -> None:
+        """What a commit that was not wholly fine means for leadership, state and entries."""
+        assert self._election is not None
+        if outcome.lost_leadership:
+            self._election.step_down("the fence failed: own contender node is gone")
+            return
+        now = time.monotonic()
+        by_name = {run.entry.name: run for run in runs}
+        for name, why in outcome.failed.items():
+            delay = self._entry_backoff.failed(name, now)
+            self._report(
+                f"write:{name}",
+                "entry-write",
+                f"ZooKeeper refused the state of entry {name!r} ({why}); the other entries go "
+                f"on, this one is retried with backoff",
+            )
+            if name in by_name and self._heap is not None:
+                entry = self.schedule[name]  # unchanged: the run was not committed
+                heapq.heappush(self._heap, beat.event_t(self._when(entry, delay), 5, entry))
+            elif name in self._outbox:
+                self._outbox.failed(name, now)
+        if outcome.conflicts:
+            for name in outcome.conflicts:
+                self._entry_backoff.failed(name, now)  # a writer racing us cannot spin the tick
+            logger.warning("beatleader: %s written by someone else; reloading", outcome.conflicts)
+            self._loaded_generation = 0
+        if outcome.uncertain or outcome.error:
+            logger.warning(
+                "beatleader: the connection failed during a commit (%s); %d write(s) may or may "
+                "not have committed: reloading, committed runs will be published from the state",
+                outcome.error,
+                len(outcome.uncertain),
+            )
+            self._loaded_generation = 0
+
+    def _publish_outbox(self) -> None:
+        """Publish every outbox run this leader committed within the publish window."""
+        if not self._broker_backoff.ready("broker", time.monotonic()):
+            return
+        election = self._election
+        for pending in self._outbox.attempts_due(time.monotonic()):
+            if election is None or not election.is_leader:
+                return  # stepped down (resigned, suspended, fence failed): leave it to the next
+            if not self._outbox.fresh(pending, time.monotonic()):
+                logger.info(
+                    "beatleader: run %d of %r is past its publish window (%.1f s after its "
+                    "commit); it is committed again (fenced) before it is published",
+                    pending.ordinal,
+                    pending.name,
+                    self._outbox.window,
+                )
+                continue
+            try:
+                task_id = self.publish_run(pending.entry, pending.ordinal)
+            except Exception as exc:
+                if not self._publish_failed(pending, exc):
+                    return
+                continue
+            self._published(pending, task_id)
+
+    def publish_run(self, entry: beat.ScheduleEntry, ordinal: int) -> str:
+        """Publish run ``ordinal`` of ``entry`` with its task id and run headers; raise if not."""
+        task_id = self._task_id(entry.name, ordinal)
+        message = copy.copy(entry)
+        headers = {
+            **(entry.options.get("headers") or {}),
+            **layout.run_headers(self.settings.path, entry.name, ordinal),
+        }
+        message.options = {**entry.options, "task_id": task_id, "headers": headers}
+        logger.info("Scheduler: Sending due task %s (%s)", entry.name, entry.task)
+        self.apply_async(message, producer=self.producer, advance=False)
+        return task_id
+
+    def _published(self, pending: Pending, task_id: str) -> None:
+        now = time.monotonic()
+        self._outbox.published(pending.name)
+        self._broker_backoff.succeeded("broker")
+        self._marks.add(pending.name, pending.ordinal, now)
+        self.observers.sent(pending.name, task_id, pending.lateness)
+        self._requeue(pending)
+
+    def _requeue(self, pending: Pending) -> None:
+        """An entry whose run left the outbox goes back on the heap."""
+        entry, delay = pending.entry, pending.delay
+        if self.schedule.get(pending.name) is not entry or self._heap is None:
+            return
+        if delay is None:
+            with contextlib.suppress(Exception):
+                is_due, delay = self.is_due(entry)
+                delay = 0.0 if is_due else delay
+        heapq.heappush(self._heap, beat.event_t(self._when(entry, delay or 0.0), 5, entry))
+
+    def _publish_failed(self, pending: Pending, exc: Exception) -> bool:
+        """Back off; returns whether to go on with the other runs (False: the broker is down)."""
+        now = time.monotonic()
+        broker_down = self._is_broker_error(exc)
+        delay = (self._broker_backoff if broker_down else self._outbox.retry).failed(
+            "broker" if broker_down else pending.name, now
+        )
+        logger.warning(
+            "beatleader: could not publish run %d of %r (%s); it stays committed and "
+            "unpublished, next attempt in %.2f s",
+            pending.ordinal,
+            pending.name,
+            exc,
+            delay,
+        )
+        self._report(
+            f"publish:{pending.name}", "publish", f"publish failed: {exc}", logging.WARNING
+        )
+        return not broker_down
+
+    def _is_broker_error(self, exc: BaseException) -> bool:
+        errors = (OperationalError, ConnectionError, OSError, *self.connection.connection_errors)
+        seen: BaseException | None = exc
+        while seen is not None:
+            if isinstance(seen, errors):
+                return True
+            seen = seen.__cause__ or seen.__context__
+        return False
+
+    def _task_id(self, name: str, ordinal: int) -> str:
+        return layout.run_task_id(self.settings.path, name, ordinal)

@@ -1,0 +1,197 @@
+"""The outbox, entry-data validation and batch isolation, with an in-process scheduler.
+
+A real ZooKeeper (the suite's); the scheduler runs in this process on kombu's ``memory://``
+broker, and a subclass records what it published and can make the broker fail. Real-process
+fault injection (proxies, signals, a stopped Redis) is in ``test_outbox_faults.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from kazoo.client import KazooClient
+from kazoo.security import make_acl
+from kombu.exceptions import OperationalError
+
+from beatleader import layout
+from beatleader.config import Settings
+from beatleader.layout import EntryState
+from beatleader.observe import Observer, Observers
+from beatleader.scheduler import Scheduler
+from tests.app import make_app
+from tests.harness import entry_state, wait_for
+
+
+class Recorder(Observer):
+    def __init__(self) -> None:
+        self.problems: list[tuple[str, str]] = []
+        self.sent_ids: list[str] = []
+
+    def problem(self, kind: str, detail: str) -> None:
+        self.problems.append((kind, detail))
+
+    def sent(self, entry: str, task_id: str, lateness: float) -> None:
+        self.sent_ids.append(task_id)
+
+
+class Recording(Scheduler):
+    """Records published task ids; ``broker_down`` makes publishing fail as a dead broker does."""
+
+    broker_down = False
+    published: list[str]
+
+    def publish_run(self, entry: Any, ordinal: int) -> str:
+        if self.broker_down:
+            raise OperationalError("broker unreachable (test)")
+        task_id = super().publish_run(entry, ordinal)
+        self.published.append(task_id)
+        return task_id
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def make_scheduler(zk_server, zk_root, recorder) -> Iterator[Any]:
+    made: list[Recording] = []
+
+    def make(schedule: dict[str, Any]) -> Recording:
+        app = make_app({"TEST_SCHEDULE": json.dumps(schedule)}, set_as_current=False)
+        settings = Settings.from_app(
+            app, zk_hosts=zk_server.hosts, path=zk_root, session_timeout=2.0
+        )
+        scheduler = Recording(
+            app, beatleader_settings=settings, beatleader_observers=Observers(recorder)
+        )
+        scheduler.published = []
+        made.append(scheduler)
+        wait_for(lambda: scheduler.tick() == 0.0 and scheduler.is_leader, 20, message="leads")
+        return scheduler
+
+    yield make
+    for scheduler in made:
+        scheduler.close()
+
+
+def ids(root: str, name: str, *ordinals: int) -> list[str]:
+    return [layout.run_task_id(root, name, n) for n in ordinals]
+
+
+def run_until(scheduler: Recording, condition: Any, timeout: float = 10) -> None:
+    def step() -> bool:
+        time.sleep(min(scheduler.tick(), 0.05))
+        return bool(condition())
+
+    wait_for(step, timeout, message="condition while ticking")
+
+
+def write_state(client: KazooClient, root: str, name: str, data: bytes) -> None:
+    client.ensure_path(layout.entries_path(root))
+    client.create(layout.entry_path(root, name), data)
+
+
+def test_a_committed_unpublished_run_is_published_by_the_next_leader_with_its_id(
+    make_scheduler, zk_client, zk_root, recorder
+) -> None:
+    now = datetime.now(timezone.utc).isoformat()
+    state = EntryState(now, 7, "x", "gone", published=False)
+    write_state(zk_client, zk_root, "e", state.encode())
+    scheduler = make_scheduler({"e": {"every": 3600}})
+    run_until(scheduler, lambda: scheduler.published)
+    assert scheduler.published == ids(zk_root, "e", 7)  # run 7 again, not a new run 8
+    run_until(scheduler, lambda: entry_state(zk_client, zk_root, "e")["published"], 10)
+    assert entry_state(zk_client, zk_root, "e")["total_run_count"] == 7
+    assert recorder.sent_ids == ids(zk_root, "e", 7)
+
+
+def test_a_broker_failure_keeps_the_run_unpublished_and_retries_it(
+    make_scheduler, zk_client, zk_root, recorder
+) -> None:
+    scheduler = make_scheduler({"e": {"every": 0.2}})
+    run_until(scheduler, lambda: len(scheduler.published) >= 2)
+    scheduler.broker_down = True
+    run_until(scheduler, lambda: scheduler.unpublished())
+    held = scheduler.unpublished()["e"]
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:  # 10 intervals: the entry is held, not re-run
+        time.sleep(min(scheduler.tick(), 0.05))
+    stored = entry_state(zk_client, zk_root, "e")
+    assert stored["total_run_count"] == held and stored["published"] is False
+    assert any(kind == "publish" for kind, _ in recorder.problems)
+    scheduler.broker_down = False
+    run_until(scheduler, lambda: ids(zk_root, "e", held)[0] in scheduler.published)
+    run_until(scheduler, lambda: len(scheduler.published) >= held + 2)
+    assert scheduler.published == ids(zk_root, "e", *range(1, len(scheduler.published) + 1))
+
+
+@pytest.mark.parametrize("data", [b"garbage", b'{"total_run_count": -5}', b'{"x": 1e999}'])
+def test_unreadable_entry_data_never_restarts_the_ordinals(
+    make_scheduler, zk_client, zk_root, recorder, data: bytes
+) -> None:
+    write_state(zk_client, zk_root, "e", EntryState(None, 41, None, "old").encode())
+    for _ in range(3):  # version 3: no committed run can be above ordinal 4
+        zk_client.set(layout.entry_path(zk_root, "e"), data)
+    scheduler = make_scheduler({"e": {"every": 0.2}})
+    run_until(scheduler, lambda: len(scheduler.published) >= 2)
+    assert scheduler.published[:2] == ids(zk_root, "e", 5, 6)
+    problems = [detail for kind, detail in recorder.problems if kind == "entry-data"]
+    assert len(problems) == 1 and "unreadable" in problems[0]
+    assert entry_state(zk_client, zk_root, "e")["total_run_count"] >= 6  # repaired
+
+
+def test_a_last_run_at_in_the_future_is_reported_not_obeyed(
+    make_scheduler, zk_client, zk_root, recorder
+) -> None:
+    future = EntryState("2027-06-01T00:00:00+00:00", 3, None, "skewed")
+    write_state(zk_client, zk_root, "e", future.encode())
+    scheduler = make_scheduler({"e": {"every": 1}})
+    run_until(scheduler, lambda: scheduler.published, timeout=5)
+    assert scheduler.published == ids(zk_root, "e", 4)
+    assert [kind for kind, _ in recorder.problems] == ["entry-time"]
+
+
+def test_a_read_only_entry_backs_off_and_does_not_block_the_others(
+    make_scheduler, zk_client, zk_root, recorder
+) -> None:
+    write_state(zk_client, zk_root, "locked", EntryState(None, 0, None, "x").encode())
+    zk_client.set_acls(
+        layout.entry_path(zk_root, "locked"), [make_acl("world", "anyone", read=True)]
+    )
+    scheduler = make_scheduler({"locked": {"every": 0.2}, "free": {"every": 0.2}})
+    started = time.monotonic()
+    run_until(scheduler, lambda: len(scheduler.published) >= 6)
+    assert set(scheduler.published) <= set(ids(zk_root, "free", *range(1, 20)))
+    writes = [d for kind, d in recorder.problems if kind == "entry-write"]
+    assert len(writes) == 1 and "locked" in writes[0]  # once per change, not per attempt
+    failures = scheduler._entry_backoff.failures("locked")
+    elapsed = time.monotonic() - started
+    assert 1 <= failures <= 2 + elapsed  # backoff 1 s, 2 s, 4 s...: never a tight loop
+
+
+def test_close_from_another_thread_writes_the_pending_marks(
+    make_scheduler, zk_client, zk_root
+) -> None:
+    scheduler = make_scheduler({"e": {"every": 0.5}})
+    run_until(
+        scheduler, lambda: (entry_state(zk_client, zk_root, "e") or {}).get("published") is False
+    )
+
+    def loop() -> None:
+        while not scheduler._closed:
+            time.sleep(min(scheduler.tick(), 0.05))
+
+    ticking = threading.Thread(target=loop)
+    ticking.start()
+    scheduler.close()  # as EmbeddedBeat.stop() does, from another thread
+    ticking.join(10)
+    state = entry_state(zk_client, zk_root, "e")
+    assert state["published"] is True
+    assert scheduler.published == ids(zk_root, "e", *range(1, state["total_run_count"] + 1))
