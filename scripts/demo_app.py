@@ -19,6 +19,8 @@ Configured by environment variables, read at import:
 
 beatleader's own settings come from ``BEATLEADER_*`` variables (see ``beatleader/config.py``).
 
+``beatleader.dedup.install(app)`` guards the task: a run republished after a failover executes once.
+
 Guarantees: every execution logs one line ``ran <entry> id=<task id> sent-by=<origin>`` and, when
 the same task id runs twice in this worker process, one ``DUPLICATE`` warning (with ``--pool=solo``
 a worker is one process, so that catches every duplicate it receives).
@@ -35,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery, Task
+
+import beatleader.dedup
 
 APP_NAME = "demo"
 TASK_NAME = "demo_app.tick"
@@ -89,6 +93,9 @@ app.conf.update(
     beat_schedule=beat_schedule(os.environ),
     **broker_config(os.environ),
 )
+# The worker guard: each run executes once, also when a new leader republishes the last run of a
+# leader that crashed (publication is at least once). Workers reach ZooKeeper like the beats do.
+beatleader.dedup.install(app)
 
 
 @app.task(name=TASK_NAME, bind=True)

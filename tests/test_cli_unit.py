@@ -200,6 +200,7 @@ def test_status_json_shape(
             "last_task_id": "t-1",
             "written_by": "alpha",
             "skipped_count": 1,
+            "published": True,  # written without the field (before the outbox): reads as published
             "scheduled": None,  # the simulated contenders published no schedule
             "schedule": None,
             "task": None,

@@ -232,7 +232,8 @@ def test_hostname_mismatch_is_named_and_can_be_turned_off(wrong_name_zk, pki, zk
     done, elapsed = cli(wrong_name_zk.hosts, zk_root, "status", "--timeout", CLI_TIMEOUT, *flags)
     assert_named_failure(done, elapsed, "not valid for the name '127.0.0.1'", "check_hostname")
     done, _ = cli(wrong_name_zk.hosts, zk_root, "status", *flags, "--no-zk-tls-check-hostname")
-    assert done.returncode == 1, done.stderr  # connected; nobody leads there
+    # Connected and read: the app's path does not exist there (nothing contends), exit 2 naming it.
+    assert done.returncode == 2 and "does not exist" in done.stderr, done.stderr
 
 
 def test_tls_client_to_a_plaintext_server_is_named(zk_server, pki, zk_root) -> None:
@@ -253,7 +254,8 @@ def test_encrypted_client_key(tls_zk, pki, zk_root) -> None:
     )
     done, _ = cli(tls_zk.hosts, zk_root, "status", *as_flags(encrypted),
                   "--zk-tls-key-password", "client-secret")  # fmt: skip
-    assert done.returncode == 1, done.stderr  # connected; nobody leads there
+    # Connected and read: the app's path does not exist there (nothing contends), exit 2 naming it.
+    assert done.returncode == 2 and "does not exist" in done.stderr, done.stderr
     with pytest.raises(ConfigError) as caught:
         make_client(Settings.from_app(None, **encrypted, zk_tls_key_password="wrong-Pass-9"))
     assert "wrong-Pass-9" not in str(caught.value)

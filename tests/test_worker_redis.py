@@ -1,4 +1,9 @@
-"""End to end on Redis: 3 beats, a real worker, a SIGKILLed leader, executions counted exactly."""
+"""End to end on Redis: 3 beats, a real worker, a SIGKILLed leader, executions counted exactly.
+
+Publication is at least once (the successor republishes the killed leader's last, unmarked run
+with the same task id); the worker guard (``beatleader.dedup.install``) makes execution exactly
+once. Both halves together are what this test counts.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ def test_each_run_executes_exactly_once_across_a_crash_failover(
     env = {
         "TEST_BROKER_DIR": "",
         "TEST_REDIS_URL": redis_server.url,
+        "TEST_DEDUP": "1",
         **schedule_env(**{ENTRY: every(1)}),
     }
     workers(env=env).wait_ready()
