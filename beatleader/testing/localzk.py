@@ -29,6 +29,7 @@ import atexit
 import re
 import shutil
 import socket
+import ssl
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -300,7 +301,7 @@ class ZooKeeperServer:
         only when nothing arrived.
         """
         chunks: list[bytes] = []
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+        with self.four_letter_socket(timeout) as sock:
             sock.sendall(cmd.encode("ascii"))
             deadline = time.monotonic() + timeout
             try:
@@ -312,10 +313,14 @@ class ZooKeeperServer:
                     chunks.append(chunk)
                     if cmd == "ruok" and b"".join(chunks) == b"imok":
                         break
-            except (TimeoutError, ConnectionResetError):
+            except (TimeoutError, ConnectionResetError, ssl.SSLError):
                 if not chunks:
                     raise TimeoutError(f"no answer to {cmd!r} from {self.hosts}") from None
         return b"".join(chunks).decode("utf-8", errors="replace")
+
+    def four_letter_socket(self, timeout: float) -> socket.socket:
+        """A connected socket for one four-letter word (a subclass may wrap it in TLS)."""
+        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
 
     def connections(self) -> list[dict[str, Any]]:
         """The ``cons`` output, one dict per client connection (see :func:`parse_cons`)."""

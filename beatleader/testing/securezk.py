@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,29 +140,14 @@ class SecureZooKeeperServer(ZooKeeperServer):
             )
         return context
 
-    def four_letter(self, cmd: str, timeout: float = 2.0) -> str:
-        """Like :meth:`ZooKeeperServer.four_letter`, through TLS when the server is TLS-only."""
+    def four_letter_socket(self, timeout: float) -> socket.socket:
+        """Like :meth:`ZooKeeperServer.four_letter_socket`, through TLS when TLS-only."""
+        raw = super().four_letter_socket(timeout)
         context = self.client_context()
         if context is None:
-            return super().four_letter(cmd, timeout)
-        chunks: list[bytes] = []
-        raw = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+            return raw
         try:
-            sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+            return context.wrap_socket(raw, server_hostname="127.0.0.1")
         except (ssl.SSLError, OSError):
             raw.close()
             raise
-        with sock:
-            sock.sendall(cmd.encode("ascii"))
-            deadline = time.monotonic() + timeout
-            try:
-                while True:
-                    sock.settimeout(max(0.01, deadline - time.monotonic()))
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-            except (TimeoutError, ConnectionResetError, ssl.SSLError):
-                if not chunks:
-                    raise TimeoutError(f"no answer to {cmd!r} from {self.hosts}") from None
-        return b"".join(chunks).decode("utf-8", errors="replace")
