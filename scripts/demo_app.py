@@ -61,8 +61,11 @@ def broker_config(environ: Mapping[str, str]) -> dict[str, Any]:
         return {"broker_url": "memory://"}
     base = Path(folder)
     (base / "processed").mkdir(parents=True, exist_ok=True)
+    from beatleader.testing import fstransport  # a checkout's tooling: not in the Docker image
+
+    fstransport.register()  # kombu's filesystem transport, with atomic puts
     return {
-        "broker_url": "filesystem://",
+        "broker_url": f"{fstransport.SCHEME}://",
         "broker_transport_options": {
             "data_folder_in": str(base),
             "data_folder_out": str(base),

@@ -44,6 +44,7 @@ from celery import Celery, Task
 from celery.schedules import crontab, schedule
 
 from beatleader import dedup
+from beatleader.testing import fstransport
 from tests import dedup_tasks
 
 APP_NAME = "beatleader_tests"
@@ -84,7 +85,8 @@ def build_config(environ: Mapping[str, str]) -> dict[str, Any]:
     redis_url = environ.get("TEST_REDIS_URL")
     if broker_dir:
         folder = Path(broker_dir)
-        conf["broker_url"] = "filesystem://"
+        fstransport.register()  # kombu's filesystem transport, with atomic puts
+        conf["broker_url"] = f"{fstransport.SCHEME}://"
         conf["broker_transport_options"] = {
             "data_folder_in": str(folder),
             "data_folder_out": str(folder),

@@ -268,12 +268,14 @@ class FilesystemBroker:
 
     def messages(self) -> list[SentMessage]:
         """Every task message sent so far, pending or consumed, sorted by ``sent_ms``."""
-        found = []
+        found: dict[str, SentMessage] = {}
         for path in self.message_files():
             message = self._read(path)
             if message is not None:
-                found.append(message)
-        return sorted(found, key=lambda m: (m.sent_ms, m.path.name))
+                # A message the worker moves to processed/ between the two listings is seen in
+                # both: one file name is one message (a republish always makes a new file).
+                found.setdefault(path.name, message)
+        return sorted(found.values(), key=lambda m: (m.sent_ms, m.path.name))
 
     def _read(self, path: Path) -> SentMessage | None:
         match = _MSG_NAME.match(path.name)
