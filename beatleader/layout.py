@@ -11,8 +11,9 @@ Under an app's root path (``/beatleader/<app.main>`` by default)::
                                         of one schedule version (older versions: a JSON list of
                                         the names); content-addressed, written once by any
                                         instance (``schedules.py``).
-    clock                               persistent, empty; the leader writes it to read
-                                        ZooKeeper's server time (its ``mtime``); ``planning.py``.
+    clock                               persistent JSON {identity, local_time}; the leader writes it
+                                        to read ZooKeeper's server time (its ``mtime``);
+                                        ``planning.py``, ``clockview.py``.
     dedup/<quoted entry>/...            workers' run claims (``dedup.install``, ``claims.py``).
 
 Entry names are percent-quoted so that any Celery entry name (spaces, slashes, non-ASCII) is a

@@ -30,6 +30,7 @@ def render_status(status: Status, where: str, wide: bool = False) -> str:
     sections = [
         f"ZooKeeper {where}  path {status.root}  (times UTC)",
         _leader_line(status.leader, wide),
+        *_clock_lines(status, wide),
         "",
         "Contenders (queue order):",
         _indent(contender_table(status.contenders, wide)),
@@ -43,6 +44,14 @@ def render_status(status: Status, where: str, wide: bool = False) -> str:
             lines = textwrap.wrap(cell(warning), WRAP - 4) or [""]
             sections += [f"  ! {lines[0]}", *(f"    {line}" for line in lines[1:])]
     return "\n".join(sections)
+
+
+def _clock_lines(status: Status, wide: bool) -> list[str]:
+    clock = status.clock
+    if clock is None:
+        return []
+    line = f"Clock: {cell(clock.describe())}" + (f" (probe at {clock.at})" if wide else "")
+    return [line if wide else _cut(line, WRAP)]
 
 
 def _leader_line(leader: Contender | None, wide: bool) -> str:

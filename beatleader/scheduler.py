@@ -59,6 +59,7 @@ from kazoo.exceptions import KazooException
 
 from beatleader import layout, sigmask
 from beatleader._version import __version__
+from beatleader.clockview import clock_note
 from beatleader.config import ConfigError, Settings
 from beatleader.election import LeaderElection
 from beatleader.layout import ContenderInfo
@@ -275,7 +276,7 @@ class Scheduler(LeadingScheduler):
         self._next_probe = time.monotonic() + self.clock_probe_interval
         before = self.local_time()
         try:
-            server = self._store.server_time()
+            server = self._store.server_time(clock_note(self.settings.identity, before))
         except KazooException as exc:
             if isinstance(exc, SESSION_ERRORS):
                 raise

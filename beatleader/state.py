@@ -179,15 +179,16 @@ class StateStore:
             return None
         return StoredState(None, stat.version, stat.mtime / 1000.0, f"cannot be read: {exc!r}")
 
-    def server_time(self) -> float:
-        """ZooKeeper's server time now (epoch s): the ``mtime`` of a write to the clock node."""
+    def server_time(self, note: bytes = b"") -> float:
+        """ZooKeeper's server time now (epoch s): the ``mtime`` of a write of ``note`` to the
+        clock node (``clockview.clock_note``: who wrote it and its own clock, for ``status``)."""
         path = layout.clock_path(self._root)
         try:
-            stat = self._client.set(path, b"")
+            stat = self._client.set(path, note)
         except NoNodeError:
             with contextlib.suppress(NodeExistsError):
-                self._client.create(path, b"", makepath=True)
-            stat = self._client.set(path, b"")
+                self._client.create(path, note, makepath=True)
+            stat = self._client.set(path, note)
         return float(stat.mtime) / 1000.0
 
     def commit(self, fence_node: str, writes: Sequence[Write]) -> CommitOutcome:

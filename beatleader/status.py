@@ -37,6 +37,7 @@ from typing import Any
 from kazoo.exceptions import BadArgumentsError, NoNodeError
 from kazoo.protocol.states import ZnodeStat
 
+from beatleader.clockview import ClockReading, clock_warnings, read_clock
 from beatleader.contenders import contender_sequence, ignored_reason, sorted_contenders
 from beatleader.diagnose import status_warnings
 from beatleader.layout import (
@@ -160,6 +161,8 @@ class Status:
     ignored: tuple[IgnoredNode, ...] = field(default=())
     #: False when ``root`` itself does not exist (a typo in --path, or nothing ever ran there).
     exists: bool = True
+    #: The last leader's clock probe (its skew to ZooKeeper's clock), when there is one.
+    clock: ClockReading | None = None
 
     @property
     def leader(self) -> Contender | None:
@@ -191,6 +194,7 @@ class Status:
             "entries": [e.as_dict() for e in self.entries],
             "scheduled_names": None if names is None else sorted(names),
             "warnings": list(self.warnings),
+            "clock": self.clock.as_dict() if self.clock else None,
         }
 
 
@@ -220,8 +224,16 @@ def read_status(client: Any, root: str) -> Status:
     entries = _with_plans(read_entries(client, root), schedules, scheduled)
     warnings = [f"ignoring election node {i.node!r}: {i.reason}" for i in ignored]
     warnings += status_warnings(root, contenders, entries, scheduled)
+    clock = read_clock(client, root)
+    warnings += clock_warnings(clock)
     return Status(
-        root, tuple(contenders), tuple(entries), scheduled, tuple(warnings), tuple(ignored)
+        root,
+        tuple(contenders),
+        tuple(entries),
+        scheduled,
+        tuple(warnings),
+        tuple(ignored),
+        clock=clock,
     )
 
 

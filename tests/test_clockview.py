@@ -1,0 +1,47 @@
+"""``status`` shows how far the leader's clock is from ZooKeeper's: skew is shown, never obeyed."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from beatleader import layout
+from beatleader.clockview import clock_note, read_clock
+from beatleader.status import read_status
+from tests.cluster import ENTRY, every, schedule_env, wait_for_messages
+from tests.harness import FilesystemBroker, wait_for
+
+FAULTS = "tests.app.FaultScheduler"
+
+
+def test_a_skewed_leader_is_shown_and_warned_about(beats, zk_client, zk_root, broker_dir) -> None:
+    env = {**schedule_env(**{ENTRY: every(1)}), "TEST_CLOCK_SKEW": "45"}
+    beats(env=env, scheduler=FAULTS)
+    wait_for_messages(FilesystemBroker(broker_dir), ENTRY, 2, timeout=20)
+    wait_for(lambda: read_clock(zk_client, zk_root) is not None, 10, message="a clock probe")
+
+    status = read_status(zk_client, zk_root)
+    assert status.clock is not None
+    assert 43 <= status.clock.skew <= 47, status.clock
+    assert any("ahead of ZooKeeper's" in w for w in status.warnings), status.warnings
+    assert status.as_dict()["clock"]["skew"] == status.clock.skew
+
+
+def test_a_sound_clock_gives_no_warning_and_garbage_reads_as_none(zk_client, zk_root) -> None:
+    path = layout.clock_path(zk_root)
+    zk_client.create(path, clock_note("me:1", time.time()), makepath=True)
+    reading = read_clock(zk_client, zk_root)
+    assert reading is not None and abs(reading.skew) < 5 and reading.identity == "me:1"
+    assert not [w for w in read_status(zk_client, zk_root).warnings if "clock" in w]
+
+    for garbage in (
+        b"\xff",
+        b"[]",
+        b'{"identity": 1}',
+        json.dumps({"local_time": "x"}).encode(),
+        b'{"identity": "a", "local_time": NaN}',
+        b'{"identity": "a", "local_time": true}',
+    ):
+        zk_client.set(path, garbage)
+        assert read_clock(zk_client, zk_root) is None, garbage
+        assert read_status(zk_client, zk_root).clock is None
