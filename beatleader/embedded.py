@@ -233,7 +233,13 @@ class _Runner:
         while not self._stopping.is_set():
             try:
                 self._serve()
-            except (Exception, SystemExit):
+            except (ConfigError, SystemExit) as exc:  # an operator mistake: one line
+                logger.error(
+                    "beatleader: the embedded beat cannot start: %s; trying again in %g s",
+                    str(exc).removeprefix("beatleader: "),
+                    self._restart_delay,
+                )
+            except Exception:
                 logger.exception(
                     "beatleader: the embedded beat failed; restarting in %g s", self._restart_delay
                 )

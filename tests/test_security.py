@@ -348,6 +348,8 @@ def test_embedded_beat_with_a_tls_mistake_logs_and_never_raises(tls_zk, pki, zk_
         assert beat.start() is beat
         wait_for(lambda: "is not signed by a CA" in caplog.text, 30, message="cause not logged")
         assert beat.status()["running"] is True and not beat.is_leader
+        # an operator's mistake: one line naming it, no traceback
+        assert not [r for r in caplog.records if r.exc_info], caplog.text
     finally:
         beat.stop()
 
