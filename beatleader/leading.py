@@ -12,7 +12,6 @@ held; a run older than the publish window is committed again before it is publis
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import heapq
@@ -116,6 +115,22 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
                 self._publish_outbox()
         return self._time_to_next()
 
+    def safe_is_due(self, entry: beat.ScheduleEntry) -> tuple[bool, float]:
+        """``is_due(entry)``; when it raises, logged and "not due, ask again in max_interval".
+
+        One broken entry must not stop the others (celery before 5.7 let it stop the tick).
+        """
+        try:
+            is_due, next_time_to_run = self.is_due(entry)
+        except Exception:
+            logger.exception(
+                "beatleader: cannot tell when %r is due; trying again in %g s",
+                entry.name,
+                self.max_interval,
+            )
+            return False, float(self.max_interval)
+        return bool(is_due), float(next_time_to_run)
+
     def _pop_due(self) -> list[tuple[beat.ScheduleEntry, float]]:
         """Every heap event whose time has come and whose entry agrees it is due."""
         heap = self._heap
@@ -130,15 +145,7 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
             if retry_at is not None and retry_at > time.monotonic():
                 not_yet.append((entry, retry_at - time.monotonic()))  # its write failed lately
                 continue
-            try:
-                is_due, next_time_to_run = self.is_due(entry)
-            except Exception:  # one broken entry must not stop the others
-                logger.exception(
-                    "beatleader: cannot tell when %r is due; trying again in %g s",
-                    entry.name,
-                    self.max_interval,
-                )
-                is_due, next_time_to_run = False, self.max_interval
+            is_due, next_time_to_run = self.safe_is_due(entry)
             (due if is_due else not_yet).append((entry, next_time_to_run))
         for entry, delay in not_yet:
             heapq.heappush(heap, beat.event_t(self._when(entry, delay), 5, entry))
@@ -404,9 +411,8 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
         if self.schedule.get(pending.name) is not entry or self._heap is None:
             return
         if delay is None:
-            with contextlib.suppress(Exception):
-                is_due, delay = self.is_due(entry)
-                delay = 0.0 if is_due else delay
+            is_due, next_time_to_run = self.safe_is_due(entry)
+            delay = 0.0 if is_due else next_time_to_run
         heapq.heappush(self._heap, beat.event_t(self._when(entry, delay or 0.0), 5, entry))
 
     def _publish_failed(self, pending: Pending, exc: Exception) -> bool:

@@ -205,15 +205,7 @@ class Scheduler(LeadingScheduler):
         """
         self._heap = []
         for entry in self.schedule.values():
-            try:
-                is_due, delay = entry.is_due()
-            except Exception:
-                logger.exception(
-                    "beatleader: cannot tell when %r is due; trying again in %g s",
-                    entry.name,
-                    self.max_interval,
-                )
-                is_due, delay = False, self.max_interval
+            is_due, delay = self.safe_is_due(entry)
             self._heap.append(event_t(self._when(entry, 0 if is_due else delay) or 0, 5, entry))
         heapify(self._heap)
 
