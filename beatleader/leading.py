@@ -137,10 +137,14 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
         assert heap is not None
         due: list[tuple[beat.ScheduleEntry, float]] = []
         not_yet: list[tuple[beat.ScheduleEntry, float]] = []
+        popped: set[str] = set()
         while heap and heap[0][0] <= self._when(heap[0][2], 0):
             entry = heapq.heappop(heap)[2]
             if self.schedule.get(entry.name) is not entry or entry.name in self._outbox:
                 continue  # a stale event, or held until its run is out (then queued again)
+            if entry.name in popped:
+                continue  # a second event of the same entry: one run per entry and tick
+            popped.add(entry.name)
             retry_at = self._entry_backoff.not_before(entry.name)
             if retry_at is not None and retry_at > time.monotonic():
                 not_yet.append((entry, retry_at - time.monotonic()))  # its write failed lately
@@ -408,8 +412,11 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
     def _requeue(self, pending: Pending) -> None:
         """An entry whose run left the outbox goes back on the heap."""
         entry, delay = pending.entry, pending.delay
-        if self.schedule.get(pending.name) is not entry or self._heap is None:
+        current = self.schedule.get(pending.name)
+        if current is None or self._heap is None:
             return
+        if current is not entry:  # changed while its run was out (``dynamic.py``)
+            entry, delay = current, None
         if delay is None:
             is_due, next_time_to_run = self.safe_is_due(entry)
             delay = 0.0 if is_due else next_time_to_run

@@ -61,9 +61,9 @@ from beatleader import layout, sigmask
 from beatleader._version import __version__
 from beatleader.clockview import clock_note
 from beatleader.config import ConfigError, Settings
+from beatleader.dynamic import DynamicScheduler
 from beatleader.election import LeaderElection
 from beatleader.layout import ContenderInfo
-from beatleader.leading import LeadingScheduler
 from beatleader.observe import Observers
 from beatleader.peers import PeerWatch
 from beatleader.planning import Backoff, Pending, ServerClock, continuation
@@ -76,7 +76,7 @@ logger = logging.getLogger(__name__)
 ZOOKEEPER_ERRORS = CONNECTION_ERRORS
 
 
-class Scheduler(LeadingScheduler):
+class Scheduler(DynamicScheduler):
     """A celery beat scheduler that sends only while this instance leads; see the module doc."""
 
     #: Seconds to wait after a ZooKeeper error in the leader's tick (doubling up to the next).
@@ -135,6 +135,7 @@ class Scheduler(LeadingScheduler):
         #: calls ``close`` from its signal handler, in the middle of a tick).
         self._lead_lock = threading.RLock()
         self._init_leading(self.settings.session_timeout)
+        self._init_dynamic()
         self._error_backoff = Backoff(self.error_retry_delay, self.error_retry_max)
         self._clock = ServerClock()
         self._next_probe = 0.0
@@ -146,6 +147,7 @@ class Scheduler(LeadingScheduler):
         self._timezone = self.app.timezone  # read once: a lock-guarded property in celery
         self.merge_inplace(self.app.conf.beat_schedule)
         self.install_default_entries(self.schedule)
+        self._freeze_static()
         if self.settings.metrics_port is not None:  # validated: prometheus_client is installed
             from beatleader import metrics
 
@@ -168,7 +170,9 @@ class Scheduler(LeadingScheduler):
             try:
                 if election.generation != self._loaded_generation:
                     self._take_over(election.generation)
-                delay = self._run_due()
+                else:
+                    self._apply_changes()
+                delay = self._capped(self._run_due())
             except ZOOKEEPER_ERRORS as exc:
                 return self._zookeeper_error(exc)
         self._error_backoff.succeeded("tick")
@@ -374,6 +378,7 @@ class Scheduler(LeadingScheduler):
             self._on_server_clock(entry)
             if name in stored:
                 self._continue(entry, stored[name])
+        self._load_dynamic(stored)
         for name, ordinal in self._marks.items():
             found = stored.get(name)
             state = found.state if found is not None else None

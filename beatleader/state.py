@@ -172,6 +172,20 @@ class StateStore:
             states[name] = StoredState(state, stat.version, stat.mtime / 1000.0, problem)
         return states
 
+    def load_one(self, name: str) -> StoredState | None:
+        """One entry's stored state (None: it has none): one read."""
+        path = f"{self._entries_path}/{layout.quote_entry_name(name)}"
+        try:
+            data, stat = self._client.get(path)
+        except NoNodeError:
+            return None
+        except KazooException as exc:
+            if isinstance(exc, SESSION_ERRORS):
+                raise
+            return self._unreadable(layout.quote_entry_name(name), exc)
+        state, problem = EntryState.parse(data)
+        return StoredState(state, stat.version, stat.mtime / 1000.0, problem)
+
     def _unreadable(self, child: str, exc: Exception) -> StoredState | None:
         """An entry whose data cannot be read: its version and mtime still bound its state."""
         stat = self._client.exists(f"{self._entries_path}/{child}")
