@@ -11,6 +11,10 @@ Under an app's root path (``/beatleader/<app.main>`` by default)::
                                         of one schedule version (older versions: a JSON list of
                                         the names); content-addressed, written once by any
                                         instance (``schedules.py``).
+    sources/<source>                    persistent JSON object in the schedules/ format: the entries
+                                        a source of dynamic entries holds now (``django``: the
+                                        rows of django-celery-beat); written by the leader only,
+                                        fenced (``beatleader/django/describe.py``).
     clock                               persistent JSON {identity, local_time}; the leader writes it
                                         to read ZooKeeper's server time (its ``mtime``);
                                         ``planning.py``, ``clockview.py``.
@@ -34,10 +38,16 @@ ELECTION = "election"
 ENTRIES = "entries"
 SCHEDULES = "schedules"
 CLOCK = "clock"
+SOURCES = "sources"
 DEDUP = "dedup"
 
 #: Namespace of the deterministic task ids (uuid5 of path, entry name and run ordinal).
 TASK_ID_NAMESPACE = uuid.UUID("6f6c2d55-9b1e-4c1b-a7f4-626561746c64")
+
+
+def source_path(root: str, source: str) -> str:
+    """The descriptions of the dynamic entries of one source (``schedules.py`` format)."""
+    return f"{root}/{SOURCES}/{source}"
 
 
 def election_path(root: str) -> str:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Install what beatleader's demo and tests need on a Debian machine: ZooKeeper, Redis, Java,
+# PostgreSQL (its server binaries; the tests run their own throwaway cluster),
 # docker-compose (only to validate docker-compose.yml; no engine needed) and this package with
 # its dev extra. Safe to run again: it installs only what is missing.
 set -euo pipefail
@@ -10,6 +11,7 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)  # the django-celery-beat tests start their own PostgreSQL cluster
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # the TLS tests make their certificates
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing Debian packages: ${missing[*]}"

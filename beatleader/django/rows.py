@@ -1,0 +1,184 @@
+"""django-celery-beat's ``PeriodicTask`` rows as beatleader schedule entries.
+
+A row becomes a :class:`RowEntry`: a celery ``ScheduleEntry`` whose schedule, arguments and
+options come from django-celery-beat's own ``ModelEntry`` (interval, crontab, solar, clocked;
+``queue``/``exchange``/``routing_key``/``priority``, ``headers`` with ``periodic_task_name``,
+``expires``/``expire_seconds``), plus :class:`RowInfo`: what ``ModelEntry.is_due`` reads from the
+row (``one_off``, ``start_time``, ``expires``) and the row's own run count and change time.
+
+Guarantees: reading never writes (``ModelEntry`` disables a broken row with a ``save()``; here a
+broken row raises :class:`BadRow`, and the caller reports it); :meth:`RowEntry.is_due` never
+touches the database (the scheduler queues the writes it implies); a row's
+:attr:`RowInfo.signature` changes exactly when something that shapes its sends changes (not when
+its run state is written back).
+
+Not guaranteed: ``start_time`` of a crontab row is honoured as a plain "not before" time
+(django-celery-beat aligns the first run to the crontab; here the crontab does that by itself).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from celery import beat, schedules
+from celery.utils.time import maybe_make_aware
+
+#: django-celery-beat's "do not ask again" delay (seconds), for a finished or expired row.
+NEVER = 100_000_000.0
+
+#: What a row is read with: its schedule rows in the same query.
+SCHEDULE_FIELDS = ("interval", "crontab", "solar", "clocked")
+
+
+class BadRow(ValueError):
+    """A row that cannot be scheduled (no schedule, arguments that are not JSON, ...)."""
+
+
+@dataclass(frozen=True)
+class RowInfo:
+    """The parts of a ``PeriodicTask`` row that beatleader needs besides the celery entry."""
+
+    pk: Any
+    one_off: bool
+    start_time: datetime | None
+    expires: datetime | None
+    #: ``total_run_count`` in the row when it was read (the leader writes it back after runs).
+    db_count: int
+    #: ``date_changed``: the last ``save()`` (an edit, an enable); write-backs do not move it.
+    date_changed: datetime | None
+    #: A digest of everything an edit can change; equal signatures need no update.
+    signature: str
+
+
+class RowEntry(beat.ScheduleEntry):  # type: ignore[misc]
+    """A schedule entry that may come from a row (``row``); without one, a plain celery entry.
+
+    ``base``: for a ``one_off`` row, the run count when it was (re)armed; it is finished once
+    ``total_run_count`` passed it. Both survive ``next(entry)`` (celery copies every attribute).
+    """
+
+    def __init__(
+        self, *args: Any, row: RowInfo | None = None, base: int | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.row = row
+        self.base = base
+
+    @property
+    def finished(self) -> bool:
+        """A one-off row that ran since it was armed."""
+        return bool(
+            self.row is not None
+            and self.row.one_off
+            and self.base is not None
+            and self.total_run_count > self.base
+        )
+
+    def expired(self, now: datetime) -> bool:
+        return bool(self.row is not None and self.row.expires and now >= self.row.expires)
+
+    def is_due(self) -> Any:
+        """``ModelEntry.is_due`` without its database writes (see the module docstring)."""
+        row = self.row
+        if row is None:
+            return super().is_due()
+        now = maybe_make_aware(self.default_now())
+        if self.finished or self.expired(now):
+            return schedules.schedstate(False, NEVER)
+        if row.start_time is not None and now < row.start_time:
+            wait = math.ceil((row.start_time - now).total_seconds())
+            return schedules.schedstate(False, max(wait, 1))
+        last = maybe_make_aware(self.last_run_at).astimezone(self.app.timezone)
+        return self.schedule.is_due(last)
+
+
+def read_rows(app: Any, skip: frozenset[str]) -> tuple[dict[str, RowEntry], dict[str, str]]:
+    """Every enabled row not named in ``skip``: (name -> entry, name -> why it is unusable)."""
+    from django_celery_beat.models import PeriodicTask
+
+    entries: dict[str, RowEntry] = {}
+    bad: dict[str, str] = {}
+    rows = PeriodicTask.objects.filter(enabled=True).select_related(*SCHEDULE_FIELDS)
+    for model in rows:
+        if model.name in skip:
+            continue
+        try:
+            entries[model.name] = row_entry(model, app)
+        except Exception as exc:  # one unusable row must not hide the others
+            bad[model.name] = str(exc) or type(exc).__name__
+    return entries, bad
+
+
+def row_entry(model: Any, app: Any) -> RowEntry:
+    """The :class:`RowEntry` of one ``PeriodicTask``; :class:`BadRow` when it cannot run."""
+    if model.scheduler is None:
+        raise BadRow("it has no interval, crontab, solar or clocked schedule")
+    for field in ("args", "kwargs"):
+        try:
+            json.loads(getattr(model, field) or ("[]" if field == "args" else "{}"))
+        except ValueError as exc:
+            raise BadRow(f"its {field} are not JSON ({exc})") from None
+    converted = _converter()(model, app=app)
+    info = RowInfo(
+        pk=model.pk,
+        one_off=bool(model.one_off),
+        start_time=model.start_time,
+        expires=model.expires,
+        db_count=int(model.total_run_count or 0),
+        date_changed=model.date_changed,
+        signature=_signature(model, converted),
+    )
+    return RowEntry(
+        name=model.name,
+        task=model.task,
+        schedule=converted.schedule,
+        args=converted.args,
+        kwargs=converted.kwargs,
+        options=converted.options,
+        last_run_at=converted.last_run_at,  # the row's, else date_changed (as ModelEntry counts)
+        total_run_count=info.db_count,
+        app=app,
+        row=info,
+    )
+
+
+def _signature(model: Any, converted: Any) -> str:
+    parts = (
+        model.pk,
+        model.task,
+        model.args,
+        model.kwargs,
+        model.queue,
+        model.exchange,
+        model.routing_key,
+        model.priority,
+        model.headers,
+        model.expires,
+        model.expire_seconds,
+        model.one_off,
+        model.start_time,
+        model.date_changed,
+        repr(converted.schedule),
+    )
+    return repr(parts)
+
+
+def _converter() -> type:
+    """django-celery-beat's ``ModelEntry``, made to refuse instead of disabling the row."""
+    global _CONVERTER
+    if _CONVERTER is None:
+        from django_celery_beat.schedulers import ModelEntry
+
+        class _Converter(ModelEntry):  # type: ignore[misc]
+            def _disable(self, model: Any) -> None:
+                raise BadRow("django-celery-beat would disable it")
+
+        _CONVERTER = _Converter
+    return _CONVERTER
+
+
+_CONVERTER: type | None = None

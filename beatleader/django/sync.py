@@ -1,0 +1,266 @@
+"""The leader's conversation with the database, in one background thread (``beatleader-django``).
+
+While this instance leads (and has taken over), the thread
+
+* checks django-celery-beat's change marker (``PeriodicTasks.last_update``, bumped by every
+  ``PeriodicTask`` save and delete and by schedule edits) at most every
+  ``DatabaseScheduler.change_check_interval`` seconds; when it moved, reads the enabled rows
+  and reports only the rows whose signature changed (and the rows gone) through
+  ``update_entries``, and publishes the descriptions of the database entries for ``status``;
+* writes back run state: ``last_run_at`` and ``total_run_count`` of each published run, and
+  ``enabled=False`` for a finished one-off or an expired row, as django-celery-beat does.
+
+Guarantees: a follower makes no database request; the thread writes only while this instance
+leads (a write queued by a leader that lost leadership is dropped: the next leader writes the
+same state from ZooKeeper, the authority, when it loads the row); write-backs only move a row's
+``total_run_count`` forward (a late or repeated write cannot undo a newer one); a database error
+is logged once per change of state (one line, no traceback), retried with backoff, and never
+reaches celery's beat loop. The tick thread reads the database only at takeover
+(:meth:`DatabaseSync.read_all`), and falls back to the entries it has when that fails.
+
+Not guaranteed: the database's run state lags ZooKeeper's by the write-back delay (a broken
+database: until it is back); a ``save()`` of a row loaded before a write-back (an admin form)
+writes its older run count back, which the next run corrects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from beatleader.django.rows import RowEntry, read_rows
+from beatleader.planning import Backoff
+
+if TYPE_CHECKING:
+    from beatleader.django.scheduler import DatabaseScheduler
+
+logger = logging.getLogger("beatleader.django")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What the row of a run gets: its count, its time, and whether it is disabled now."""
+
+    pk: Any
+    ordinal: int
+    last_run_at: datetime | None
+    disable: bool
+
+
+class Health:
+    """One log line per change of the database's state (an error text, or fine)."""
+
+    def __init__(self) -> None:
+        self._state: str | None = None
+
+    def failed(self, doing: str, exc: BaseException, retry: float) -> None:
+        state = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+        if state != self._state:
+            self._state = state
+            logger.warning(
+                "beatleader: database error while %s (%s); retrying in %.1f s (further errors "
+                "like this one are not logged)",
+                doing,
+                state,
+                retry,
+            )
+
+    def ok(self) -> None:
+        if self._state is not None:
+            self._state = None
+            logger.warning("beatleader: the database answers again")
+
+
+class DatabaseSync:
+    """The ``beatleader-django`` thread of one :class:`DatabaseScheduler`; see the module doc."""
+
+    def __init__(self, scheduler: DatabaseScheduler) -> None:
+        self.scheduler = scheduler
+        self.health = Health()
+        self._backoff = Backoff(scheduler.db_retry_first, scheduler.db_retry_max)
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        #: Held around every read that ends in entries handed to the scheduler, so that a
+        #: takeover's full read and a change check never cross.
+        self._read_lock = threading.Lock()
+        self._writes: dict[Any, RunRecord] = {}
+        self._writes_lock = threading.Lock()
+        self._known: dict[str, str] = {}  # name -> signature of what the scheduler has
+        self._marker: Any = None
+        self._next_check = 0.0
+        self._full_read = False
+        self._bad: dict[str, str] = {}
+        self._rows: dict[str, RowEntry] = {}  # the last read, for the description
+        self._described: Any = None
+        self._thread = threading.Thread(target=self._run, name="beatleader-django", daemon=True)
+
+    # -- called by the scheduler ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Flush the queued writes (while still leading), then end the thread."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def record(self, run: RunRecord) -> None:
+        """Queue a write-back (the newest per row wins); the thread writes it soon."""
+        with self._writes_lock:
+            queued = self._writes.get(run.pk)
+            if queued is None or run.ordinal >= queued.ordinal:
+                self._writes[run.pk] = run
+        self._wake.set()
+
+    def read_all(self) -> dict[str, RowEntry] | None:
+        """At takeover (tick thread): every enabled row; None when the database cannot say."""
+        if not self._read_lock.acquire(timeout=self.scheduler.takeover_read_timeout):
+            self._full_read = True
+            return None
+        try:
+            marker, entries = self._read()
+        except Exception as exc:
+            self._failed("reading the schedule at takeover", exc)
+            self._full_read = True
+            return None
+        else:
+            self.health.ok()
+            self._marker, self._full_read = marker, False
+            self._known = {name: e.row.signature for name, e in entries.items() if e.row}
+            self._next_check = time.monotonic() + self.scheduler.change_check_interval
+            self._wake.set()  # describe them for status
+            return entries
+        finally:
+            self._read_lock.release()
+
+    # -- the thread -----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        from django.db import close_old_connections
+
+        try:
+            while not self._stopping.is_set():
+                self._wake.wait(self._timeout())
+                self._wake.clear()
+                if self._stopping.is_set():
+                    break
+                close_old_connections()
+                self._pass()
+            self._pass(final=True)
+        except Exception:  # never silently: the scheduler goes on without write-backs
+            logger.exception("beatleader: the database thread failed")
+        finally:
+            _close_connection()
+
+    def _timeout(self) -> float:
+        waits = [self.scheduler.change_check_interval]
+        retry = self._backoff.not_before("db")
+        if retry is not None:
+            waits.append(retry - time.monotonic())
+        return max(min(waits), 0.05)
+
+    def _pass(self, final: bool = False) -> None:
+        if not self._leading():
+            with self._writes_lock:
+                self._writes.clear()  # the next leader writes them from ZooKeeper's state
+            self._described = None  # another leader may have described others meanwhile
+            return
+        if not self._backoff.ready("db", time.monotonic()):
+            return
+        try:
+            self._flush_writes()
+            if not final:
+                self._check_changes()
+        except Exception as exc:
+            self._failed("writing run state" if final else "talking to it", exc)
+            return
+        self._backoff.succeeded("db")
+        self.health.ok()
+        if not final:
+            self._describe()
+
+    def _describe(self) -> None:
+        rows = self._rows
+        key = sorted((name, e.row.signature if e.row else "") for name, e in rows.items())
+        if key != self._described and self.scheduler.describe_rows(list(rows.values())):
+            self._described = key
+
+    def _leading(self) -> bool:
+        return self.scheduler.has_taken_over()
+
+    def _failed(self, doing: str, exc: BaseException) -> None:
+        retry = self._backoff.failed("db", time.monotonic())
+        self.health.failed(doing, exc, retry)
+        _close_connection()  # Django opens a new one on the next query
+
+    def _flush_writes(self) -> None:
+        from django.db import transaction
+        from django_celery_beat.models import PeriodicTask, PeriodicTasks
+
+        with self._writes_lock:
+            writes = list(self._writes.values())
+        disabled = False
+        for run in writes:
+            rows = PeriodicTask.objects.filter(pk=run.pk, total_run_count__lt=run.ordinal)
+            with transaction.atomic():
+                if run.disable:  # as django-celery-beat's save() of a disabled row: no last run
+                    updated = rows.update(
+                        enabled=False, last_run_at=None, total_run_count=run.ordinal
+                    )
+                    disabled = disabled or updated > 0
+                else:
+                    rows.update(last_run_at=run.last_run_at, total_run_count=run.ordinal)
+            with self._writes_lock:
+                if self._writes.get(run.pk) == run:
+                    del self._writes[run.pk]
+        if disabled:
+            PeriodicTasks.update_changed()  # other readers (an old-style beat) see it too
+
+    def _check_changes(self) -> None:
+        now = time.monotonic()
+        if now < self._next_check and not self._full_read:
+            return
+        self._next_check = now + self.scheduler.change_check_interval
+        from django_celery_beat.models import PeriodicTasks
+
+        if not self._full_read and PeriodicTasks.last_change() == self._marker:
+            return
+        with self._read_lock:
+            marker, entries = self._read()
+            changes: dict[str, RowEntry | None] = {
+                name: entry
+                for name, entry in entries.items()
+                if entry.row is not None and self._known.get(name) != entry.row.signature
+            }
+            changes.update({name: None for name in self._known if name not in entries})
+            self._known = {name: e.row.signature for name, e in entries.items() if e.row}
+            self._marker, self._full_read = marker, False
+            if changes:
+                logger.info("beatleader: database schedule changed: %s", sorted(changes))
+                self.scheduler.update_entries(changes)
+
+    def _read(self) -> tuple[Any, dict[str, RowEntry]]:
+        from django_celery_beat.models import PeriodicTasks
+
+        marker = PeriodicTasks.last_change()  # before the rows: a change in between is seen next
+        entries, bad = read_rows(self.scheduler.app, self.scheduler.static_names)
+        for name, why in bad.items():
+            if self._bad.get(name) != why:
+                logger.error("beatleader: periodic task %r is not scheduled: %s", name, why)
+        self._bad = bad
+        self._rows = entries
+        return marker, entries
+
+
+def _close_connection() -> None:
+    from django.db import connection
+
+    with contextlib.suppress(Exception):
+        connection.close()
