@@ -81,14 +81,24 @@ class EmbeddedBeat:
     ``identity``, ``misfire_grace``) that win over ``app.conf`` and the environment.
     ``metrics_registry``: a ``prometheus_client`` registry (e.g. ``prometheus_client.REGISTRY``)
     to put beatleader's metrics in, so that the web app serves them (:mod:`beatleader.metrics`).
+    ``scheduler_cls``: :class:`beatleader.Scheduler` (the default) or a subclass, or its dotted
+    name, e.g. ``"beatleader.django.DatabaseScheduler"`` for django-celery-beat's tables.
     """
 
     #: Seconds before celery's beat loop is started again after it failed.
     restart_delay = 5.0
 
-    def __init__(self, app: Any, *, metrics_registry: Any = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        metrics_registry: Any = None,
+        scheduler_cls: type[Scheduler] | str | None = None,
+        **overrides: Any,
+    ) -> None:
         self.app = app
         self.settings = Settings.from_app(app, **overrides)
+        self._scheduler_cls = _embedded_class(scheduler_cls)
         self._metrics: PrometheusObserver | None = None
         if metrics_registry is not None:
             self._metrics = _metrics_observer(self.settings.path, metrics_registry)
@@ -114,7 +124,9 @@ class EmbeddedBeat:
             self._twin = None
             if self._runner is None:
                 _running[self._key] = self
-                self._runner = _Runner(self.app, self.settings, self.restart_delay, self._metrics)
+                self._runner = _Runner(
+                    self.app, self.settings, self.restart_delay, self._metrics, self._scheduler_cls
+                )
                 self._runner.start()
         return self
 
@@ -175,7 +187,9 @@ class EmbeddedBeat:
             return
         _inherited.append(inherited)
         self.settings = Settings.from_app(self.app, **self._overrides)  # identity has the new pid
-        self._runner = _Runner(self.app, self.settings, self.restart_delay, self._metrics)
+        self._runner = _Runner(
+            self.app, self.settings, self.restart_delay, self._metrics, self._scheduler_cls
+        )
         self._runner.start()
         logger.warning(
             "beatleader: process %d was forked from %d after EmbeddedBeat.start(); restarting the "
@@ -195,8 +209,10 @@ class _Runner:
         settings: Settings,
         restart_delay: float,
         metrics: PrometheusObserver | None = None,
+        scheduler_cls: type[_EmbeddedScheduler] | None = None,
     ) -> None:
         self.pid = os.getpid()
+        self._scheduler_cls = scheduler_cls or _EmbeddedScheduler
         self._metrics = metrics
         self._app = app
         self._settings = settings
@@ -252,7 +268,9 @@ class _Runner:
             self._stopping.wait(self._restart_delay)
 
     def _serve(self) -> None:
-        service = _Service(self._app, self._settings, self._stopping, self._metrics)
+        service = _Service(
+            self._app, self._settings, self._stopping, self._metrics, self._scheduler_cls
+        )
         with self._lock:
             if self._stopping.is_set():
                 service.shutdown()
@@ -278,9 +296,11 @@ class _Service(beat.Service):  # type: ignore[misc]
         settings: Settings,
         stopping: threading.Event,
         metrics: PrometheusObserver | None = None,
+        scheduler_cls: type[_EmbeddedScheduler] | None = None,
     ) -> None:
-        super().__init__(app, scheduler_cls=_EmbeddedScheduler)
-        self.scheduler = _EmbeddedScheduler(
+        cls = scheduler_cls or _EmbeddedScheduler
+        super().__init__(app, scheduler_cls=cls)
+        self.scheduler = cls(
             app,
             max_interval=self.max_interval,
             beatleader_settings=settings,
@@ -307,6 +327,28 @@ class _EmbeddedScheduler(Scheduler):
     def tick(self, *args: Any, **kwargs: Any) -> float:
         self._stopping.wait(super().tick(*args, **kwargs))
         return 0.0
+
+
+def _embedded_class(wanted: type[Scheduler] | str | None) -> type[_EmbeddedScheduler]:
+    """The embedded variant of ``wanted`` (a :class:`Scheduler` subclass or its dotted name)."""
+    if wanted is None or wanted is Scheduler:
+        return _EmbeddedScheduler
+    cls: Any = wanted
+    if isinstance(wanted, str):
+        from kombu.utils.imports import symbol_by_name
+
+        try:
+            cls = symbol_by_name(wanted)  # type: ignore[no-untyped-call]
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ConfigError(f"scheduler_cls {wanted!r} cannot be imported ({exc})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Scheduler)):
+        raise ConfigError(
+            f"scheduler_cls must be beatleader.Scheduler or a subclass of it "
+            f"(e.g. beatleader.django.DatabaseScheduler), not {wanted!r}"
+        )
+    if issubclass(cls, _EmbeddedScheduler):
+        return cls
+    return type(f"Embedded{cls.__name__}", (_EmbeddedScheduler, cls), {})
 
 
 def _metrics_observer(path: str, registry: Any) -> PrometheusObserver:
