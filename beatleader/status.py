@@ -41,11 +41,13 @@ from beatleader.clockview import ClockReading, clock_warnings, read_clock
 from beatleader.contenders import contender_sequence, ignored_reason, sorted_contenders
 from beatleader.diagnose import status_warnings
 from beatleader.layout import (
+    SOURCES,
     ContenderInfo,
     EntryState,
     election_path,
     entries_path,
     schedule_path,
+    source_path,
     unquote_entry_name,
 )
 from beatleader.schedules import PlannedEntry, decode_schedule, next_due
@@ -334,11 +336,29 @@ def _decode_state(data: bytes) -> EntryState | None:
 def read_schedules(
     client: Any, root: str, contenders: Iterable[Contender]
 ) -> dict[str, dict[str, PlannedEntry] | None]:
-    """fingerprint -> published entries by name (None when absent or unreadable)."""
+    """fingerprint -> published entries by name (None when absent or unreadable).
+
+    The dynamic entries a leader describes under ``sources/<source>`` (``layout.source_path``,
+    e.g. django-celery-beat's rows) count as one more schedule, keyed ``sources/<source>``.
+    """
     result: dict[str, dict[str, PlannedEntry] | None] = {}
     for fingerprint in {c.fingerprint for c in contenders if c.fingerprint}:
         result[fingerprint] = _read_schedule(client, root, fingerprint)
+    result.update(_read_sources(client, root))
     return result
+
+
+def _read_sources(client: Any, root: str) -> dict[str, dict[str, PlannedEntry] | None]:
+    try:
+        names = client.get_children(f"{root}/{SOURCES}")
+    except NoNodeError:
+        return {}
+    found: dict[str, dict[str, PlannedEntry] | None] = {}
+    for name in sorted(names):
+        node = _get(client, source_path(root, name))
+        if node is not None:  # deleted meanwhile: nothing to list
+            found[f"{SOURCES}/{name}"] = decode_schedule(node[0])
+    return found
 
 
 def _read_schedule(client: Any, root: str, fingerprint: str) -> dict[str, PlannedEntry] | None:
