@@ -1,0 +1,359 @@
+"""Leader-elected django-celery-beat (``beatleader.django.DatabaseScheduler``), real processes.
+
+A real PostgreSQL (``beatleader.testing.localpg``: the main case) and SQLite (the light one),
+migrated by this process, which edits ``PeriodicTask`` rows through Django's ORM while three
+``celery -A tests.app beat -S beatleader.django.DatabaseScheduler`` processes (the test project
+``tests/djangoproj``) run against the database, with one real worker running the dedup guard.
+Every execution is counted by its task id, i.e. by run ordinal of its entry, and compared with
+the run count the leaders committed in ZooKeeper: each run executed exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from beatleader import layout
+from beatleader.django import DatabaseScheduler
+from beatleader.testing.localpg import LocalPostgres
+from tests.djangoproj.dburl import database
+from tests.harness import (
+    REPO_ROOT,
+    BeatProcess,
+    entry_state,
+    leader,
+    read_executions,
+    wait_for,
+)
+
+SCHEDULER = "beatleader.django.DatabaseScheduler"
+#: An edit reaches the leader's schedule within this many seconds (docs/django.md).
+EDIT_DELAY = DatabaseScheduler.change_check_interval + DatabaseScheduler.change_poll_interval
+#: Slack for a loaded two-core machine on top of a documented delay.
+SLACK = 4.0
+BOOT = 60.0
+
+
+class _Router:
+    """Sends this process's ORM to the database the current test uses."""
+
+    alias = "default"
+
+    def db_for_read(self, model: Any, **hints: Any) -> str:
+        return _Router.alias
+
+    def db_for_write(self, model: Any, **hints: Any) -> str:
+        return _Router.alias
+
+    def allow_relation(self, *objects: Any, **hints: Any) -> bool:
+        return True
+
+    def allow_migrate(self, db: str, app_label: str, **hints: Any) -> bool:
+        return True
+
+
+@pytest.fixture(scope="module")
+def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Django in this process over both databases (aliases ``pg`` and ``default``: SQLite)."""
+    import django
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db import connections
+
+    with LocalPostgres() as pg:
+        urls = {"pg": pg.url, "default": f"sqlite:///{tmp_path_factory.mktemp('db')}/db.sqlite3"}
+        assert not settings.configured, "Django is configured by another test module"
+        settings.configure(
+            SECRET_KEY="beatleader-tests-only",
+            INSTALLED_APPS=["django_celery_beat"],
+            DATABASES={alias: database(url) for alias, url in urls.items()},
+            DATABASE_ROUTERS=[_Router()],
+            USE_TZ=True,
+            TIME_ZONE="UTC",
+            DEFAULT_AUTO_FIELD="django.db.models.AutoField",
+        )
+        django.setup()
+        for alias in urls:
+            call_command("migrate", database=alias, verbosity=0, interactive=False)
+        try:
+            yield urls
+        finally:
+            connections.close_all()
+
+
+@pytest.fixture
+def use_db(databases: dict[str, str]) -> Iterator[Callable[[str], str]]:
+    """``use_db(alias)``: empty that database's periodic tasks; returns its URL."""
+    from django.db import connections
+    from django_celery_beat.models import PeriodicTask
+
+    def use(alias: str) -> str:
+        _Router.alias = alias
+        PeriodicTask.objects.all().delete()
+        return databases[alias]
+
+    yield use
+    connections.close_all()
+
+
+# -- rows ----------------------------------------------------------------------------------------
+
+
+def add_row(name: str, every: float | None = None, **fields: Any) -> Any:
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    if every is not None:
+        fields["interval"] = IntervalSchedule.objects.get_or_create(every=every, period="seconds")[0]
+    return PeriodicTask.objects.create(
+        name=name, task="tests.app.record", args=json.dumps([name]), **fields
+    )
+
+
+def row(name: str) -> Any:
+    from django_celery_beat.models import PeriodicTask
+
+    return PeriodicTask.objects.get(name=name)
+
+
+def edit_row(name: str, **fields: Any) -> float:
+    """Save the row as the admin does (a full save); returns the monotonic time of the save."""
+    model = row(name)
+    for field, value in fields.items():
+        setattr(model, field, value)
+    model.save()
+    return time.monotonic()
+
+
+# -- counting ------------------------------------------------------------------------------------
+
+
+def ordinals(executions: list[dict[str, Any]], root: str, entry: str, upto: int) -> Counter[int]:
+    """Run ordinal of ``entry`` -> how many times the worker executed it."""
+    by_id = {layout.run_task_id(root, entry, n): n for n in range(1, upto + 1)}
+    return Counter(by_id[e["id"]] for e in executions if e["id"] in by_id)
+
+
+def executed(log: Path, *names: str) -> int:
+    return sum(e["name"] in names for e in read_executions(log))
+
+
+def committed(client: Any, root: str, entry: str) -> int:
+    state = entry_state(client, root, entry)
+    return int(state["total_run_count"]) if state else 0
+
+
+def each_run_once(client: Any, root: str, log: Path, entry: str, timeout: float = 30) -> int:
+    """Wait until the worker executed runs 1..N of ``entry`` (N: ZooKeeper's count); assert once."""
+    total = committed(client, root, entry)
+    assert total > 0, f"{entry} never ran"
+    expected = Counter(range(1, total + 1))
+    wait_for(
+        lambda: set(ordinals(read_executions(log), root, entry, total + 50)) >= set(expected),
+        timeout,
+        message=f"every run of {entry} executed",
+    )
+    assert ordinals(read_executions(log), root, entry, total + 50) == expected
+    return total
+
+
+def start_beats(beats: Any, url: str, count: int = 3, **env: str) -> list[BeatProcess]:
+    django_env = {"DJANGO_SETTINGS_MODULE": "tests.djangoproj.settings", "TEST_DATABASE_URL": url}
+    return [beats(env={**django_env, **env}, scheduler=SCHEDULER) for _ in range(count)]
+
+
+def leading(client: Any, root: str, started: list[BeatProcess], but: int | None = None) -> Any:
+    """The beat process first in ZooKeeper's queue (once it is not ``but``)."""
+
+    def find() -> BeatProcess | None:
+        first = leader(client, root)
+        pid = first["pid"] if first else None
+        return next((b for b in started if b.pid == pid and pid != but), None)
+
+    return wait_for(find, BOOT, message="a beat leads")
+
+
+def stop_all(started: list[BeatProcess]) -> None:
+    """SIGTERM (celery closes the scheduler: marks and run state written), reap."""
+    for beat in started:
+        if beat.alive:
+            beat.terminate()
+    for beat in started:
+        beat.wait_exit(30)
+
+
+# -- the tests -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_postgres_edits_one_off_disable_kill_and_pause_each_run_once(
+    use_db, beats, workers, zk_client, zk_root, execution_log
+) -> None:
+    url = use_db("pg")
+    add_row("tick", every=1)
+    add_row("steady", every=2)
+    workers(env={"TEST_DEDUP": "1"}).wait_ready()
+    started = start_beats(beats, url)
+    first = leading(zk_client, zk_root, started)
+    wait_for(lambda: executed(execution_log, "tick") >= 3, BOOT, message="tick runs")
+
+    # an edit takes effect within the documented delay (+ one interval for the next run)
+    saved = edit_row("tick", args=json.dumps(["tock"]))
+    wait_for(lambda: executed(execution_log, "tock"), EDIT_DELAY + 1 + SLACK, message="edit")
+    assert time.monotonic() - saved <= EDIT_DELAY + 1 + SLACK
+
+    # a one-off row runs once, then the leader disables it (as django-celery-beat does)
+    add_row("once", every=1, one_off=True)
+    wait_for(lambda: not row("once").enabled, EDIT_DELAY + 2 + SLACK, message="once disabled")
+    assert row("once").total_run_count == 1
+
+    # the leader is SIGKILLed: another one continues the schedule
+    os.kill(first.pid, signal.SIGKILL)
+    second = leading(zk_client, zk_root, started, but=first.pid)
+    before = executed(execution_log, "tock")
+    wait_for(lambda: executed(execution_log, "tock") >= before + 2, 30, message="continues")
+
+    # disabling the row stops it: no run is committed after the leader removed it
+    edit_row("tick", enabled=False)
+    second.wait_for_log(r"entry 'tick' removed", EDIT_DELAY + SLACK)
+    stopped_at = committed(zk_client, zk_root, "tick")
+
+    # the leader is paused past its session: another one leads and sends
+    os.kill(second.pid, signal.SIGSTOP)
+    try:
+        leading(zk_client, zk_root, started, but=second.pid)
+        before = executed(execution_log, "steady")
+        wait_for(lambda: executed(execution_log, "steady") >= before + 2, 30, message="steady")
+    finally:
+        os.kill(second.pid, signal.SIGCONT)
+    stop_all(started)
+
+    assert committed(zk_client, zk_root, "tick") == stopped_at
+    assert each_run_once(zk_client, zk_root, execution_log, "tick") == stopped_at
+    steady = each_run_once(zk_client, zk_root, execution_log, "steady")
+    assert each_run_once(zk_client, zk_root, execution_log, "once") == 1
+    # the leader wrote the run state back (the last one on SIGTERM); ZooKeeper's count is it
+    assert row("steady").total_run_count == steady
+    assert row("steady").last_run_at is not None
+    assert (row("once").enabled, row("once").total_run_count) == (False, 1)
+
+
+def test_sqlite_rows_beside_static_entries_clocked_one_off_status_and_a_kill(
+    use_db, beats, workers, zk_client, zk_server, zk_root, execution_log
+) -> None:
+    from django.utils import timezone
+    from django_celery_beat.models import ClockedSchedule
+
+    url = use_db("default")
+    workers(env={"TEST_DEDUP": "1"}).wait_ready()
+    started = start_beats(beats, url, TEST_SCHEDULE=json.dumps({"static": {"every": 1}}))
+    first = leading(zk_client, zk_root, started)
+    add_row("row", every=1)  # created while the beats run
+    clock = ClockedSchedule.objects.create(clocked_time=timezone.now() + timedelta(seconds=2))
+    add_row("clocked", clocked=clock, one_off=True)
+    wait_for(lambda: not row("clocked").enabled, EDIT_DELAY + 3 + SLACK, message="clocked ran")
+    wait_for(lambda: executed(execution_log, "row") >= 2, 30, message="row runs")
+
+    status = _status(zk_server.hosts, zk_root)
+    entries = {e["name"]: e for e in status["entries"]}
+    assert entries["row"]["schedule"] == "every 1s"
+    assert entries["row"]["task"] == "tests.app.record"
+    assert entries["static"]["schedule"] == "every 1s"
+    assert {"row", "static"} <= set(status["scheduled_names"])
+
+    os.kill(first.pid, signal.SIGKILL)
+    leading(zk_client, zk_root, started, but=first.pid)
+    before = executed(execution_log, "row")
+    wait_for(lambda: executed(execution_log, "row") >= before + 2, 30, message="continues")
+    stop_all(started)
+
+    assert each_run_once(zk_client, zk_root, execution_log, "clocked") == 1
+    each_run_once(zk_client, zk_root, execution_log, "static")
+    rows = each_run_once(zk_client, zk_root, execution_log, "row")
+    assert row("row").total_run_count == rows
+    assert entry_state(zk_client, zk_root, "static") is not None
+    # static entries stay out of the database (django-celery-beat's own scheduler copies them)
+    assert not _row_exists("static")
+
+
+def test_embedded_beat_runs_the_database_scheduler(use_db, zk_server, zk_root, broker_dir) -> None:
+    from beatleader.embedded import EmbeddedBeat
+    from tests.app import make_app
+    from tests.harness import FilesystemBroker
+
+    use_db("default")
+    add_row("embedded", every=1)
+    app = make_app({"TEST_BROKER_DIR": str(broker_dir)}, set_as_current=False)
+    beat = EmbeddedBeat(
+        app,
+        scheduler_cls="beatleader.django.DatabaseScheduler",
+        zk_hosts=zk_server.hosts,
+        path=zk_root,
+        session_timeout=2.0,
+    )
+    broker = FilesystemBroker(broker_dir)
+    with beat:
+        wait_for(lambda: broker.count("embedded") >= 2, 30, message="the embedded beat sends")
+        assert beat.is_leader
+    ids = [m.task_id for m in broker.for_entry("embedded")]
+    assert ids == [layout.run_task_id(zk_root, "embedded", n) for n in range(1, len(ids) + 1)]
+
+
+def test_a_scheduler_that_is_not_beatleaders_is_refused() -> None:
+    from beatleader.config import ConfigError
+    from beatleader.embedded import EmbeddedBeat
+    from tests.app import make_app
+
+    app = make_app({}, set_as_current=False)
+    with pytest.raises(ConfigError, match="scheduler_cls must be beatleader.Scheduler"):
+        EmbeddedBeat(app, scheduler_cls="celery.beat.PersistentScheduler", zk_hosts="x:1")
+
+
+def test_without_django_celery_beat_installed_beat_exits_with_one_line(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.djangoproj.bare_settings",
+        "BEATLEADER_ZK_HOSTS": "127.0.0.1:1",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tests.app", "beat", "-S", SCHEDULER],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "add 'django_celery_beat' to INSTALLED_APPS" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def _row_exists(name: str) -> bool:
+    from django_celery_beat.models import PeriodicTask
+
+    return PeriodicTask.objects.filter(name=name).exists()
+
+
+def _status(hosts: str, root: str) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-m", "beatleader.cli", "status", "--json", "--zk-hosts", hosts]
+        + ["--path", root],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    value: dict[str, Any] = json.loads(result.stdout)
+    return value
