@@ -18,6 +18,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,14 @@ class _Router:
         return True
 
 
+@dataclass
+class Databases:
+    urls: dict[str, str]
+    postgres: LocalPostgres
+
+
 @pytest.fixture(scope="module")
-def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Databases]:
     """Django in this process over both databases (aliases ``pg`` and ``default``: SQLite)."""
     import django
     from django.conf import settings
@@ -87,13 +94,13 @@ def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         for alias in urls:
             call_command("migrate", database=alias, verbosity=0, interactive=False)
         try:
-            yield urls
+            yield Databases(urls, pg)
         finally:
             connections.close_all()
 
 
 @pytest.fixture
-def use_db(databases: dict[str, str]) -> Iterator[Callable[[str], str]]:
+def use_db(databases: Databases) -> Iterator[Callable[[str], str]]:
     """``use_db(alias)``: empty that database's periodic tasks; returns its URL."""
     from django.db import connections
     from django_celery_beat.models import PeriodicTask
@@ -101,7 +108,7 @@ def use_db(databases: dict[str, str]) -> Iterator[Callable[[str], str]]:
     def use(alias: str) -> str:
         _Router.alias = alias
         PeriodicTask.objects.all().delete()
-        return databases[alias]
+        return databases.urls[alias]
 
     yield use
     connections.close_all()
@@ -197,8 +204,10 @@ def stop_all(started: list[BeatProcess]) -> None:
 
 @pytest.mark.slow
 def test_postgres_edits_one_off_disable_kill_and_pause_each_run_once(
-    use_db, beats, workers, zk_client, zk_root, execution_log
+    use_db, databases, beats, workers, zk_client, zk_root, execution_log
 ) -> None:
+    from django.db import connections
+
     url = use_db("pg")
     add_row("tick", every=1)
     add_row("steady", every=2)
@@ -216,6 +225,19 @@ def test_postgres_edits_one_off_disable_kill_and_pause_each_run_once(
     add_row("once", every=1, one_off=True)
     wait_for(lambda: not row("once").enabled, EDIT_DELAY + 2 + SLACK, message="once disabled")
     assert row("once").total_run_count == 1
+    first.wait_for_log(r"entry 'once' removed", EDIT_DELAY + SLACK)  # seconds of 1 s intervals
+    assert committed(zk_client, zk_root, "once") == 1
+
+    # the database goes away while leading: runs go on; one log line per change of its state
+    databases.postgres.stop_server()
+    try:
+        before = executed(execution_log, "tock")
+        wait_for(lambda: executed(execution_log, "tock") >= before + 3, 30, message="no database")
+    finally:
+        databases.postgres.start_server()
+        connections.close_all()
+    wait_for(lambda: first.log_matches("the database answers again"), 40, message="db back")
+    assert len(first.log_matches("database error while")) == 1
 
     # the leader is SIGKILLed: another one continues the schedule
     os.kill(first.pid, signal.SIGKILL)

@@ -53,21 +53,24 @@ class RunRecord:
 
 
 class Health:
-    """One log line per change of the database's state (an error text, or fine)."""
+    """One log line per change of the database's state (failing with an error type, or fine)."""
 
     def __init__(self) -> None:
         self._state: str | None = None
 
     def failed(self, doing: str, exc: BaseException, retry: float) -> None:
-        state = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+        state = type(exc).__name__  # the state; its text varies while the database is away
         if state != self._state:
             self._state = state
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             logger.warning(
-                "beatleader: database error while %s (%s); retrying in %.1f s (further errors "
-                "like this one are not logged)",
+                "beatleader: database error while %s (%s: %s); retrying in %.1f s (further "
+                "%ss are not logged until it answers again)",
                 doing,
                 state,
+                text,
                 retry,
+                state,
             )
 
     def ok(self) -> None:

@@ -3,7 +3,8 @@
 ``with LocalPostgres() as pg: pg.url`` runs ``initdb`` in a fresh temporary folder, starts the
 server with ``pg_ctl`` on a free 127.0.0.1 port (trust authentication, ``fsync`` off, its socket
 in the data folder), creates one database, and on exit stops the server (``-m immediate``) and
-deletes the folder. PostgreSQL refuses to run as root: as root every command runs as the
+deletes the folder; ``stop_server``/``start_server`` take it away and back in between (an
+outage, same port and data). PostgreSQL refuses to run as root: as root every command runs as the
 ``postgres`` user that Debian's ``postgresql`` package creates (``runuser -u postgres --``), and
 the folder belongs to that user; as any other user, as that user.
 
@@ -110,6 +111,14 @@ class LocalPostgres:
             "-E",
             "UTF8",
         )
+        self.start_server()
+        self._run(
+            "createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, self.database
+        )
+
+    def start_server(self) -> None:
+        """Start the (initialised) server and wait until it accepts connections."""
+        assert self.folder is not None, "not started"
         options = f"-p {self.port} -h 127.0.0.1 -k {self.data} -F -c max_connections=100"
         self._run(
             "pg_ctl",
@@ -124,9 +133,10 @@ class LocalPostgres:
             str(int(self.start_timeout)),
             "start",
         )
-        self._run(
-            "createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, self.database
-        )
+
+    def stop_server(self) -> None:
+        """Stop the server (``-m fast``: clients are disconnected), keeping its data."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def stop(self) -> None:
         """Stop the server at once and delete its folder (idempotent)."""
