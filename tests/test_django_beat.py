@@ -121,7 +121,8 @@ def add_row(name: str, every: float | None = None, **fields: Any) -> Any:
     from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
     if every is not None:
-        fields["interval"] = IntervalSchedule.objects.get_or_create(every=every, period="seconds")[0]
+        found, _ = IntervalSchedule.objects.get_or_create(every=every, period="seconds")
+        fields["interval"] = found
     return PeriodicTask.objects.create(
         name=name, task="tests.app.record", args=json.dumps([name]), **fields
     )
@@ -337,7 +338,7 @@ def test_a_scheduler_that_is_not_beatleaders_is_refused() -> None:
     from tests.app import make_app
 
     app = make_app({}, set_as_current=False)
-    with pytest.raises(ConfigError, match="scheduler_cls must be beatleader.Scheduler"):
+    with pytest.raises(ConfigError, match=r"scheduler_cls must be beatleader\.Scheduler"):
         EmbeddedBeat(app, scheduler_cls="celery.beat.PersistentScheduler", zk_hosts="x:1")
 
 
@@ -368,9 +369,9 @@ def _row_exists(name: str) -> bool:
 
 
 def _status(hosts: str, root: str) -> dict[str, Any]:
+    command = [sys.executable, "-m", "beatleader.cli", "status", "--json"]
     result = subprocess.run(
-        [sys.executable, "-m", "beatleader.cli", "status", "--json", "--zk-hosts", hosts]
-        + ["--path", root],
+        [*command, "--zk-hosts", hosts, "--path", root],
         capture_output=True,
         text=True,
         timeout=60,
