@@ -315,6 +315,55 @@ def test_sqlite_rows_beside_static_entries_clocked_one_off_status_and_a_kill(
     assert not _row_exists("static")
 
 
+class _Recording(DatabaseScheduler):
+    """Records the task ids it published (kombu's ``memory://`` broker, in this process)."""
+
+    published: list[str]
+
+    def publish_run(self, entry: Any, ordinal: int) -> str:
+        task_id = super().publish_run(entry, ordinal)
+        self.published.append(task_id)
+        return task_id
+
+
+def test_a_takeover_writes_back_what_the_dead_leader_did_not_and_finishes_its_one_off(
+    use_db, zk_server, zk_client, zk_root
+) -> None:
+    """The previous leader committed runs (ZooKeeper) and died before writing the rows."""
+    from django.utils import timezone
+
+    from beatleader.config import Settings
+    from tests.app import make_app
+
+    use_db("default")
+    add_row("once", every=1, one_off=True)
+    add_row("steady", every=1)
+    ran_at = timezone.now().isoformat()  # after both rows were saved
+    for name, count in (("once", 1), ("steady", 5)):
+        state = layout.EntryState(ran_at, count, layout.run_task_id(zk_root, name, count), "x:1")
+        zk_client.create(layout.entry_path(zk_root, name), state.encode(), makepath=True)
+    app = make_app({}, set_as_current=False)
+    settings = Settings.from_app(app, zk_hosts=zk_server.hosts, path=zk_root, session_timeout=2.0)
+    scheduler = _Recording(app, beatleader_settings=settings)
+    scheduler.published = []
+    steady = [layout.run_task_id(zk_root, "steady", n) for n in range(1, 50)]
+    try:
+
+        def step() -> bool:
+            time.sleep(min(scheduler.tick(), 0.05))
+            return sum(t in steady for t in scheduler.published) >= 2 and not row("once").enabled
+
+        wait_for(step, 30, message="steady runs and the one-off is finished")
+    finally:
+        scheduler.close()
+    assert layout.run_task_id(zk_root, "once", 2) not in scheduler.published
+    assert [t for t in scheduler.published if t in steady] == steady[
+        5 : 5 + len(scheduler.published)
+    ]
+    assert (row("once").enabled, row("once").total_run_count) == (False, 1)
+    assert row("steady").total_run_count == committed(zk_client, zk_root, "steady") >= 7
+
+
 def test_embedded_beat_runs_the_database_scheduler(use_db, zk_server, zk_root, broker_dir) -> None:
     from beatleader.embedded import EmbeddedBeat
     from tests.app import make_app
