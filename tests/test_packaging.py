@@ -61,12 +61,14 @@ def test_the_wheel_ships_the_package_without_test_tooling(dist: Path) -> None:
         entry_points = wheel.read(f"{info}/entry_points.txt").decode()
     modules = {n for n in names if n.startswith("beatleader/")}
     assert {"beatleader/py.typed", "beatleader/metrics.py", "beatleader/scheduler.py"} <= modules
+    assert {"beatleader/django/__init__.py", "beatleader/django/scheduler.py"} <= modules
     assert not [n for n in names if n.startswith(("beatleader/testing", "tests/", "scripts/"))]
     assert f"{info}/licenses/LICENSE" in names
     for line in (
         "beatleader = beatleader.cli:main",
         "beatleader = beatleader.cli:celery_command",
         "beatleader = beatleader.scheduler:Scheduler",
+        "beatleader-django = beatleader.django:DatabaseScheduler",
     ):
         assert line in entry_points
     for group in ("console_scripts", "celery.commands", "celery.beat_schedulers"):
