@@ -129,9 +129,8 @@ def add_row(name: str, every: float | None = None, **fields: Any) -> Any:
     if every is not None:
         found, _ = IntervalSchedule.objects.get_or_create(every=every, period="seconds")
         fields["interval"] = found
-    return PeriodicTask.objects.create(
-        name=name, task="tests.app.record", args=json.dumps([name]), **fields
-    )
+    fields.setdefault("args", json.dumps([name]))
+    return PeriodicTask.objects.create(name=name, task="tests.app.record", **fields)
 
 
 def row(name: str) -> Any:
@@ -284,6 +283,8 @@ def test_sqlite_rows_beside_static_entries_clocked_one_off_status_and_a_kill(
     from django_celery_beat.models import ClockedSchedule
 
     url = use_db("default")
+    # the copy django-celery-beat's own scheduler makes of a beat_schedule entry: ignored
+    add_row("static", every=1, args=json.dumps(["copied"]))
     workers(env={"TEST_DEDUP": "1"}).wait_ready()
     started = start_beats(beats, url, TEST_SCHEDULE=json.dumps({"static": {"every": 1}}))
     first = leading(zk_client, zk_root, started)
@@ -311,8 +312,10 @@ def test_sqlite_rows_beside_static_entries_clocked_one_off_status_and_a_kill(
     rows = each_run_once(zk_client, zk_root, execution_log, "row")
     assert row("row").total_run_count == rows
     assert entry_state(zk_client, zk_root, "static") is not None
-    # static entries stay out of the database (django-celery-beat's own scheduler copies them)
-    assert not _row_exists("static")
+    # beat_schedule entries stay out of the database; the row named like one is not run
+    assert _row_names() == {"static", "row", "clocked"}
+    assert executed(execution_log, "copied") == 0
+    assert row("static").total_run_count == 0
 
 
 class _Recording(DatabaseScheduler):
@@ -354,13 +357,21 @@ def test_a_takeover_writes_back_what_the_dead_leader_did_not_and_finishes_its_on
             return sum(t in steady for t in scheduler.published) >= 2 and not row("once").enabled
 
         wait_for(step, 30, message="steady runs and the one-off is finished")
+        assert layout.run_task_id(zk_root, "once", 2) not in scheduler.published
+        edit_row("once", enabled=True)  # armed again: one more run, then disabled again
+
+        def again() -> bool:
+            time.sleep(min(scheduler.tick(), 0.05))
+            return not row("once").enabled
+
+        wait_for(again, EDIT_DELAY + 2 + SLACK, message="the re-enabled one-off ran")
     finally:
         scheduler.close()
-    assert layout.run_task_id(zk_root, "once", 2) not in scheduler.published
-    assert [t for t in scheduler.published if t in steady] == steady[
-        5 : 5 + len(scheduler.published)
-    ]
-    assert (row("once").enabled, row("once").total_run_count) == (False, 1)
+    once = [layout.run_task_id(zk_root, "once", n) for n in (1, 2, 3)]
+    assert [t for t in scheduler.published if t in once] == once[1:2]
+    sent = [t for t in scheduler.published if t in steady]
+    assert sent == steady[5 : 5 + len(sent)]  # continues at run 6
+    assert (row("once").enabled, row("once").total_run_count) == (False, 2)
     assert row("steady").total_run_count == committed(zk_client, zk_root, "steady") >= 7
 
 
@@ -417,10 +428,10 @@ def test_without_django_celery_beat_installed_beat_exits_with_one_line(tmp_path:
     assert "Traceback" not in result.stderr + result.stdout
 
 
-def _row_exists(name: str) -> bool:
+def _row_names() -> set[str]:
     from django_celery_beat.models import PeriodicTask
 
-    return PeriodicTask.objects.filter(name=name).exists()
+    return set(PeriodicTask.objects.values_list("name", flat=True))
 
 
 def _status(hosts: str, root: str) -> dict[str, Any]:
