@@ -454,10 +454,10 @@ EXAMPLE = REPO_ROOT / "examples" / "django_beat"
 COMMANDS_MARKER = "<!-- commands:"
 
 
-def readme_commands() -> list[str]:
-    """The shell lines of the README's marked code block, as a user would paste them."""
+def readme_commands(marker: str = COMMANDS_MARKER) -> list[str]:
+    """The shell lines of the README's code block after ``marker``, as a user would paste them."""
     text = (EXAMPLE / "README.md").read_text()
-    block = text[text.index(COMMANDS_MARKER) :].split("```sh\n", 1)[1].split("```", 1)[0]
+    block = text[text.index(marker) :].split("```sh\n", 1)[1].split("```", 1)[0]
     return [line.strip() for line in block.splitlines() if line.strip()]
 
 
@@ -544,6 +544,49 @@ def test_the_example_runs_as_its_readme_says(
         assert admin.fetchall() == [(1,)]
     login = f"http://127.0.0.1:{port}/admin/login/"
     wait_for(lambda: _http_status(login) == 200, BOOT, message="the admin answers")
+    status = subprocess.run(
+        [sys.executable, "-m", "beatleader.cli", "status", "-A", "beatsite", "--json"],
+        cwd=EXAMPLE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    listed = {e["name"]: e for e in json.loads(status.stdout)["entries"]}
+    assert listed["hello every 3 s"]["schedule"] == "every 3s"
+
+
+def test_the_example_embedded_in_gunicorn(
+    tmp_path, zk_server, zk_client, zk_root, broker_dir
+) -> None:
+    """``ready()`` starts an EmbeddedBeat with the DatabaseScheduler in each gunicorn worker."""
+    from tests.test_examples import WebServer, _check_server
+
+    env = {
+        **os.environ,
+        "BEATLEADER_ZK_HOSTS": zk_server.hosts,
+        "BEATLEADER_PATH": zk_root,
+        "BEATLEADER_SESSION_TIMEOUT": "3",
+        "EXAMPLE_BROKER_DIR": str(broker_dir),
+        "EXAMPLE_SQLITE": str(tmp_path / "example.sqlite3"),
+        "PYTHONPATH": str(REPO_ROOT),
+        "PYTHONUNBUFFERED": "1",
+    }
+    for command in readme_commands()[:3]:  # migrate, createsuperuser, loaddata
+        subprocess.run(["sh", "-c", command], cwd=EXAMPLE, env=env, check=True, timeout=120)
+    (command,) = readme_commands("<!-- embedded:")
+    port = free_port()
+    command = command.replace("127.0.0.1:8000", f"127.0.0.1:{port}").removesuffix("&").strip()
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    command = command.replace(" gunicorn ", f" {gunicorn} ")
+    server = WebServer(
+        ["sh", "-c", f"exec env {command}"], tmp_path / "gunicorn.log", cwd=EXAMPLE, env=env
+    )
+    try:
+        _check_server(server, port, 2, zk_client, zk_root, broker_dir)
+    finally:
+        server.close()
 
 
 def _http_status(url: str) -> int | None:
