@@ -119,6 +119,13 @@ class EmbeddedBeat:
             running = _running.get(self._key)
             if running is not None and running is not self:
                 logger.info("beatleader: a beat for %s already runs here; reusing it", self._key[2])
+                if running._scheduler_cls is not self._scheduler_cls:
+                    logger.warning(
+                        "beatleader: the beat already running for %s uses %s, not %s; reusing it",
+                        self._key[2],
+                        _requested(running._scheduler_cls).__name__,
+                        _requested(self._scheduler_cls).__name__,
+                    )
                 self._twin = running
                 return running
             self._twin = None
@@ -349,6 +356,11 @@ def _embedded_class(wanted: type[Scheduler] | str | None) -> type[_EmbeddedSched
     if issubclass(cls, _EmbeddedScheduler):
         return cls
     return type(f"Embedded{cls.__name__}", (_EmbeddedScheduler, cls), {})
+
+
+def _requested(cls: type[_EmbeddedScheduler]) -> type:
+    """The scheduler class asked for, behind its embedded variant."""
+    return next(c for c in cls.__mro__ if not issubclass(c, _EmbeddedScheduler))
 
 
 def _metrics_observer(path: str, registry: Any) -> PrometheusObserver:

@@ -408,6 +408,23 @@ def test_a_scheduler_that_is_not_beatleaders_is_refused() -> None:
         EmbeddedBeat(app, scheduler_cls="celery.beat.PersistentScheduler", zk_hosts="x:1")
 
 
+def test_a_second_start_with_another_scheduler_reuses_the_running_beat_and_says_so(
+    caplog,
+) -> None:
+    from beatleader.embedded import EmbeddedBeat
+    from tests.app import make_app
+
+    app = make_app({}, set_as_current=False)
+    where = {"zk_hosts": "127.0.0.1:1", "path": "/beatleader-tests/twice"}
+    first = EmbeddedBeat(app, **where).start()
+    try:
+        second = EmbeddedBeat(app, scheduler_cls=DatabaseScheduler, **where)
+        assert second.start() is first
+    finally:
+        first.stop()
+    assert "uses Scheduler, not DatabaseScheduler" in caplog.text
+
+
 def test_without_django_celery_beat_installed_beat_exits_with_one_line(tmp_path: Path) -> None:
     env = {
         **os.environ,

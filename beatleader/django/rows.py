@@ -126,8 +126,8 @@ def row_entry(model: Any, app: Any) -> RowEntry:
     info = RowInfo(
         pk=model.pk,
         one_off=bool(model.one_off),
-        start_time=model.start_time,
-        expires=model.expires,
+        start_time=_aware(model.start_time),
+        expires=_aware(model.expires),
         db_count=int(model.total_run_count or 0),
         date_changed=model.date_changed,
         signature=_signature(model, converted),
@@ -144,6 +144,11 @@ def row_entry(model: Any, app: Any) -> RowEntry:
         app=app,
         row=info,
     )
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """A naive time (``USE_TZ = False``) read as UTC, as celery's ``maybe_make_aware`` does."""
+    return None if moment is None else maybe_make_aware(moment)
 
 
 def _signature(model: Any, converted: Any) -> str:
