@@ -29,6 +29,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -128,6 +129,9 @@ class DatabaseSync:
             self._full_read = True
             return None
         try:
+            from django.db import close_old_connections
+
+            close_old_connections()
             marker, entries = self._read()
         except Exception as exc:
             self._failed("reading the schedule at takeover", exc)
@@ -146,21 +150,27 @@ class DatabaseSync:
     # -- the thread -----------------------------------------------------------------------------
 
     def _run(self) -> None:
-        from django.db import close_old_connections
-
         try:
             while not self._stopping.is_set():
                 self._wake.wait(self._timeout())
                 self._wake.clear()
                 if self._stopping.is_set():
                     break
-                close_old_connections()
-                self._pass()
-            self._pass(final=True)
-        except Exception:  # never silently: the scheduler goes on without write-backs
-            logger.exception("beatleader: the database thread failed")
+                self._guarded(self._pass)
+            self._guarded(lambda: self._pass(final=True))
         finally:
             _close_connection()
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        """One pass; an unexpected error is logged with its traceback and the loop goes on."""
+        from django.db import close_old_connections
+
+        try:
+            close_old_connections()  # as Django does around a request (CONN_MAX_AGE)
+            step()
+        except Exception:
+            logger.exception("beatleader: unexpected error in the database thread; going on")
+            self._backoff.failed("db", time.monotonic())
 
     def _timeout(self) -> float:
         waits = [self.scheduler.change_check_interval]
