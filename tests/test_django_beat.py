@@ -36,6 +36,7 @@ from tests.djangoproj.dburl import database
 from tests.harness import (
     REPO_ROOT,
     BeatProcess,
+    FilesystemBroker,
     contenders,
     entry_state,
     free_port,
@@ -277,7 +278,7 @@ def test_postgres_edits_one_off_disable_kill_and_pause_each_run_once(
 
 
 def test_sqlite_rows_beside_static_entries_clocked_one_off_status_and_a_kill(
-    use_db, beats, workers, zk_client, zk_server, zk_root, execution_log
+    use_db, beats, workers, zk_client, zk_server, zk_root, execution_log, broker_dir
 ) -> None:
     from django.utils import timezone
     from django_celery_beat.models import ClockedSchedule
@@ -288,7 +289,8 @@ def test_sqlite_rows_beside_static_entries_clocked_one_off_status_and_a_kill(
     workers(env={"TEST_DEDUP": "1"}).wait_ready()
     started = start_beats(beats, url, TEST_SCHEDULE=json.dumps({"static": {"every": 1}}))
     first = leading(zk_client, zk_root, started)
-    add_row("row", every=1)  # created while the beats run
+    options = {"queue": "celery", "headers": json.dumps({"x-origin": "admin"}), "priority": 3}
+    add_row("row", every=1, expire_seconds=600, **options)  # created while the beats run
     clock = ClockedSchedule.objects.create(clocked_time=timezone.now() + timedelta(seconds=2))
     add_row("clocked", clocked=clock, one_off=True)
     wait_for(lambda: not row("clocked").enabled, EDIT_DELAY + 3 + SLACK, message="clocked ran")
@@ -299,6 +301,12 @@ def test_sqlite_rows_beside_static_entries_clocked_one_off_status_and_a_kill(
     assert entries["row"]["schedule"] == "every 1s"
     assert entries["row"]["task"] == "tests.app.record"
     assert entries["static"]["schedule"] == "every 1s"
+    message = FilesystemBroker(broker_dir).for_entry("row")[0]
+    assert (message.queue, message.headers["x-origin"]) == ("celery", "admin")
+    assert message.headers["periodic_task_name"] == "row"  # as django-celery-beat sends it
+    assert message.headers["expires"] is not None
+    assert message.headers[layout.HEADER_ENTRY] == "row"
+    assert message.task_id == layout.run_task_id(zk_root, "row", 1)
     assert {"row", "static"} <= set(status["scheduled_names"])
 
     os.kill(first.pid, signal.SIGKILL)
@@ -378,7 +386,6 @@ def test_a_takeover_writes_back_what_the_dead_leader_did_not_and_finishes_its_on
 def test_embedded_beat_runs_the_database_scheduler(use_db, zk_server, zk_root, broker_dir) -> None:
     from beatleader.embedded import EmbeddedBeat
     from tests.app import make_app
-    from tests.harness import FilesystemBroker
 
     use_db("default")
     add_row("embedded", every=1)
