@@ -101,6 +101,7 @@ class DatabaseSync:
         self._bad: dict[str, str] = {}
         self._rows: dict[str, RowEntry] = {}  # the last read, for the description
         self._described: Any = None
+        self._describe_retry = 0.0
         self._thread = threading.Thread(target=self._run, name="beatleader-django", daemon=True)
 
     # -- called by the scheduler ----------------------------------------------------------------
@@ -200,10 +201,16 @@ class DatabaseSync:
             self._describe()
 
     def _describe(self) -> None:
+        """Publish the rows' descriptions when they changed; after a failure, once per check."""
         rows = self._rows
         key = sorted((name, e.row.signature if e.row else "") for name, e in rows.items())
-        if key != self._described and self.scheduler.describe_rows(list(rows.values())):
+        now = time.monotonic()
+        if key == self._described or now < self._describe_retry:
+            return
+        if self.scheduler.describe_rows(list(rows.values())):
             self._described = key
+        else:
+            self._describe_retry = now + self.scheduler.change_check_interval
 
     def _leading(self) -> bool:
         return self.scheduler.has_taken_over()
