@@ -326,6 +326,51 @@ def test_sqlite_rows_beside_static_entries_clocked_one_off_status_and_a_kill(
     assert row("static").total_run_count == 0
 
 
+def test_unusable_rows_are_reported_and_left_alone(use_db) -> None:
+    from django_celery_beat.models import PeriodicTask
+
+    from beatleader.django.rows import read_rows
+    from tests.app import make_app
+
+    use_db("default")
+    add_row("good", every=1)
+    add_row("bad-args", every=1, args="[not json")
+    add_row("no-schedule", every=1)
+    PeriodicTask.objects.filter(name="no-schedule").update(interval=None)
+    add_row("static", every=1)
+    entries, bad = read_rows(make_app({}, set_as_current=False), frozenset({"static"}))
+    assert set(entries) == {"good"}
+    assert set(bad) == {"bad-args", "no-schedule"}
+    assert "not JSON" in bad["bad-args"] and "no interval" in bad["no-schedule"]
+    assert all(row(name).enabled for name in ("bad-args", "no-schedule"))  # nothing written
+
+
+def test_a_row_entry_is_due_as_model_entry_would_be_without_writing(use_db) -> None:
+    from django.utils import timezone
+
+    from beatleader.django.rows import NEVER, read_rows
+    from tests.app import make_app
+
+    use_db("default")
+    now = timezone.now()
+    add_row("later", every=1, start_time=now + timedelta(hours=1))
+    add_row("expired", every=1, expires=now - timedelta(seconds=1))
+    add_row("once", every=1, one_off=True, last_run_at=now - timedelta(seconds=5))
+    add_row("due", every=1, last_run_at=now - timedelta(seconds=5))
+    entries, _ = read_rows(make_app({}, set_as_current=False), frozenset())
+    due, wait = entries["later"].is_due()
+    assert not due and 3590 < wait <= 3600
+    assert tuple(entries["expired"].is_due()) == (False, NEVER)
+    assert entries["due"].is_due()[0]
+    once = entries["once"]
+    once.base = once.total_run_count
+    assert once.is_due()[0]
+    ran = next(once)  # celery's next(): the copy keeps row and base
+    assert (ran.row, ran.base, ran.total_run_count) == (once.row, once.base, 1)
+    assert tuple(ran.is_due()) == (False, NEVER)
+    assert row("expired").enabled and row("once").enabled  # is_due wrote nothing
+
+
 class _Recording(DatabaseScheduler):
     """Records the task ids it published (kombu's ``memory://`` broker, in this process)."""
 
