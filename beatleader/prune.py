@@ -15,10 +15,10 @@ Guarantees:
   reported, never deleted under it. A node already gone counts as pruned.
 * Never touches ``election/``, ``schedules/`` or a scheduled entry's state.
 
-Not guaranteed: that a pruned entry is never scheduled again. If it is re-added under the same
-name, it starts over at run 1: its task ids repeat those of its first life, and the worker guard
-(``dedup/<name>``, kept here: workers may still hold claims under it) would drop runs up to the
-entry's old floor as duplicates. Prune only what is gone for good, or rename what comes back.
+A pruned entry that is added again starts over at run 1 in a new *incarnation*
+(``EntryState.incarnation``): its task ids and its worker-guard claims (``dedup/``, kept here:
+workers may still hold claims under it) are those of the new life, so nothing of the old one is
+repeated or dropped as a duplicate.
 """
 
 from __future__ import annotations
