@@ -83,6 +83,8 @@ class Target:
 
     settings: Settings
     timeout: float
+    #: The Celery app the settings came from (``-A`` or celery's), None without one.
+    app: Any = None
 
     @property
     def where(self) -> str:
@@ -144,7 +146,7 @@ def resolve_target(ctx: click.Context, **options: Any) -> Target:
         )
     except ConfigError as exc:
         raise CliError(str(exc)) from None
-    return Target(settings, float(value.get("timeout") or DEFAULT_TIMEOUT))
+    return Target(settings, float(value.get("timeout") or DEFAULT_TIMEOUT), app)
 
 
 def _first(option: Any, group_option: Any) -> Any:
@@ -397,6 +399,9 @@ def _build_group(name: str, with_options: bool, help_text: str) -> click.Group:
     command.add_command(status_command)
     command.add_command(resign_command)
     command.add_command(prune_command)
+    from beatleader.entrycli import entry_group  # it imports this module's helpers
+
+    command.add_command(entry_group)
     return command
 
 
