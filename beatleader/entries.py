@@ -34,12 +34,9 @@ instances.
 
 from __future__ import annotations
 
-import getpass
-import json
-import socket
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
@@ -47,18 +44,17 @@ from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 from beatleader import layout
 from beatleader.client import make_client
 from beatleader.config import Settings
-from beatleader.definitions import (
-    Definition,
-    DefinitionError,
-    check_expires,
-    check_name,
-    check_priority,
-    parse_at,
-    parse_cron,
-    parse_every,
-    parse_timezone,
-)
+from beatleader.definitions import Definition, DefinitionError, check_name, parse_timezone
 from beatleader.entrylist import EntryInfo, published_names, read_entries
+from beatleader.entryspec import (
+    changed_by,
+    json_list,
+    json_object,
+    note,
+    options_of,
+    schedule_of,
+    utc_now,
+)
 from beatleader.trust import start_client
 
 __all__ = [
@@ -83,67 +79,6 @@ class EntryPolicy:
     connect_timeout = 10.0
     #: Versioned writes tried before a concurrently changed definition is an error.
     update_attempts = 5
-
-
-def changed_by() -> str:
-    """``user@host`` of this process (``?`` for what cannot be told)."""
-    try:
-        user = getpass.getuser()
-    except Exception:  # no name for the uid (containers): KeyError / OSError
-        user = "?"
-    return f"{user}@{socket.gethostname() or '?'}"
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def schedule_of(
-    every: str | float | None = None,
-    cron: str | None = None,
-    at: str | datetime | None = None,
-    solar: tuple[str, float, float] | None = None,
-    timezone_name: str | None = None,
-) -> dict[str, Any] | None:
-    """The definition's ``schedule`` from exactly one of the forms (None: none given)."""
-    forms = (("every", every), ("cron", cron), ("at", at), ("solar", solar))
-    given = [k for k, v in forms if v is not None and v != ""]
-    if len(given) > 1:
-        raise DefinitionError(f"give one schedule, not {' and '.join('--' + g for g in given)}")
-    if timezone_name is not None and given != ["cron"]:
-        raise DefinitionError("--timezone applies to --cron only")
-    if given == ["every"]:
-        assert every is not None
-        seconds = parse_every(every) if isinstance(every, str) else parse_every(f"{every}")
-        return {"every": seconds}
-    if given == ["cron"]:
-        assert cron is not None
-        zone = {"timezone": parse_timezone(timezone_name)} if timezone_name else {}
-        return {"crontab": parse_cron(cron), **zone}
-    if given == ["at"]:
-        assert at is not None
-        text = at.isoformat() if isinstance(at, datetime) else at
-        parse_at(text)
-        return {"at": text}
-    if given == ["solar"]:
-        assert solar is not None
-        event, lat, lon = solar
-        return {"solar": event, "lat": lat, "lon": lon}
-    return None
-
-
-def options_of(
-    queue: str | None, priority: int | None, expires: float | None, base: Mapping[str, Any]
-) -> dict[str, Any]:
-    """``base`` with the given options replaced (None: unchanged)."""
-    options = dict(base)
-    if queue is not None:
-        options["queue"] = queue
-    if priority is not None:
-        options["priority"] = check_priority(priority)
-    if expires is not None:
-        options["expires"] = check_expires(expires)
-    return options
 
 
 class EntryStore:
@@ -233,8 +168,8 @@ class EntryStore:
         definition = Definition(
             task=task,
             schedule=schedule,
-            args=tuple(_json_list(args)),
-            kwargs=dict(_json_object(kwargs or {})),
+            args=tuple(json_list(args)),
+            kwargs=dict(json_object(kwargs or {})),
             options=options_of(queue, priority, expires, {}),
             enabled=enabled,
             changed_by=changed_by(),
@@ -285,8 +220,8 @@ class EntryStore:
             return Definition(
                 task=old.task if task is None else task,
                 schedule=new_schedule,
-                args=old.args if args is None else tuple(_json_list(args)),
-                kwargs=old.kwargs if kwargs is None else dict(_json_object(kwargs)),
+                args=old.args if args is None else tuple(json_list(args)),
+                kwargs=old.kwargs if kwargs is None else dict(json_object(kwargs)),
                 options=options_of(queue, priority, expires, old.options),
                 enabled=old.enabled,
                 changed_by=changed_by(),
@@ -323,7 +258,7 @@ class EntryStore:
                 self.client.delete(marker)
         else:
             with suppress(NodeExistsError):  # already paused
-                self.client.create(marker, _note(), makepath=True)
+                self.client.create(marker, note(), makepath=True)
         return "static"
 
     def run(self, name: str) -> str:
@@ -332,7 +267,7 @@ class EntryStore:
         if not runtime and name not in self.static_names():
             raise DefinitionError(f"cannot run {name!r}: no such entry (see 'entry list')")
         prefix = layout.request_prefix(self.root, name)
-        return str(self.client.create(prefix, _note(), sequence=True, makepath=True))
+        return str(self.client.create(prefix, note(), sequence=True, makepath=True))
 
     def list_entries(self) -> list[EntryInfo]:
         """Every static and runtime entry (see :func:`beatleader.entrylist.read_entries`)."""
@@ -377,22 +312,6 @@ def _with_enabled(old: Definition, enabled: bool) -> Definition:
         changed_by(),
         utc_now(),
     )
-
-
-def _note() -> bytes:
-    return json.dumps({"changed_by": changed_by(), "changed_at": utc_now()}).encode()
-
-
-def _json_list(args: Any) -> list[Any]:
-    if isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple)):
-        raise DefinitionError(f"args must be a list, not {type(args).__name__}")
-    return list(args)
-
-
-def _json_object(kwargs: Any) -> Mapping[str, Any]:
-    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
-        raise DefinitionError("kwargs must be a mapping with string keys")
-    return kwargs
 
 
 def _beat_schedule(app: Any) -> dict[str, Any]:
