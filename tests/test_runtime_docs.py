@@ -68,12 +68,10 @@ def env(tmp_path: Path, zk_server: Any, zk_root: str) -> dict[str, str]:
 
 
 def shell(line: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    argv = shlex.split(line)
-    argv = [sys.executable, "-m", "beatleader.cli" if argv[0] == "beatleader" else argv[0]] + argv[
-        1:
-    ]
-    if argv[2] == "celery":
-        argv[1:3] = ["-m", "celery"]
+    """Run a doc line; ``beatleader``/``celery`` as modules of this interpreter."""
+    program, *args = shlex.split(line)
+    module = {"beatleader": "beatleader.cli", "celery": "celery"}[program]
+    argv = [sys.executable, "-m", module, *args]
     return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd, timeout=60)
 
 
