@@ -232,6 +232,7 @@ class EntryStore:
 
     def remove(self, name: str) -> None:
         """Delete a runtime entry's definition (its run state stays until ``prune``)."""
+        name = check_name(name)
         try:
             self.client.delete(layout.definition_path(self.root, name))
         except NoNodeError:
@@ -247,6 +248,7 @@ class EntryStore:
 
     def _set_enabled(self, name: str, enabled: bool) -> str:
         verb = "resume" if enabled else "pause"
+        name = check_name(name)
         if self._exists(layout.definition_path(self.root, name)):
             self._rewrite(name, verb, lambda old: _with_enabled(old, enabled))
             return "runtime"
@@ -263,6 +265,7 @@ class EntryStore:
 
     def run(self, name: str) -> str:
         """Request one extra run of ``name`` now; returns the request node's path."""
+        name = check_name(name)
         runtime = self._exists(layout.definition_path(self.root, name))
         if not runtime and name not in self.static_names():
             raise DefinitionError(f"cannot run {name!r}: no such entry (see 'entry list')")
@@ -279,6 +282,7 @@ class EntryStore:
         return self.client.exists(path) is not None
 
     def _rewrite(self, name: str, verb: str, change: Any) -> Definition:
+        name = check_name(name)
         path = layout.definition_path(self.root, name)
         for _attempt in range(EntryPolicy.update_attempts):
             found = self.get(name)

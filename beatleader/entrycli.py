@@ -155,6 +155,8 @@ def add_command(ctx: click.Context, /, name: str, **options: Any) -> None:
 def update_command(ctx: click.Context, /, name: str, **options: Any) -> None:
     """Change the given fields of runtime entry NAME (others stay as they are)."""
     spec, connection = _split(options)
+    if all(value in (None, False) for value in spec.values()):
+        raise CliError("entry update needs an option to change (--task, --every, --cron, ...)")
     with entry_store(ctx, connection) as store:
         definition = store.update(name, **spec)
     click.echo(f"updated {cell(name)}: {definition.describe()}, task {cell(definition.task)}")

@@ -143,6 +143,9 @@ def test_bad_input_is_one_line_exit_2(env, zk_client, zk_root) -> None:
         (("update", "ghost", "--every", "5"), ("no such entry",)),
         (("update", STATIC, "--every", "5"), ("static beat_schedule entry",)),
         (("update", "mine", "--timezone", "UTC"), ("--cron only",)),
+        (("update", "mine"), ("needs an option to change",)),
+        (("pause", ""), ("entry name must not be empty",)),
+        (("run", "x" * 300), ("longer than 200",)),
         (("remove", "ghost"), ("no such entry",)),
         (("remove", "kept"), ("no such entry",)),  # run state alone is no entry
         (("pause", "ghost"), ("no such entry",)),
