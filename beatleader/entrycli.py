@@ -7,8 +7,8 @@ takes the connection flags of the other commands (``--zk-hosts``, ``--path``, ``
 :class:`beatleader.entries.EntryStore`; this module parses options and prints.
 
 Guarantees: exit 0 on success; 2 on bad input (an unknown entry, an unparsable schedule or JSON,
-a name a static entry has, a task the ``-A`` app does not know without ``--force``, bad settings)
-or when ZooKeeper is unreachable or refuses (``NoAuthError``), always with one line
+a name a static entry has, a task the ``-A`` app does not know without ``--force``, bad settings,
+``list`` of a root path that does not exist) or when ZooKeeper is unreachable or refuses (``NoAuthError``), always with one line
 ``beatleader: ...`` on stderr and never a traceback. Option values are parsed here, not by click,
 so that a bad number is such a line too. Text from ZooKeeper is printed escaped (``render.cell``).
 
@@ -27,7 +27,14 @@ from typing import Any, TypeVar
 
 import click
 
-from beatleader.cli import EXIT_UNREACHABLE, CliError, connect, connection_options, resolve_target
+from beatleader.cli import (
+    EXIT_UNREACHABLE,
+    CliError,
+    connect,
+    connection_options,
+    missing_path,
+    resolve_target,
+)
 from beatleader.config import ConfigError
 from beatleader.definitions import DefinitionError
 from beatleader.entries import EntryStore
@@ -63,10 +70,17 @@ def entry_group() -> None:
 
 
 @contextmanager
-def entry_store(ctx: click.Context, options: dict[str, Any]) -> Iterator[EntryStore]:
-    """An EntryStore on a started client; bad input becomes a one-line exit 2."""
+def entry_store(
+    ctx: click.Context, options: dict[str, Any], must_exist: bool = False
+) -> Iterator[EntryStore]:
+    """An EntryStore on a started client; bad input becomes a one-line exit 2.
+
+    ``must_exist``: a root path that does not exist is an error (a typo), as for ``status``.
+    """
     target = resolve_target(ctx, **options)
     with connect(target) as client:
+        if must_exist and client.exists(target.settings.path) is None:
+            raise CliError(missing_path(client, target))
         try:
             yield EntryStore(client, target.settings.path, target.app)
         except (DefinitionError, ConfigError) as exc:
@@ -212,7 +226,7 @@ def run_command(ctx: click.Context, /, name: str, **options: Any) -> None:
 @click.pass_context
 def list_command(ctx: click.Context, /, as_json: bool, **options: Any) -> None:
     """Every static and runtime entry: source, state, schedule, task, next due time."""
-    with entry_store(ctx, options) as store:
+    with entry_store(ctx, options, must_exist=True) as store:
         found = store.list_entries()
     if as_json:
         click.echo(json.dumps([e.as_dict() for e in found], indent=2))

@@ -163,6 +163,7 @@ def test_bad_input_is_one_line_exit_2(env, zk_client, zk_root) -> None:
 def test_settings_and_zookeeper_failures_are_one_line(env, zk_server, zk_root) -> None:
     bad(entry({**env, "BEATLEADER_SESSION_TIMEOUT": "-1"}, "list"), "session_timeout")
     bad(run(env, "entry", "list", "-A", "no_such_module_xyz"), "cannot load app")
+    bad(entry(env, "list", "--path", f"{zk_root}-typo"), "does not exist")
     unreachable = run(env, "entry", "list", "--zk-hosts", "127.0.0.1:1", "--timeout", "1")
     bad(unreachable, "unreachable")
     ok(entry(env, "add", "x", "--task", "tests.app.record", "--every", "5"))
