@@ -108,8 +108,8 @@ class Definition:
         """This definition, checked as :meth:`parse` would check it; else DefinitionError."""
         try:
             data = self.encode()
-        except (TypeError, ValueError) as exc:
-            raise DefinitionError(f"args/kwargs must be JSON values: {exc}") from None
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise DefinitionError(f"args/kwargs must be JSON values: {_line(exc)}") from None
         found, problem = Definition.parse(data)
         if found is None:
             raise DefinitionError(problem or "invalid definition")

@@ -9,8 +9,9 @@ takes the connection flags of the other commands (``--zk-hosts``, ``--path``, ``
 Guarantees: exit 0 on success; 2 on bad input (an unknown entry, an unparsable schedule or JSON,
 a name a static entry has, a task the ``-A`` app does not know without ``--force``, bad settings,
 ``list`` of a root path that does not exist) or when ZooKeeper is unreachable or refuses
-(``NoAuthError``), always with one line ``beatleader: ...`` on stderr and never a traceback. Option values are parsed here, not by click,
-so that a bad number is such a line too. Text from ZooKeeper is printed escaped (``render.cell``).
+(``NoAuthError``), always with one line ``beatleader: ...`` on stderr and never a traceback.
+Option values are parsed here, not by click, so that a bad number is such a line too. Text from
+ZooKeeper is printed escaped (``render.cell``).
 
 Not guaranteed: that the leader has applied the change when the command returns (it does within
 about a second when one leads; ``entry list`` shows the stored definitions, not the leader's
