@@ -92,22 +92,13 @@ class EntryStore:
     # -- what exists --------------------------------------------------------------------------
 
     def static_names(self) -> frozenset[str]:
-        """The app's ``beat_schedule`` names and those of every running instance's schedule.
+        """The app's ``beat_schedule`` names and those every running instance published.
 
-        A name that has a runtime definition is not static (a leader may publish its runtime
-        entries too).
+        (Instances publish their static schedule only, so a runtime definition that has one of
+        these names is ignored by the leader: the static entry wins.)
         """
-        names = set(_beat_schedule(self.app))
-        published = published_names(self.client, self.root)
-        names |= published - set(self._definition_names())
+        names = set(_beat_schedule(self.app)) | published_names(self.client, self.root)
         return frozenset(names)
-
-    def _definition_names(self) -> list[str]:
-        try:
-            children = self.client.get_children(layout.definitions_path(self.root))
-        except NoNodeError:
-            return []
-        return [layout.unquote_entry_name(c) for c in children]
 
     def get(self, name: str) -> tuple[Definition, int] | None:
         """The runtime definition of ``name`` and its node version; None when there is none.
@@ -249,19 +240,22 @@ class EntryStore:
     def _set_enabled(self, name: str, enabled: bool) -> str:
         verb = "resume" if enabled else "pause"
         name = check_name(name)
-        if self._exists(layout.definition_path(self.root, name)):
-            self._rewrite(name, verb, lambda old: _with_enabled(old, enabled))
-            return "runtime"
-        if name not in self.static_names():
+        if name in self.static_names():  # a static entry wins its name: it is what runs
+            self._mark_paused(name, not enabled)
+            return "static"
+        if not self._exists(layout.definition_path(self.root, name)):
             raise DefinitionError(f"cannot {verb} {name!r}: no such entry (see 'entry list')")
+        self._rewrite(name, verb, lambda old: _with_enabled(old, enabled))
+        return "runtime"
+
+    def _mark_paused(self, name: str, paused: bool) -> None:
         marker = layout.paused_entry_path(self.root, name)
-        if enabled:
-            with suppress(NoNodeError):  # not paused: nothing to do
-                self.client.delete(marker)
-        else:
+        if paused:
             with suppress(NodeExistsError):  # already paused
                 self.client.create(marker, note(), makepath=True)
-        return "static"
+        else:
+            with suppress(NoNodeError):  # not paused: nothing to do
+                self.client.delete(marker)
 
     def run(self, name: str) -> str:
         """Request one extra run of ``name`` now; returns the request node's path."""

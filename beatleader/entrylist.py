@@ -6,8 +6,8 @@ comes from, its state (enabled, paused, done, invalid, ignored), its schedule as
 its last run and its next due time (computed like ``status`` does, ``schedules.next_due``).
 
 Static names are those of the app's ``beat_schedule`` (when an app is given) and those published
-by the running instances (``schedules/<fingerprint>`` of each contender) that have no runtime
-definition.
+by the running instances (``schedules/<fingerprint>`` of each contender: their static schedule).
+A runtime definition with a static name is listed ``ignored``: the leader runs the static entry.
 
 Guarantees: only reads; any data is survived: a definition node that is not a valid definition
 is listed with state ``invalid`` and the reason in ``problem``, unreadable run state reads as
@@ -107,7 +107,7 @@ def read_entries(
     """Every static and runtime entry under ``root``, sorted by name (see the module doc)."""
     definitions = _read_children(client, layout.definitions_path(root))
     published = published_plans(client, root)
-    static = {name: plan for name, plan in published.items() if name not in definitions}
+    static = dict(published)
     for name, spec in beat_schedule.items():
         static[name] = _app_plan(app, name, spec) or static.get(name) or PlannedEntry(name)
     paused = {layout.unquote_entry_name(c) for c in _children(client, layout.paused_path(root))}

@@ -342,6 +342,16 @@ def test_runtime_definition_shadowed_by_a_static_entry_is_listed_ignored(
     assert listed[(STATIC, "static")].state == "enabled"
     shadowed = listed[(STATIC, "runtime")]
     assert shadowed.state == "ignored" and "static entry runs" in str(shadowed.problem)
+    # pause acts on what runs: the static entry
+    assert store.pause(STATIC) == "static"
+    assert zk_client.exists(layout.paused_entry_path(zk_root, STATIC)) is not None
+    assert node(zk_client, layout.definition_path(zk_root, STATIC))["enabled"] is True
+    # the same without the app, the name published by a running instance
+    publish_instance(zk_client, zk_root, {"pub": PlannedEntry("pub", "t", "every 5s", 5.0)})
+    zk_client.create(layout.definition_path(zk_root, "pub"), definition.encode())
+    bare = {(e.name, e.source): e for e in EntryStore(zk_client, zk_root).list_entries()}
+    assert bare[("pub", "static")].state == "enabled"
+    assert bare[("pub", "runtime")].state == "ignored"
 
 
 # --- the functions: app or Settings; auth and ACLs ----------------------------------------------
