@@ -34,7 +34,7 @@ instances.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import Any
@@ -114,6 +114,11 @@ class EntryStore:
             raise DefinitionError(f"runtime entry {name!r} is invalid ({problem}); remove it")
         return definition, int(stat.version)
 
+    def _check_schedule(self, definition: Definition) -> None:
+        """With an app: the schedule can be built (a solar one needs ``ephem``)."""
+        if self.app is not None:
+            definition.celery_schedule(self.app)  # DefinitionError when it cannot
+
     def _check_task(self, task: str, force: bool) -> None:
         if force or self.app is None:
             return
@@ -172,6 +177,7 @@ class EntryStore:
                 "(static entries win; choose another name)"
             )
         self._check_task(definition.task, force)
+        self._check_schedule(definition)
         path = layout.definition_path(self.root, name)
         try:
             self.client.create(path, definition.encode(), makepath=True)
@@ -275,7 +281,9 @@ class EntryStore:
     def _exists(self, path: str) -> bool:
         return self.client.exists(path) is not None
 
-    def _rewrite(self, name: str, verb: str, change: Any) -> Definition:
+    def _rewrite(
+        self, name: str, verb: str, change: Callable[[Definition], Definition]
+    ) -> Definition:
         name = check_name(name)
         path = layout.definition_path(self.root, name)
         for _attempt in range(EntryPolicy.update_attempts):
@@ -283,13 +291,14 @@ class EntryStore:
             if found is None:
                 raise self._unknown(name, verb)
             new = change(found[0]).validated()
+            self._check_schedule(new)
             try:
                 self.client.set(path, new.encode(), version=found[1])
             except BadVersionError:
                 continue  # changed meanwhile: apply the change to the new definition
             except NoNodeError:
                 raise self._unknown(name, verb) from None
-            return new  # type: ignore[no-any-return]
+            return new
         raise DefinitionError(f"cannot {verb} {name!r}: it kept changing meanwhile; try again")
 
 

@@ -131,6 +131,18 @@ def test_add_refuses_bad_input_in_one_line(store, zk_client, zk_root, spec, need
     assert zk_client.exists(layout.definition_path(zk_root, "x")) is None
 
 
+def test_a_solar_schedule_needs_ephem_with_an_app(store, zk_client, zk_root) -> None:
+    try:
+        import ephem  # noqa: F401
+    except ImportError:
+        with pytest.raises(DefinitionError, match="ephem"):
+            store.add("sun", task="tests.app.record", solar=("sunrise", 52.1, 4.3))
+        assert zk_client.exists(layout.definition_path(zk_root, "sun")) is None
+    else:
+        store.add("sun", task="tests.app.record", solar=("sunrise", 52.1, 4.3))
+        assert by_name(store)[("sun", "runtime")].schedule == "solar sunrise (52.1, 4.3)"
+
+
 def test_unknown_task_is_accepted_with_force(store, zk_client, zk_root) -> None:
     store.add("x", task="proj.tasks.elsewhere", every="5", force=True)
     assert node(zk_client, layout.definition_path(zk_root, "x"))["task"] == "proj.tasks.elsewhere"
