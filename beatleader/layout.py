@@ -15,6 +15,12 @@ Under an app's root path (``/beatleader/<app.main>`` by default)::
                                         to read ZooKeeper's server time (its ``mtime``);
                                         ``planning.py``, ``clockview.py``.
     dedup/<quoted entry>/...            workers' run claims (``dedup.install``, ``claims.py``).
+    definitions/<quoted entry name>     persistent JSON runtime entry definition, written by
+                                        ``beatleader entry`` / ``entries.py`` (``definitions.py``).
+    paused/<quoted entry name>          persistent JSON {changed_by, changed_at}: a static entry
+                                        that is paused (runtime entries use their ``enabled``).
+    requests/<quoted name>__run__<seq>  persistent SEQUENTIAL JSON {changed_by, changed_at}: one
+                                        extra run now, consumed by the leader's fenced commit.
 
 Entry names are percent-quoted so that any Celery entry name (spaces, slashes, non-ASCII) is a
 single valid znode name; :func:`unquote_entry_name` gives the original back. This module only
@@ -35,6 +41,11 @@ ENTRIES = "entries"
 SCHEDULES = "schedules"
 CLOCK = "clock"
 DEDUP = "dedup"
+DEFINITIONS = "definitions"
+PAUSED = "paused"
+REQUESTS = "requests"
+#: Between the quoted entry name and the sequence number of a run request node.
+REQUEST_MARKER = "__run__"
 
 #: Namespace of the deterministic task ids (uuid5 of path, entry name and run ordinal).
 TASK_ID_NAMESPACE = uuid.UUID("6f6c2d55-9b1e-4c1b-a7f4-626561746c64")
@@ -65,6 +76,42 @@ def dedup_path(root: str) -> str:
 
 def entry_path(root: str, name: str) -> str:
     return f"{entries_path(root)}/{quote_entry_name(name)}"
+
+
+def definitions_path(root: str) -> str:
+    """Parent of the runtime entry definitions (``definitions.py``)."""
+    return f"{root}/{DEFINITIONS}"
+
+
+def definition_path(root: str, name: str) -> str:
+    return f"{definitions_path(root)}/{quote_entry_name(name)}"
+
+
+def paused_path(root: str) -> str:
+    """Parent of the pause markers of static entries."""
+    return f"{root}/{PAUSED}"
+
+
+def paused_entry_path(root: str, name: str) -> str:
+    return f"{paused_path(root)}/{quote_entry_name(name)}"
+
+
+def requests_path(root: str) -> str:
+    """Parent of the run-now requests."""
+    return f"{root}/{REQUESTS}"
+
+
+def request_prefix(root: str, name: str) -> str:
+    """The path to create, SEQUENTIAL, for one run-now request of ``name``."""
+    return f"{requests_path(root)}/{quote_entry_name(name)}{REQUEST_MARKER}"
+
+
+def request_entry_name(node: str) -> str | None:
+    """The entry name of a request node's name (``<quoted>__run__<seq>``), None if not one."""
+    quoted, marker, seq = node.rpartition(REQUEST_MARKER)
+    if not marker or not quoted or not (seq.isascii() and seq.isdigit()):
+        return None
+    return unquote_entry_name(quoted)
 
 
 def quote_entry_name(name: str) -> str:
