@@ -1,6 +1,8 @@
 """Claims on beatleader runs in ZooKeeper: who executes run N of an entry, and whether it is done.
 
-Under the worker's root (``Settings.path``), one folder per entry (``layout.dedup_path``)::
+Under the worker's root (``Settings.path``), one folder per entry and incarnation of its state
+(``layout.dedup_path``; ``<entry>`` is the quoted entry name, plus NUL and the incarnation for
+runs that carry one, so an entry whose state was deleted and created again gets a new folder)::
 
     dedup/<entry>                 persistent, JSON {"floor": F}: every run <= F is treated as done
     dedup/<entry>/r<ordinal>      EPHEMERAL, JSON owner (task id, host, pid, attempt): running

@@ -291,6 +291,7 @@ class DedupGuard:
         root = _header(request, layout.HEADER_ROOT)
         entry = _header(request, layout.HEADER_ENTRY)
         ordinal = _header(request, layout.HEADER_RUN)
+        incarnation = _header(request, layout.HEADER_INCARNATION)
         if root is None and entry is None and ordinal is None:
             return None
         task_id = getattr(request, "id", None)
@@ -300,24 +301,27 @@ class DedupGuard:
             and isinstance(ordinal, int)
             and not isinstance(ordinal, bool)
             and ordinal >= 0
+            and (incarnation is None or layout.is_incarnation(incarnation))
         )
-        if not valid or task_id != layout.run_task_id(root, entry, ordinal):
+        if not valid or task_id != layout.run_task_id(root, entry, ordinal, incarnation):
             logger.warning(
                 "beatleader.dedup: task %s carries beatleader headers that do not match its id; "
                 "executed unguarded",
                 task_id,
             )
             return None
-        return RunKey(
-            folder=self._folder(root, entry), ordinal=ordinal, entry=entry, task_id=task_id
-        )
+        folder = self._folder(root, entry, incarnation)
+        return RunKey(folder=folder, ordinal=ordinal, entry=entry, task_id=task_id)
 
-    def _folder(self, root: str, entry: str) -> str:
+    def _folder(self, root: str, entry: str, incarnation: str | None) -> str:
+        """``dedup/`` folder of an entry's runs: one per incarnation (ordinals restart with one)."""
         try:
             own: str | None = self.settings().path
         except ConfigError:
             own = None  # store() reports it
         name = entry if root == own else f"{root}\x00{entry}"
+        if incarnation is not None:
+            name = f"{name}\x00{incarnation}"
         return layout.quote_entry_name(name)
 
     # -- the process's client -------------------------------------------------------------------

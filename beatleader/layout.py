@@ -19,6 +19,12 @@ Under an app's root path (``/beatleader/<app.main>`` by default)::
                                         to read ZooKeeper's server time (its ``mtime``);
                                         ``planning.py``, ``clockview.py``.
     dedup/<quoted entry>/...            workers' run claims (``dedup.install``, ``claims.py``).
+    definitions/<quoted entry name>     persistent JSON runtime entry definition, written by
+                                        ``beatleader entry`` / ``entries.py`` (``definitions.py``).
+    paused/<quoted entry name>          persistent JSON {changed_by, changed_at}: a static entry
+                                        that is paused (runtime entries use their ``enabled``).
+    requests/<quoted name>__run__<seq>  persistent SEQUENTIAL JSON {changed_by, changed_at}: one
+                                        extra run now, consumed by the leader's fenced commit.
 
 Entry names are percent-quoted so that any Celery entry name (spaces, slashes, non-ASCII) is a
 single valid znode name; :func:`unquote_entry_name` gives the original back. This module only
@@ -40,6 +46,11 @@ SCHEDULES = "schedules"
 CLOCK = "clock"
 SOURCES = "sources"
 DEDUP = "dedup"
+DEFINITIONS = "definitions"
+PAUSED = "paused"
+REQUESTS = "requests"
+#: Between the quoted entry name and the sequence number of a run request node.
+REQUEST_MARKER = "__run__"
 
 #: Namespace of the deterministic task ids (uuid5 of path, entry name and run ordinal).
 TASK_ID_NAMESPACE = uuid.UUID("6f6c2d55-9b1e-4c1b-a7f4-626561746c64")
@@ -77,6 +88,42 @@ def entry_path(root: str, name: str) -> str:
     return f"{entries_path(root)}/{quote_entry_name(name)}"
 
 
+def definitions_path(root: str) -> str:
+    """Parent of the runtime entry definitions (``definitions.py``)."""
+    return f"{root}/{DEFINITIONS}"
+
+
+def definition_path(root: str, name: str) -> str:
+    return f"{definitions_path(root)}/{quote_entry_name(name)}"
+
+
+def paused_path(root: str) -> str:
+    """Parent of the pause markers of static entries."""
+    return f"{root}/{PAUSED}"
+
+
+def paused_entry_path(root: str, name: str) -> str:
+    return f"{paused_path(root)}/{quote_entry_name(name)}"
+
+
+def requests_path(root: str) -> str:
+    """Parent of the run-now requests."""
+    return f"{root}/{REQUESTS}"
+
+
+def request_prefix(root: str, name: str) -> str:
+    """The path to create, SEQUENTIAL, for one run-now request of ``name``."""
+    return f"{requests_path(root)}/{quote_entry_name(name)}{REQUEST_MARKER}"
+
+
+def request_entry_name(node: str) -> str | None:
+    """The entry name of a request node's name (``<quoted>__run__<seq>``), None if not one."""
+    quoted, marker, seq = node.rpartition(REQUEST_MARKER)
+    if not marker or not quoted or not (seq.isascii() and seq.isdigit()):
+        return None
+    return unquote_entry_name(quoted)
+
+
 def quote_entry_name(name: str) -> str:
     """A znode-safe name for ``name`` ('/' and every unsafe byte percent-encoded)."""
     quoted = quote(name, safe="")
@@ -88,20 +135,43 @@ def unquote_entry_name(quoted: str) -> str:
     return unquote(quoted)
 
 
-def run_task_id(root: str, entry_name: str, ordinal: int) -> str:
-    """The task id of run number ``ordinal`` of entry ``entry_name``: same run, same id."""
-    return str(uuid.uuid5(TASK_ID_NAMESPACE, f"{root}\x00{entry_name}\x00{ordinal}"))
+def run_task_id(root: str, entry_name: str, ordinal: int, incarnation: str | None = None) -> str:
+    """The task id of run number ``ordinal`` of entry ``entry_name``: same run, same id.
+
+    ``incarnation`` (:attr:`EntryState.incarnation`) tells apart the lives of an entry whose state
+    was deleted and created again (``prune``, a deleted tree): their ordinals restart, their ids
+    do not repeat. None: state written before incarnations existed (the ids it always had).
+    """
+    name = f"{root}\x00{entry_name}\x00{ordinal}"
+    if incarnation is not None:
+        name = f"{name}\x00{incarnation}"
+    return str(uuid.uuid5(TASK_ID_NAMESPACE, name))
+
+
+def new_incarnation() -> str:
+    """A fresh :attr:`EntryState.incarnation`: 16 random hex digits."""
+    return uuid.uuid4().hex[:16]
 
 
 #: Message headers that mark a task message as one run of a beatleader entry (``dedup.py``).
 HEADER_ROOT = "beatleader_root"
 HEADER_ENTRY = "beatleader_entry"
 HEADER_RUN = "beatleader_run"
+HEADER_INCARNATION = "beatleader_incarnation"
 
 
-def run_headers(root: str, entry_name: str, ordinal: int) -> dict[str, str | int]:
+def run_headers(
+    root: str, entry_name: str, ordinal: int, incarnation: str | None = None
+) -> dict[str, str | int]:
     """The headers beatleader adds to run ``ordinal`` of ``entry_name`` under ``root``."""
-    return {HEADER_ROOT: root, HEADER_ENTRY: entry_name, HEADER_RUN: ordinal}
+    headers: dict[str, str | int] = {
+        HEADER_ROOT: root,
+        HEADER_ENTRY: entry_name,
+        HEADER_RUN: ordinal,
+    }
+    if incarnation is not None:
+        headers[HEADER_INCARNATION] = incarnation
+    return headers
 
 
 def utc_now_iso() -> str:
@@ -174,9 +244,16 @@ class EntryState:
     skipped_count: int = 0
     #: False from the commit of run ``total_run_count`` until it is known to be published.
     published: bool = True
+    #: Random, set when the state is first created (or replaces unreadable data) and kept by
+    #: every later write: part of the task ids (:func:`run_task_id`), so an entry whose state
+    #: was deleted and created again does not reuse the ids (and worker claims) of its past.
+    #: None: written by a version without incarnations; its next run gets one.
+    incarnation: str | None = None
 
     def encode(self) -> bytes:
-        fields = {  # by hand: dataclasses.asdict is a deep copy, slow for thousands a second
+        fields: dict[
+            str, Any
+        ] = {  # by hand: dataclasses.asdict is a deep copy, slow for thousands a second
             "last_run_at": self.last_run_at,
             "last_task_id": self.last_task_id,
             "published": self.published,
@@ -184,6 +261,8 @@ class EntryState:
             "total_run_count": self.total_run_count,
             "written_by": self.written_by,
         }
+        if self.incarnation is not None:
+            fields["incarnation"] = self.incarnation
         return json.dumps(fields, sort_keys=True).encode()
 
     @classmethod
@@ -214,6 +293,7 @@ class EntryState:
             written_by=value.get("written_by", ""),
             skipped_count=value.get("skipped_count", 0),
             published=value.get("published", True),
+            incarnation=value.get("incarnation"),
         ), ""
 
 
@@ -229,6 +309,9 @@ def _entry_problem(fields: dict[str, Any]) -> str:
         text = fields.get(name)
         if text is not None and not isinstance(text, str):
             return f"{name} is not a string: {text!r}"
+    incarnation = fields.get("incarnation")
+    if incarnation is not None and not is_incarnation(incarnation):
+        return f"incarnation is not 1 to 32 hex digits: {incarnation!r}"
     if not isinstance(fields.get("published", True), bool):
         return f"published is not a boolean: {fields.get('published')!r}"
     last_run_at = fields.get("last_run_at")
@@ -241,6 +324,15 @@ def _entry_problem(fields: dict[str, Any]) -> str:
     if moment is None or moment.tzinfo is None:
         return f"last_run_at is not an ISO 8601 time with a zone: {last_run_at!r}"
     return ""
+
+
+def is_incarnation(value: Any) -> bool:
+    """Whether ``value`` is a well-formed incarnation: 1 to 32 lowercase hex digits."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= 32
+        and all(c in "0123456789abcdef" for c in value)
+    )
 
 
 def _short(data: bytes, limit: int = 60) -> str:

@@ -190,8 +190,10 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
         stored = self._stored.get(run.entry.name)
         previous = stored.state if stored is not None else None
         last_task_id: str | None
+        incarnation = (previous.incarnation if previous else None) or layout.new_incarnation()
         if run.send:
-            last_task_id, skipped = self._task_id(run.entry.name, run.entry.total_run_count), 0
+            ordinal = run.entry.total_run_count
+            last_task_id, skipped = self._task_id(run.entry.name, ordinal, incarnation), 0
         else:  # a skip keeps the last sent task's id and counts itself
             last_task_id, skipped = (previous.last_task_id if previous else None), 1
         state = EntryState(
@@ -201,6 +203,7 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
             written_by=self.settings.identity,
             skipped_count=(previous.skipped_count if previous else 0) + skipped,
             published=not run.send,
+            incarnation=incarnation,
         )
         return Write(run.entry.name, state, stored.version if stored is not None else None)
 
@@ -321,7 +324,11 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
         self._see(entry.name, entry.total_run_count)
         if run.send:
             ordinal = entry.total_run_count
-            pending = Pending(entry.name, ordinal, entry, run.lateness, committed_at, run.delay)
+            stored = self._stored.get(entry.name)  # adopted from this very commit
+            incarnation = stored.state.incarnation if stored and stored.state else None
+            pending = Pending(
+                entry.name, ordinal, entry, run.lateness, committed_at, run.delay, incarnation
+            )
             self._outbox.add(pending)
             return
         self.observers.skipped(entry.name, run.lateness)
@@ -381,20 +388,22 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
                 )
                 continue
             try:
-                task_id = self.publish_run(pending.entry, pending.ordinal)
+                task_id = self.publish_run(pending.entry, pending.ordinal, pending.incarnation)
             except Exception as exc:
                 if not self._publish_failed(pending, exc):
                     return
                 continue
             self._published(pending, task_id)
 
-    def publish_run(self, entry: beat.ScheduleEntry, ordinal: int) -> str:
+    def publish_run(
+        self, entry: beat.ScheduleEntry, ordinal: int, incarnation: str | None = None
+    ) -> str:
         """Publish run ``ordinal`` of ``entry`` with its task id and run headers; raise if not."""
-        task_id = self._task_id(entry.name, ordinal)
+        task_id = self._task_id(entry.name, ordinal, incarnation)
         message = copy.copy(entry)
         headers = {
             **(entry.options.get("headers") or {}),
-            **layout.run_headers(self.settings.path, entry.name, ordinal),
+            **layout.run_headers(self.settings.path, entry.name, ordinal, incarnation),
         }
         message.options = {**entry.options, "task_id": task_id, "headers": headers}
         logger.info("Scheduler: Sending due task %s (%s)", entry.name, entry.task)
@@ -451,5 +460,5 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
             seen = seen.__cause__ or seen.__context__
         return False
 
-    def _task_id(self, name: str, ordinal: int) -> str:
-        return layout.run_task_id(self.settings.path, name, ordinal)
+    def _task_id(self, name: str, ordinal: int, incarnation: str | None) -> str:
+        return layout.run_task_id(self.settings.path, name, ordinal, incarnation)

@@ -86,6 +86,8 @@ class Pending:
     committed_at: float | None = None
     #: Seconds from its run to the entry's next one, when known (saves an ``is_due`` call).
     delay: float | None = None
+    #: The incarnation of the state that committed it (part of its task id).
+    incarnation: str | None = None
 
 
 class Outbox:
@@ -229,6 +231,8 @@ class Continuation:
     published: bool
     #: What was wrong with the stored state ("" when nothing).
     problem: str = ""
+    #: The stored state's incarnation (None: unreadable or written before incarnations).
+    incarnation: str | None = None
 
 
 def continuation(stored: StoredState, max_seen: int, future_tolerance: float) -> Continuation:
@@ -256,7 +260,7 @@ def continuation(stored: StoredState, max_seen: int, future_tolerance: float) ->
             f"after its own write ({mtime.isoformat()}): a clock in the future; using the write"
         )
         last_run_at = mtime
-    return Continuation(last_run_at, count, published, "; ".join(problems))
+    return Continuation(last_run_at, count, published, "; ".join(problems), state.incarnation)
 
 
 @dataclass(frozen=True)

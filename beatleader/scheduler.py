@@ -405,4 +405,6 @@ class Scheduler(DynamicScheduler):
         entry.total_run_count = found.total_run_count
         self._see(name, found.total_run_count)
         if not found.published and self._marks.get(name) != found.total_run_count:
-            self._outbox.add(Pending(name, found.total_run_count, entry))
+            self._outbox.add(
+                Pending(name, found.total_run_count, entry, incarnation=found.incarnation)
+            )

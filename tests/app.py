@@ -200,12 +200,12 @@ class FaultScheduler(_BeatleaderScheduler):
             time.sleep(pause)
         super()._publish_outbox()
 
-    def publish_run(self, entry: Any, ordinal: int) -> str:
+    def publish_run(self, entry: Any, ordinal: int, incarnation: str | None = None) -> str:
         slow = float(os.environ.get("TEST_SLOW_PUBLISH") or 0)
         if slow:
             _test_log(f"test: publishing slowly run {ordinal} of {entry.name}")
             time.sleep(slow)
-        return super().publish_run(entry, ordinal)
+        return super().publish_run(entry, ordinal, incarnation)
 
 
 def _test_log(line: str) -> None:

@@ -38,11 +38,12 @@ def publish_run(
     ordinal: int,
     task: str = RECORD_TASK,
     args: list[Any] | None = None,
+    incarnation: str | None = None,
     **options: Any,
 ) -> str:
     """Publish run ``ordinal`` of ``entry`` exactly as the beat does; return its task id."""
-    task_id = layout.run_task_id(root, entry, ordinal)
-    headers = layout.run_headers(root, entry, ordinal)
+    task_id = layout.run_task_id(root, entry, ordinal, incarnation)
+    headers = layout.run_headers(root, entry, ordinal, incarnation)
     app.send_task(task, args=args or [entry], task_id=task_id, headers=headers, **options)
     return task_id
 

@@ -201,6 +201,7 @@ def test_status_json_shape(
             "written_by": "alpha",
             "skipped_count": 1,
             "published": True,  # written without the field (before the outbox): reads as published
+            "incarnation": None,  # written before incarnations
             "scheduled": None,  # the simulated contenders published no schedule
             "schedule": None,
             "task": None,

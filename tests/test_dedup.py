@@ -70,6 +70,22 @@ def test_a_duplicate_delivered_while_the_run_executes_is_dropped(
     assert executions_of(execution_log, "long") == [task_id]
 
 
+def test_a_new_incarnation_of_an_entry_is_not_dropped_as_its_old_life(
+    workers: Any, dedup_env: dict[str, str], publisher: Celery, zk_root: str, execution_log: Path
+) -> None:
+    """State deleted and created again (prune + re-add, a deleted tree): ordinals restart at 1."""
+    worker = workers(env=dedup_env)
+    worker.wait_ready()
+    old = [publish_run(publisher, zk_root, "reborn", n, incarnation="aaaa") for n in (1, 2)]
+    wait_for(lambda: len(executions_of(execution_log, "reborn")) == 2, 30, message="old life")
+    new = [publish_run(publisher, zk_root, "reborn", n, incarnation="bbbb") for n in (1, 2)]
+    publish_run(publisher, zk_root, "reborn", 1, incarnation="aaaa")  # the old life's run 1 again
+    wait_for(lambda: drops(worker, old[0]) == 1, 30, message="old run 1 dropped")
+    wait_for(lambda: len(executions_of(execution_log, "reborn")) == 4, 30, message="new life")
+    assert sorted(executions_of(execution_log, "reborn")) == sorted(old + new)
+    assert len(set(old + new)) == 4  # the new life's ids are not the old life's
+
+
 def test_two_workers_many_duplicates_each_run_once(
     workers: Any, dedup_env: dict[str, str], publisher: Celery, zk_root: str, execution_log: Path
 ) -> None:

@@ -87,7 +87,10 @@ def test_three_beats_a_killed_leader_and_republished_runs_execute_each_run_once(
         while not stop.wait(0.7):
             state = entry_state(zk_client, zk_root, entry)
             if state and state["total_run_count"]:
-                republished.append(publish_run(publisher, zk_root, entry, state["total_run_count"]))
+                ordinal, incarnation = state["total_run_count"], state.get("incarnation")
+                republished.append(
+                    publish_run(publisher, zk_root, entry, ordinal, incarnation=incarnation)
+                )
 
     def executions() -> list[str]:
         return executions_of(execution_log, entry)
@@ -119,7 +122,7 @@ def test_three_beats_a_killed_leader_and_republished_runs_execute_each_run_once(
     )
     ids = executions()
     assert len(ids) == runs, f"{len(ids)} executions of {runs} runs"
-    assert set(ids) == run_ids(zk_root, entry, runs)
+    assert set(ids) == run_ids(zk_root, entry, runs, state.get("incarnation"))
     assert expected_drops >= 5
 
 

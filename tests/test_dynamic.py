@@ -90,7 +90,7 @@ def make_dynamic(zk_server, zk_root, source) -> Iterator[Any]:
 
 
 def test_a_takeover_reads_the_dynamic_entries_and_continues_their_ordinals(
-    make_dynamic, source, zk_root
+    make_dynamic, source, zk_root, zk_client
 ) -> None:
     source.specs["dyn"] = (0.2, ["a"])
     first = make_dynamic({"static": {"every": 3600}})
@@ -100,8 +100,14 @@ def test_a_takeover_reads_the_dynamic_entries_and_continues_their_ordinals(
     count = len(first.published)
     second = make_dynamic({"static": {"every": 3600}})
     run_until(second, lambda: len(second.published) >= 2)
-    dyn = [t for t in first.published + second.published if t in ids(zk_root, "dyn", *range(1, 50))]
-    assert dyn == ids(zk_root, "dyn", *range(1, len(dyn) + 1))  # no ordinal restarted
+    dyn = [
+        t
+        for t in first.published + second.published
+        if t in ids(zk_root, "dyn", *range(1, 50), client=zk_client)
+    ]
+    assert dyn == ids(
+        zk_root, "dyn", *range(1, len(dyn) + 1), client=zk_client
+    )  # no ordinal restarted
     assert len(dyn) > count
 
 
@@ -116,7 +122,9 @@ def test_changes_apply_while_leading_and_keep_the_run_state(
     run_until(scheduler, lambda: scheduler.schedule["dyn"].args == ["v2"])
     before = len(scheduler.published)
     run_until(scheduler, lambda: len(scheduler.published) >= before + 2)
-    assert scheduler.published == ids(zk_root, "dyn", *range(1, len(scheduler.published) + 1))
+    assert scheduler.published == ids(
+        zk_root, "dyn", *range(1, len(scheduler.published) + 1), client=zk_client
+    )
     change(scheduler, source, "dyn", None)
     run_until(scheduler, lambda: "dyn" not in scheduler.schedule)
     stopped = len(scheduler.published)
@@ -128,7 +136,9 @@ def test_changes_apply_while_leading_and_keep_the_run_state(
     change(scheduler, source, "dyn", 0.2, "v3")
     run_until(scheduler, lambda: len(scheduler.published) >= again + 1)
     # re-added: continues from its stored run state (one read), not from run 1
-    assert scheduler.published == ids(zk_root, "dyn", *range(1, len(scheduler.published) + 1))
+    assert scheduler.published == ids(
+        zk_root, "dyn", *range(1, len(scheduler.published) + 1), client=zk_client
+    )
 
 
 def test_a_dynamic_entry_cannot_replace_a_static_one(make_dynamic, source) -> None:

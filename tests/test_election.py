@@ -181,7 +181,10 @@ def test_resign_after_a_reconnect_stops_the_old_leader_without_any_send(
 ) -> None:
     hosts = private_zk_server.hosts
     states: list[str] = []
-    made = [_start(hosts, zk_root, f"c{i}", timeout=15.0) for i in range(2)]
+    # Each server named twice: a reconnect that lands in ZooKeeper's startup window (socket
+    # accepted, never answered) waits session timeout / hosts, not the whole session.
+    twice = f"{hosts},{hosts}"
+    made = [_start(twice, zk_root, f"c{i}", timeout=15.0) for i in range(2)]
     made[0][0].add_listener(lambda state: states.append(str(state)))
     try:
         wait_for(lambda: _leaders(made) == [0], 10, message="the first contender leads")
@@ -190,6 +193,7 @@ def test_resign_after_a_reconnect_stops_the_old_leader_without_any_send(
         wait_for(lambda: "CONNECTED" in states[states.index("SUSPENDED") :], 30, message="back")
         assert made[0][0].client_id == session, "the session must survive the restart"
         wait_for(lambda: _leaders(made) == [0], 10, message="leads again after the reconnect")
+        wait_for(lambda: all(c.connected for c, _ in made), 30, message="both reconnected")
         with connected_client(hosts) as operator:
             resign_leader(operator, zk_root, timeout=5)
             wait_for(lambda: not made[0][1].is_leader, 1, message="old leader stops at once")

@@ -113,13 +113,11 @@ def test_hostile_write_with_live_beats(
     wait_for_messages(broker, ENTRY, 3, timeout=RESUME_WITHIN, after_ms=started)
     wait_for(lambda: len(read_contenders(zk_client, zk_root)) == 3, 10, message="3 contenders")
     assert all(p.alive for p in processes), [p.log_tail(30) for p in processes if not p.alive]
-    if act != "deleted app root":
-        # at least once: an act that moves leadership (e.g. deletes the leader's node) lets the
-        # next leader republish the last run, whose mark the old leader could not write (same id)
-        assert_runs_at_least_once(broker.for_entry(ENTRY), zk_root, ENTRY, max_duplicates=1)
-    # Not asserted for a deleted root: deleting the tree deletes the run state, so run ordinals
-    # (and with them task ids) start again at 1 (a known gap, see the README's "Securing
-    # ZooKeeper": with auth configured no other client can delete it).
+    # at least once: an act that moves leadership (e.g. deletes the leader's node) lets the
+    # next leader republish the last run, whose mark the old leader could not write (same id).
+    # A deleted root deletes the run state: ordinals may start again at 1, in a new incarnation
+    # whose task ids differ from the first life's (no id is reused).
+    assert_runs_at_least_once(broker.for_entry(ENTRY), zk_root, ENTRY, max_duplicates=1)
     status = read_status(zk_client, zk_root)
     assert status.leader_problem() is None, status.as_dict()
     for process in processes:

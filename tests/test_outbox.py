@@ -46,10 +46,10 @@ class Recording(Scheduler):
     broker_down = False
     published: list[str]
 
-    def publish_run(self, entry: Any, ordinal: int) -> str:
+    def publish_run(self, entry: Any, ordinal: int, incarnation: str | None = None) -> str:
         if self.broker_down:
             raise OperationalError("broker unreachable (test)")
-        task_id = super().publish_run(entry, ordinal)
+        task_id = super().publish_run(entry, ordinal, incarnation)
         self.published.append(task_id)
         return task_id
 
@@ -81,8 +81,11 @@ def make_scheduler(zk_server, zk_root, recorder) -> Iterator[Any]:
         scheduler.close()
 
 
-def ids(root: str, name: str, *ordinals: int) -> list[str]:
-    return [layout.run_task_id(root, name, n) for n in ordinals]
+def ids(root: str, name: str, *ordinals: int, client: KazooClient | None = None) -> list[str]:
+    """Task ids of runs ``ordinals``; with ``client``, of the entry's stored incarnation."""
+    state = entry_state(client, root, name) if client is not None else None
+    incarnation = state.get("incarnation") if state else None
+    return [layout.run_task_id(root, name, n, incarnation) for n in ordinals]
 
 
 def run_until(scheduler: Recording, condition: Any, timeout: float = 10) -> None:
@@ -106,10 +109,44 @@ def test_a_committed_unpublished_run_is_published_by_the_next_leader_with_its_id
     write_state(zk_client, zk_root, "e", state.encode())
     scheduler = make_scheduler({"e": {"every": 3600}})
     run_until(scheduler, lambda: scheduler.published)
-    assert scheduler.published == ids(zk_root, "e", 7)  # run 7 again, not a new run 8
+    assert scheduler.published == ids(
+        zk_root, "e", 7, client=zk_client
+    )  # run 7 again, not a new run 8
     run_until(scheduler, lambda: entry_state(zk_client, zk_root, "e")["published"], 10)
     assert entry_state(zk_client, zk_root, "e")["total_run_count"] == 7
-    assert recorder.sent_ids == ids(zk_root, "e", 7)
+    assert recorder.sent_ids == ids(zk_root, "e", 7, client=zk_client)
+
+
+def test_a_legacy_state_keeps_its_ids_and_its_next_run_gets_an_incarnation(
+    make_scheduler, zk_client, zk_root
+) -> None:
+    """State written before incarnations: run 7 is republished with its old id, run 8 is new."""
+    now = datetime.now(timezone.utc).isoformat()
+    write_state(zk_client, zk_root, "e", EntryState(now, 7, "x", "old", published=False).encode())
+    scheduler = make_scheduler({"e": {"every": 0.2}})
+    run_until(scheduler, lambda: len(scheduler.published) >= 2)
+    incarnation = entry_state(zk_client, zk_root, "e")["incarnation"]
+    assert layout.is_incarnation(incarnation)
+    assert scheduler.published[:2] == [
+        layout.run_task_id(zk_root, "e", 7),
+        layout.run_task_id(zk_root, "e", 8, incarnation),
+    ]
+
+
+def test_deleted_state_starts_a_new_incarnation_whose_ids_are_new(
+    make_scheduler, zk_client, zk_root
+) -> None:
+    first = make_scheduler({"e": {"every": 0.2}})
+    run_until(first, lambda: len(first.published) >= 3)
+    first.close()
+    old = entry_state(zk_client, zk_root, "e")["incarnation"]
+    zk_client.delete(layout.entry_path(zk_root, "e"))  # prune, or a hostile client without ACLs
+    second = make_scheduler({"e": {"every": 0.2}})
+    run_until(second, lambda: len(second.published) >= 3)
+    new = entry_state(zk_client, zk_root, "e")["incarnation"]
+    assert new != old
+    assert second.published[:3] == [layout.run_task_id(zk_root, "e", n, new) for n in (1, 2, 3)]
+    assert not set(first.published) & set(second.published)
 
 
 def test_a_broker_failure_keeps_the_run_unpublished_and_retries_it(
@@ -127,9 +164,13 @@ def test_a_broker_failure_keeps_the_run_unpublished_and_retries_it(
     assert stored["total_run_count"] == held and stored["published"] is False
     assert any(kind == "publish" for kind, _ in recorder.problems)
     scheduler.broker_down = False
-    run_until(scheduler, lambda: ids(zk_root, "e", held)[0] in scheduler.published)
+    run_until(
+        scheduler, lambda: ids(zk_root, "e", held, client=zk_client)[0] in scheduler.published
+    )
     run_until(scheduler, lambda: len(scheduler.published) >= held + 2)
-    assert scheduler.published == ids(zk_root, "e", *range(1, len(scheduler.published) + 1))
+    assert scheduler.published == ids(
+        zk_root, "e", *range(1, len(scheduler.published) + 1), client=zk_client
+    )
 
 
 @pytest.mark.parametrize("data", [b"garbage", b'{"total_run_count": -5}', b'{"x": 1e999}'])
@@ -141,7 +182,7 @@ def test_unreadable_entry_data_never_restarts_the_ordinals(
         zk_client.set(layout.entry_path(zk_root, "e"), data)
     scheduler = make_scheduler({"e": {"every": 0.2}})
     run_until(scheduler, lambda: len(scheduler.published) >= 2)
-    assert scheduler.published[:2] == ids(zk_root, "e", 5, 6)
+    assert scheduler.published[:2] == ids(zk_root, "e", 5, 6, client=zk_client)
     problems = [detail for kind, detail in recorder.problems if kind == "entry-data"]
     assert len(problems) == 1 and "unreadable" in problems[0]
     assert entry_state(zk_client, zk_root, "e")["total_run_count"] >= 6  # repaired
@@ -154,7 +195,7 @@ def test_a_last_run_at_in_the_future_is_reported_not_obeyed(
     write_state(zk_client, zk_root, "e", future.encode())
     scheduler = make_scheduler({"e": {"every": 1}})
     run_until(scheduler, lambda: scheduler.published, timeout=5)
-    assert scheduler.published == ids(zk_root, "e", 4)
+    assert scheduler.published == ids(zk_root, "e", 4, client=zk_client)
     assert [kind for kind, _ in recorder.problems] == ["entry-time"]
 
 
@@ -168,7 +209,7 @@ def test_a_read_only_entry_backs_off_and_does_not_block_the_others(
     scheduler = make_scheduler({"locked": {"every": 0.2}, "free": {"every": 0.2}})
     started = time.monotonic()
     run_until(scheduler, lambda: len(scheduler.published) >= 6)
-    assert set(scheduler.published) <= set(ids(zk_root, "free", *range(1, 20)))
+    assert set(scheduler.published) <= set(ids(zk_root, "free", *range(1, 20), client=zk_client))
     writes = [d for kind, d in recorder.problems if kind == "entry-write"]
     assert len(writes) == 1 and "locked" in writes[0]  # once per change, not per attempt
     failures = scheduler._entry_backoff.failures("locked")
@@ -194,4 +235,6 @@ def test_close_from_another_thread_writes_the_pending_marks(
     ticking.join(10)
     state = entry_state(zk_client, zk_root, "e")
     assert state["published"] is True
-    assert scheduler.published == ids(zk_root, "e", *range(1, state["total_run_count"] + 1))
+    assert scheduler.published == ids(
+        zk_root, "e", *range(1, state["total_run_count"] + 1), client=zk_client
+    )

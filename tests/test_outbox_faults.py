@@ -59,7 +59,7 @@ def assert_all_published(zk_client: Any, root: str, broker: FilesystemBroker, du
     assert state is not None and state["published"] is True, state
     found = assert_runs_at_least_once(broker.for_entry(ENTRY), root, ENTRY, max_duplicates=dups)
     assert {m.task_id for m in broker.for_entry(ENTRY)} == run_ids(
-        root, ENTRY, state["total_run_count"]
+        root, ENTRY, state["total_run_count"], state.get("incarnation")
     )
     return found
 
@@ -106,7 +106,8 @@ def test_a_cut_between_two_batches_loses_neither(
         state = entry_state(zk_client, zk_root, name)
         assert state is not None and state["published"] is True
         sent = {m.task_id for m in messages if m.entry == name}
-        assert sent == run_ids(zk_root, name, state["total_run_count"]), name
+        count, incarnation = state["total_run_count"], state.get("incarnation")
+        assert sent == run_ids(zk_root, name, count, incarnation), name
     assert duplicates == 0, f"{duplicates} runs sent twice"
 
 
@@ -155,7 +156,8 @@ def test_a_broker_stopped_for_seconds_delays_runs_but_loses_none(
 
     state = entry_state(zk_client, zk_root, ENTRY)
     assert state is not None and state["published"] is True
-    assert set(ids) == run_ids(zk_root, ENTRY, state["total_run_count"]), "a run is missing"
+    expected = run_ids(zk_root, ENTRY, state["total_run_count"], state.get("incarnation"))
+    assert set(ids) == expected, "a run is missing"
     assert len(ids) - len(set(ids)) <= 1, f"{len(ids) - len(set(ids))} repeated sends"
 
 
@@ -168,7 +170,10 @@ def test_sigterm_during_a_slow_publish_publishes_and_marks_the_run(
     beat.terminate()  # lands in the 2 s publish: must wait for it, in every thread
     assert beat.wait_exit(20) == 0
 
-    assert [m.task_id for m in broker.for_entry(ENTRY)] == sorted(run_ids(zk_root, ENTRY, 1))
+    incarnation = (entry_state(zk_client, zk_root, ENTRY) or {}).get("incarnation")
+    assert [m.task_id for m in broker.for_entry(ENTRY)] == sorted(
+        run_ids(zk_root, ENTRY, 1, incarnation)
+    )
     assert assert_all_published(zk_client, zk_root, broker, dups=0) == 0
 
 
@@ -185,7 +190,9 @@ def test_sigkill_between_commit_and_publish_the_successor_publishes_the_run(
     assert successor.stop() == 0
 
     first = broker.for_entry(ENTRY)[0]
-    assert first.task_id in run_ids(zk_root, ENTRY, 1) and sender_pid(first) == successor.pid
+    incarnation = (entry_state(zk_client, zk_root, ENTRY) or {}).get("incarnation")
+    assert first.task_id in run_ids(zk_root, ENTRY, 1, incarnation)
+    assert sender_pid(first) == successor.pid
     assert assert_all_published(zk_client, zk_root, broker, dups=0) == 0
 
 

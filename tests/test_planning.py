@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from beatleader import layout
 from beatleader.layout import EntryState
 from beatleader.planning import Backoff, Marks, Outbox, Pending, ServerClock, continuation
 from beatleader.state import StoredState
@@ -119,6 +120,9 @@ def test_continuation_does_not_obey_a_time_in_the_future() -> None:
         (b'{"total_run_count": 1, "written_by": 3}', "written_by"),
         (b'{"total_run_count": 1, "last_run_at": 17}', "last_run_at"),
         (b'{"total_run_count": 1, "published": 1}', "published"),
+        (b'{"total_run_count": 1, "incarnation": 7}', "incarnation"),
+        (b'{"total_run_count": 1, "incarnation": "../x"}', "incarnation"),
+        (b'{"total_run_count": 1, "incarnation": ""}', "incarnation"),
     ],
 )
 def test_entry_state_parse_names_what_is_wrong(data: bytes, why: str) -> None:
@@ -129,6 +133,9 @@ def test_entry_state_parse_names_what_is_wrong(data: bytes, why: str) -> None:
 def test_entry_state_round_trips_and_old_data_reads_as_published() -> None:
     state = EntryState(iso(0), 3, "id", "me", 1, published=False)
     assert EntryState.parse(state.encode()) == (state, "")
+    born = EntryState(iso(0), 3, "id", "me", incarnation=layout.new_incarnation())
+    assert EntryState.parse(born.encode()) == (born, "")
+    assert layout.run_task_id("/r", "e", 3, born.incarnation) != layout.run_task_id("/r", "e", 3)
     old = b'{"last_run_at": null, "total_run_count": 2, "last_task_id": null, "written_by": "x"}'
     parsed, _ = EntryState.parse(old)
     assert parsed is not None and parsed.published is True

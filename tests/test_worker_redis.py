@@ -53,4 +53,4 @@ def test_each_run_executes_exactly_once_across_a_crash_failover(
 
     ids = [str(e["id"]) for e in executions()]
     assert len(ids) == runs, f"{len(ids)} executions of {runs} runs"
-    assert set(ids) == run_ids(zk_root, ENTRY, runs)
+    assert set(ids) == run_ids(zk_root, ENTRY, runs, state.get("incarnation"))
