@@ -152,14 +152,22 @@ def edit_row(name: str, **fields: Any) -> float:
 # -- counting ------------------------------------------------------------------------------------
 
 
-def ordinals(executions: list[dict[str, Any]], root: str, entry: str, upto: int) -> Counter[int]:
-    """Run ordinal of ``entry`` -> how many times the worker executed it."""
-    by_id = {layout.run_task_id(root, entry, n): n for n in range(1, upto + 1)}
+def ordinals(
+    executions: list[dict[str, Any]], root: str, entry: str, upto: int, incarnation: str | None
+) -> Counter[int]:
+    """Run ordinal of ``entry`` (of one incarnation) -> how many times the worker executed it."""
+    by_id = {layout.run_task_id(root, entry, n, incarnation): n for n in range(1, upto + 1)}
     return Counter(by_id[e["id"]] for e in executions if e["id"] in by_id)
 
 
 def executed(log: Path, *names: str) -> int:
     return sum(e["name"] in names for e in read_executions(log))
+
+
+def run_id(client: Any, root: str, entry: str, ordinal: int) -> str:
+    """The task id of run ``ordinal`` of ``entry``'s stored incarnation."""
+    state = entry_state(client, root, entry) or {}
+    return layout.run_task_id(root, entry, ordinal, state.get("incarnation"))
 
 
 def committed(client: Any, root: str, entry: str) -> int:
@@ -171,13 +179,14 @@ def each_run_once(client: Any, root: str, log: Path, entry: str, timeout: float 
     """Wait until the worker executed runs 1..N of ``entry`` (N: ZooKeeper's count); assert once."""
     total = committed(client, root, entry)
     assert total > 0, f"{entry} never ran"
+    life = (entry_state(client, root, entry) or {}).get("incarnation")
     expected = Counter(range(1, total + 1))
-    wait_for(
-        lambda: set(ordinals(read_executions(log), root, entry, total + 50)) >= set(expected),
-        timeout,
-        message=f"every run of {entry} executed",
-    )
-    assert ordinals(read_executions(log), root, entry, total + 50) == expected
+
+    def seen() -> Counter[int]:
+        return ordinals(read_executions(log), root, entry, total + 50, life)
+
+    wait_for(lambda: set(seen()) >= set(expected), timeout, message=f"every run of {entry} ran")
+    assert seen() == expected
     return total
 
 
@@ -306,7 +315,7 @@ def test_sqlite_rows_beside_static_entries_clocked_one_off_status_and_a_kill(
     assert message.headers["periodic_task_name"] == "row"  # as django-celery-beat sends it
     assert message.headers["expires"] is not None
     assert message.headers[layout.HEADER_ENTRY] == "row"
-    assert message.task_id == layout.run_task_id(zk_root, "row", 1)
+    assert message.task_id == run_id(zk_client, zk_root, "row", 1)
     assert {"row", "static"} <= set(status["scheduled_names"])
 
     os.kill(first.pid, signal.SIGKILL)
@@ -376,8 +385,8 @@ class _Recording(DatabaseScheduler):
 
     published: list[str]
 
-    def publish_run(self, entry: Any, ordinal: int) -> str:
-        task_id = super().publish_run(entry, ordinal)
+    def publish_run(self, entry: Any, ordinal: int, incarnation: str | None = None) -> str:
+        task_id = super().publish_run(entry, ordinal, incarnation)
         self.published.append(task_id)
         return task_id
 
@@ -395,14 +404,16 @@ def test_a_takeover_writes_back_what_the_dead_leader_did_not_and_finishes_its_on
     add_row("once", every=1, one_off=True)
     add_row("steady", every=1)
     ran_at = timezone.now().isoformat()  # after both rows were saved
+    lives = {name: layout.new_incarnation() for name in ("once", "steady")}
     for name, count in (("once", 1), ("steady", 5)):
-        state = layout.EntryState(ran_at, count, layout.run_task_id(zk_root, name, count), "x:1")
+        last_id = layout.run_task_id(zk_root, name, count, lives[name])
+        state = layout.EntryState(ran_at, count, last_id, "x:1", incarnation=lives[name])
         zk_client.create(layout.entry_path(zk_root, name), state.encode(), makepath=True)
     app = make_app({}, set_as_current=False)
     settings = Settings.from_app(app, zk_hosts=zk_server.hosts, path=zk_root, session_timeout=2.0)
     scheduler = _Recording(app, beatleader_settings=settings)
     scheduler.published = []
-    steady = [layout.run_task_id(zk_root, "steady", n) for n in range(1, 50)]
+    steady = [layout.run_task_id(zk_root, "steady", n, lives["steady"]) for n in range(1, 50)]
     try:
 
         def step() -> bool:
@@ -410,7 +421,7 @@ def test_a_takeover_writes_back_what_the_dead_leader_did_not_and_finishes_its_on
             return sum(t in steady for t in scheduler.published) >= 2 and not row("once").enabled
 
         wait_for(step, 30, message="steady runs and the one-off is finished")
-        assert layout.run_task_id(zk_root, "once", 2) not in scheduler.published
+        assert layout.run_task_id(zk_root, "once", 2, lives["once"]) not in scheduler.published
         edit_row("once", enabled=True)  # armed again: one more run, then disabled again
 
         def again() -> bool:
@@ -420,7 +431,7 @@ def test_a_takeover_writes_back_what_the_dead_leader_did_not_and_finishes_its_on
         wait_for(again, EDIT_DELAY + 2 + SLACK, message="the re-enabled one-off ran")
     finally:
         scheduler.close()
-    once = [layout.run_task_id(zk_root, "once", n) for n in (1, 2, 3)]
+    once = [layout.run_task_id(zk_root, "once", n, lives["once"]) for n in (1, 2, 3)]
     assert [t for t in scheduler.published if t in once] == once[1:2]
     sent = [t for t in scheduler.published if t in steady]
     assert sent == steady[5 : 5 + len(sent)]  # continues at run 6
@@ -428,7 +439,9 @@ def test_a_takeover_writes_back_what_the_dead_leader_did_not_and_finishes_its_on
     assert row("steady").total_run_count == committed(zk_client, zk_root, "steady") >= 7
 
 
-def test_embedded_beat_runs_the_database_scheduler(use_db, zk_server, zk_root, broker_dir) -> None:
+def test_embedded_beat_runs_the_database_scheduler(
+    use_db, zk_server, zk_client, zk_root, broker_dir
+) -> None:
     from beatleader.embedded import EmbeddedBeat
     from tests.app import make_app
 
@@ -447,7 +460,7 @@ def test_embedded_beat_runs_the_database_scheduler(use_db, zk_server, zk_root, b
         wait_for(lambda: broker.count("embedded") >= 2, 30, message="the embedded beat sends")
         assert beat.is_leader
     ids = [m.task_id for m in broker.for_entry("embedded")]
-    assert ids == [layout.run_task_id(zk_root, "embedded", n) for n in range(1, len(ids) + 1)]
+    assert ids == [run_id(zk_client, zk_root, "embedded", n) for n in range(1, len(ids) + 1)]
 
 
 def test_a_scheduler_that_is_not_beatleaders_is_refused() -> None:
