@@ -284,11 +284,13 @@ def test_sqlite_rows_beside_static_entries_clocked_one_off_status_and_a_kill(
     use_db, beats, workers, zk_client, zk_server, zk_root, execution_log, broker_dir
 ) -> None:
     from django.utils import timezone
-    from django_celery_beat.models import ClockedSchedule
+    from django_celery_beat.models import ClockedSchedule, CrontabSchedule
 
     url = use_db("default")
     # the copy django-celery-beat's own scheduler makes of a beat_schedule entry: ignored
     add_row("static", every=1, args=json.dumps(["copied"]))
+    nightly = CrontabSchedule.objects.create(minute="0", hour="3", timezone="Europe/Paris")
+    add_row("nightly", crontab=nightly)
     workers(env={"TEST_DEDUP": "1"}).wait_ready()
     started = start_beats(beats, url, TEST_SCHEDULE=json.dumps({"static": {"every": 1}}))
     first = leading(zk_client, zk_root, started)
@@ -304,6 +306,11 @@ def test_sqlite_rows_beside_static_entries_clocked_one_off_status_and_a_kill(
     assert entries["row"]["schedule"] == "every 1s"
     assert entries["row"]["task"] == "tests.app.record"
     assert entries["static"]["schedule"] == "every 1s"
+    assert (entries["nightly"]["crontab"], entries["nightly"]["timezone"]) == (
+        "0 3 * * *",
+        "Europe/Paris",
+    )
+    assert entries["nightly"]["next_due"] is not None
     message = FilesystemBroker(broker_dir).for_entry("row")[0]
     assert (message.queue, message.headers["x-origin"]) == ("celery", "admin")
     assert message.headers["periodic_task_name"] == "row"  # as django-celery-beat sends it
@@ -324,7 +331,7 @@ def test_sqlite_rows_beside_static_entries_clocked_one_off_status_and_a_kill(
     assert row("row").total_run_count == rows
     assert entry_state(zk_client, zk_root, "static") is not None
     # beat_schedule entries stay out of the database; the row named like one is not run
-    assert _row_names() == {"static", "row", "clocked"}
+    assert _row_names() == {"static", "row", "clocked", "nightly"}
     assert executed(execution_log, "copied") == 0
     assert row("static").total_run_count == 0
 
