@@ -225,6 +225,7 @@ def test_postgres_edits_one_off_disable_kill_and_pause_each_run_once(
     started = start_beats(beats, url)
     first = leading(zk_client, zk_root, started)
     wait_for(lambda: executed(execution_log, "tick") >= 3, BOOT, message="tick runs")
+    assert _connected_pids() & {b.pid for b in started} == {first.pid}  # followers: none
 
     # an edit takes effect within the documented delay (+ one interval for the next run)
     saved = edit_row("tick", args=json.dumps(["tock"]))
@@ -509,6 +510,16 @@ def test_without_django_celery_beat_installed_beat_exits_with_one_line(tmp_path:
     assert result.returncode != 0
     assert "add 'django_celery_beat' to INSTALLED_APPS" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def _connected_pids() -> set[int]:
+    """Processes with a connection to PostgreSQL (``application_name`` ``pid-<pid>``)."""
+    from django.db import connections
+
+    with connections["pg"].cursor() as cursor:
+        cursor.execute("select application_name from pg_stat_activity")
+        names = [name for (name,) in cursor.fetchall()]
+    return {int(name[4:]) for name in names if name.startswith("pid-")}
 
 
 def _row_names() -> set[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,6 +24,7 @@ def database(url: str) -> dict[str, Any]:
             "PASSWORD": parts.password or "",
             "HOST": parts.hostname or "",
             "PORT": str(parts.port or ""),
-            "OPTIONS": {"connect_timeout": 5},
+            # which process a connection belongs to (pg_stat_activity): followers open none
+            "OPTIONS": {"connect_timeout": 5, "application_name": f"pid-{os.getpid()}"},
         }
     raise ValueError(f"TEST_DATABASE_URL must be postgresql://... or sqlite:///..., not {url!r}")
