@@ -441,6 +441,44 @@ def test_a_takeover_writes_back_what_the_dead_leader_did_not_and_finishes_its_on
     assert row("steady").total_run_count == committed(zk_client, zk_root, "steady") >= 7
 
 
+class _Quick(_Recording):
+    change_check_interval = 0.5
+    full_read_interval = 2.0
+
+
+def test_a_change_that_bypasses_the_marker_is_read_within_the_full_read_interval(
+    use_db, zk_server, zk_root
+) -> None:
+    from django_celery_beat.models import PeriodicTask, PeriodicTasks
+
+    from beatleader.config import Settings
+    from tests.app import make_app
+
+    use_db("default")
+    add_row("quiet", every=1)
+    app = make_app({}, set_as_current=False)
+    settings = Settings.from_app(app, zk_hosts=zk_server.hosts, path=zk_root, session_timeout=2.0)
+    scheduler = _Quick(app, beatleader_settings=settings)
+    scheduler.published = []
+
+    def ticking(condition: Callable[[], bool]) -> Callable[[], bool]:
+        def step() -> bool:
+            time.sleep(min(scheduler.tick(), 0.05))
+            return condition()
+
+        return step
+
+    try:
+        wait_for(ticking(lambda: len(scheduler.published) >= 1), 20, message="quiet runs")
+        marker = PeriodicTasks.last_change()
+        PeriodicTask.objects.filter(name="quiet").update(args=json.dumps(["updated"]))
+        assert PeriodicTasks.last_change() == marker  # an update() does not move it
+        updated = ticking(lambda: scheduler.schedule["quiet"].args == ["updated"])
+        wait_for(updated, _Quick.full_read_interval + 1 + SLACK, message="the full read")
+    finally:
+        scheduler.close()
+
+
 def test_embedded_beat_runs_the_database_scheduler(
     use_db, zk_server, zk_client, zk_root, broker_dir
 ) -> None:

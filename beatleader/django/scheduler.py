@@ -61,6 +61,9 @@ class DatabaseScheduler(Scheduler):
 
     #: Seconds between two checks of django-celery-beat's change marker while leading.
     change_check_interval = 5.0
+    #: Seconds between full reads while leading even when the marker did not move (changes made
+    #: without ``save()``, as django-celery-beat's own 5-minute sync).
+    full_read_interval = 300.0
     #: Seconds a takeover waits for a change check in progress before it goes on without the
     #: database (with the entries it has; the next check reads them all).
     takeover_read_timeout = 10.0

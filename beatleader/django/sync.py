@@ -7,6 +7,9 @@ While this instance leads (and has taken over), the thread
   ``DatabaseScheduler.change_check_interval`` seconds; when it moved, reads the enabled rows
   and reports only the rows whose signature changed (and the rows gone) through
   ``update_entries``, and publishes the descriptions of the database entries for ``status``;
+  every ``DatabaseScheduler.full_read_interval`` seconds it reads them whatever the marker says
+  (django-celery-beat does the same every 5 minutes: a queryset ``update`` or ``loaddata`` does
+  not move the marker);
 * writes back run state: ``last_run_at`` and ``total_run_count`` of each published run, and
   ``enabled=False`` for a finished one-off or an expired row, as django-celery-beat does.
 
@@ -97,6 +100,7 @@ class DatabaseSync:
         self._known: dict[str, str] = {}  # name -> signature of what the scheduler has
         self._marker: Any = None
         self._next_check = 0.0
+        self._next_full_read = 0.0
         self._full_read = False
         self._bad: dict[str, str] = {}
         self._rows: dict[str, RowEntry] = {}  # the last read, for the description
@@ -143,6 +147,7 @@ class DatabaseSync:
             self._marker, self._full_read = marker, False
             self._known = {name: e.row.signature for name, e in entries.items() if e.row}
             self._next_check = time.monotonic() + self.scheduler.change_check_interval
+            self._next_full_read = time.monotonic() + self.scheduler.full_read_interval
             self._wake.set()  # describe them for status
             return entries
         finally:
@@ -221,7 +226,6 @@ class DatabaseSync:
         _close_connection()  # Django opens a new one on the next query
 
     def _flush_writes(self) -> None:
-        from django.db import transaction
         from django_celery_beat.models import PeriodicTask, PeriodicTasks
 
         with self._writes_lock:
@@ -229,14 +233,11 @@ class DatabaseSync:
         disabled = False
         for run in writes:
             rows = PeriodicTask.objects.filter(pk=run.pk, total_run_count__lt=run.ordinal)
-            with transaction.atomic():
-                if run.disable:  # as django-celery-beat's save() of a disabled row: no last run
-                    updated = rows.update(
-                        enabled=False, last_run_at=None, total_run_count=run.ordinal
-                    )
-                    disabled = disabled or updated > 0
-                else:
-                    rows.update(last_run_at=run.last_run_at, total_run_count=run.ordinal)
+            if run.disable:  # as django-celery-beat's save() of a disabled row: no last run
+                updated = rows.update(enabled=False, last_run_at=None, total_run_count=run.ordinal)
+                disabled = disabled or updated > 0
+            else:
+                rows.update(last_run_at=run.last_run_at, total_run_count=run.ordinal)
             with self._writes_lock:
                 if self._writes.get(run.pk) == run:
                     del self._writes[run.pk]
@@ -250,6 +251,8 @@ class DatabaseSync:
         self._next_check = now + self.scheduler.change_check_interval
         from django_celery_beat.models import PeriodicTasks
 
+        if now >= self._next_full_read:  # changes that bypassed the marker (a queryset update)
+            self._full_read = True
         if not self._full_read and PeriodicTasks.last_change() == self._marker:
             return
         with self._read_lock:
@@ -262,6 +265,7 @@ class DatabaseSync:
             changes.update({name: None for name in self._known if name not in entries})
             self._known = {name: e.row.signature for name, e in entries.items() if e.row}
             self._marker, self._full_read = marker, False
+            self._next_full_read = now + self.scheduler.full_read_interval
             if changes:
                 logger.info("beatleader: database schedule changed: %s", sorted(changes))
                 self.scheduler.update_entries(changes)
