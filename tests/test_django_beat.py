@@ -530,13 +530,21 @@ def test_a_second_start_with_another_scheduler_reuses_the_running_beat_and_says_
     assert "uses Scheduler, not DatabaseScheduler" in caplog.text
 
 
-def test_without_django_celery_beat_installed_beat_exits_with_one_line(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.djangoproj.bare_settings",
-        "BEATLEADER_ZK_HOSTS": "127.0.0.1:1",
-        "PYTHONPATH": str(REPO_ROOT),
-    }
+@pytest.mark.parametrize(
+    ("settings_module", "expected"),
+    [
+        ("tests.djangoproj.bare_settings", "add 'django_celery_beat' to INSTALLED_APPS"),
+        (None, "set DJANGO_SETTINGS_MODULE"),
+    ],
+)
+def test_a_django_that_cannot_serve_the_scheduler_is_one_line(
+    tmp_path: Path, settings_module: str | None, expected: str
+) -> None:
+    """(A settings module that does not import fails earlier, in celery's own Django fixup.)"""
+    env = {**os.environ, "BEATLEADER_ZK_HOSTS": "127.0.0.1:1", "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    if settings_module:
+        env["DJANGO_SETTINGS_MODULE"] = settings_module
     result = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "tests.app", "beat", "-S", SCHEDULER],
         capture_output=True,
@@ -546,7 +554,7 @@ def test_without_django_celery_beat_installed_beat_exits_with_one_line(tmp_path:
         timeout=60,
     )
     assert result.returncode != 0
-    assert "add 'django_celery_beat' to INSTALLED_APPS" in result.stderr + result.stdout
+    assert expected in result.stderr + result.stdout
     assert "Traceback" not in result.stderr + result.stdout
 
 

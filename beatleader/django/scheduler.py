@@ -182,7 +182,7 @@ def ensure_django() -> None:
     try:
         if not apps.ready:
             django.setup()
-    except ImproperlyConfigured as exc:
+    except (ImproperlyConfigured, ImportError) as exc:
         raise SystemExit(
             f"beatleader: beatleader.django.DatabaseScheduler cannot set Django up ({exc}); "
             "set DJANGO_SETTINGS_MODULE as your celery app module does"
