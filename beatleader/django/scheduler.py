@@ -120,10 +120,11 @@ class DatabaseScheduler(Scheduler):
     # -- the dynamic seam -------------------------------------------------------------------------
 
     def dynamic_entries(self) -> Mapping[str, beat.ScheduleEntry]:
-        entries = self._db.read_all() if self._db is not None else {}
-        if entries is None:  # the database cannot say: keep what we have, read all later
+        """The rows, beside any other source's entries (``super()``); the rows win a clash."""
+        rows = self._db.read_all() if self._db is not None else {}
+        if rows is None:  # the database cannot say: keep what we have, read all later
             return {name: self.schedule[name] for name in self.dynamic_names}
-        return entries
+        return {**super().dynamic_entries(), **rows}
 
     def _put_entry(
         self, name: str, entry: beat.ScheduleEntry, stored: dict[str, StoredState] | None
