@@ -33,7 +33,7 @@ from kazoo.exceptions import NoNodeError
 from beatleader import layout
 from beatleader.definitions import Definition
 from beatleader.layout import EntryState
-from beatleader.schedules import PlannedEntry, describe_entry, next_due
+from beatleader.schedules import PlannedEntry, describe_entry, next_due, parse_time
 from beatleader.status import read_election, read_schedules
 
 STATIC = "static"
@@ -204,7 +204,7 @@ def _ignored(info: EntryInfo) -> EntryInfo:
 
 def _done(definition: Definition, last_run_at: str | None) -> bool:
     moment = definition.at()
-    last = _parse(last_run_at)
+    last = parse_time(last_run_at)
     return moment is not None and last is not None and last >= moment
 
 
@@ -272,16 +272,6 @@ def _children(client: Any, path: str) -> list[str]:
         return list(client.get_children(path))
     except NoNodeError:
         return []
-
-
-def _parse(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -152,7 +152,7 @@ def _describe_or_name(entry: Any) -> PlannedEntry:
 
 def next_due(plan: PlannedEntry, last_run_at: str | None, now: datetime) -> datetime | None:
     """When ``plan`` is next due after ``last_run_at`` (UTC ISO 8601), or None when unknown."""
-    last = _parse_time(last_run_at)
+    last = parse_time(last_run_at)
     if plan.every is not None:
         return None if last is None else last + timedelta(seconds=plan.every)
     if plan.crontab is not None:
@@ -160,7 +160,8 @@ def next_due(plan: PlannedEntry, last_run_at: str | None, now: datetime) -> date
     return None
 
 
-def _parse_time(text: str | None) -> datetime | None:
+def parse_time(text: str | None) -> datetime | None:
+    """An ISO 8601 time from ZooKeeper data (naive = UTC), or None when absent or unreadable."""
     if not text:
         return None
     try:
