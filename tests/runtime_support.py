@@ -1,0 +1,129 @@
+"""Writing runtime definitions, pauses and run-now requests as ``beatleader entry`` would.
+
+The nodes are the layout's (``layout.py``) and the definitions ``definitions.py``'s codec, written
+with a plain kazoo client, so the tests exercise the leader side alone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
+
+from beatleader import layout
+from beatleader.definitions import Definition
+
+RECORD_TASK = "tests.app.record"
+
+
+def definition(schedule: dict[str, Any], *args: Any, enabled: bool = True) -> Definition:
+    """A valid definition of ``tests.app.record`` (its first argument names the execution)."""
+    return Definition(
+        task=RECORD_TASK,
+        schedule=schedule,
+        args=tuple(args),
+        enabled=enabled,
+        changed_by="test",
+        changed_at=layout.utc_now_iso(),
+    ).validated()
+
+
+def put_definition(client: KazooClient, root: str, name: str, found: Definition) -> None:
+    """Create or overwrite the definition node of ``name``."""
+    put_raw(client, root, name, found.encode())
+
+
+def put_raw(client: KazooClient, root: str, name: str, data: bytes) -> None:
+    path = layout.definition_path(root, name)
+    if client.exists(path) is None:
+        client.create(path, data, makepath=True)
+    else:
+        client.set(path, data)
+
+
+def remove_definition(client: KazooClient, root: str, name: str) -> None:
+    client.delete(layout.definition_path(root, name))
+
+
+def marker() -> bytes:
+    return json.dumps({"changed_by": "test", "changed_at": layout.utc_now_iso()}).encode()
+
+
+def pause(client: KazooClient, root: str, name: str) -> None:
+    client.create(layout.paused_entry_path(root, name), marker(), makepath=True)
+
+
+def resume(client: KazooClient, root: str, name: str) -> None:
+    client.delete(layout.paused_entry_path(root, name))
+
+
+def request_run(client: KazooClient, root: str, name: str) -> str:
+    """Create one run-now request of ``name``; returns its path."""
+    path: str = client.create(
+        layout.request_prefix(root, name), marker(), sequence=True, makepath=True
+    )
+    return path
+
+
+def requests(client: KazooClient, root: str) -> list[str]:
+    try:
+        return sorted(client.get_children(layout.requests_path(root)))
+    except NoNodeError:
+        return []
+
+
+def bulk_definitions(
+    client: KazooClient, root: str, count: int, make: Callable[[int], tuple[str, Definition]]
+) -> None:
+    """Create ``count`` definition nodes in transactions of 1,000."""
+    client.ensure_path(layout.definitions_path(root))
+    for first in range(0, count, 1000):
+        transaction = client.transaction()
+        for number in range(first, min(first + 1000, count)):
+            name, found = make(number)
+            transaction.create(layout.definition_path(root, name), found.encode())
+        results = transaction.commit()
+        bad = [r for r in results if isinstance(r, Exception)]
+        assert not bad, bad[:3]
+
+
+class ReadCounter:
+    """Counts the reads a kazoo client sends (get, get_children, exists; sync or async)."""
+
+    METHODS = ("get_async", "get_children_async", "exists_async")
+
+    def __init__(self, client: KazooClient) -> None:
+        self.counts: dict[str, int] = dict.fromkeys(self.METHODS, 0)
+        self.paths: list[str] = []
+        for method in self.METHODS:
+            setattr(client, method, self._counting(method, getattr(client, method)))
+
+    def _counting(self, method: str, call: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(path: str, *args: Any, **kwargs: Any) -> Any:
+            self.counts[method] += 1
+            self.paths.append(path)
+            return call(path, *args, **kwargs)
+
+        return counted
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def under(self, *folders: str) -> list[str]:
+        """The paths read under any of ``folders``."""
+        return [p for p in self.paths if any(p.startswith(f + "/") or p == f for f in folders)]
+
+    def reset(self) -> None:
+        self.counts = dict.fromkeys(self.METHODS, 0)
+        self.paths = []
+
+
+def timed(call: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    value = call()
+    return value, time.perf_counter() - started
