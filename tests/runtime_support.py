@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from kazoo.client import KazooClient
@@ -16,6 +17,7 @@ from kazoo.exceptions import NoNodeError
 
 from beatleader import layout
 from beatleader.definitions import Definition
+from tests.harness import connected_client, wait_for
 
 RECORD_TASK = "tests.app.record"
 
@@ -127,3 +129,96 @@ def timed(call: Callable[[], Any]) -> tuple[Any, float]:
     started = time.perf_counter()
     value = call()
     return value, time.perf_counter() - started
+
+
+# -- scale: the figures of test_runtime_scale.py and scripts/benchmark.py -------------------------
+
+
+@dataclass(frozen=True)
+class ChangeCost:
+    """One change of one definition, as the leader saw it."""
+
+    what: str
+    #: Reads the leader's client sent from the write to the change applied (get/list/exists).
+    reads: int
+    #: Requests of the leader's session in that time (the server's ``lcxid``; None: not read).
+    requests: int | None
+    #: Seconds from the write to the change applied, the leader ticking every ``TICK`` s.
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ScaleFigures:
+    definitions: int
+    #: Seconds of the takeover tick: run state, every definition, the heap.
+    takeover_s: float
+    takeover_reads: int
+    changes: list[ChangeCost]
+
+
+#: Longest sleep between the leader's ticks while a change is measured.
+TICK = 0.005
+
+
+def measure_scale(
+    server: Any, root: str, count: int, make_scheduler: Callable[[], Any]
+) -> ScaleFigures:
+    """Write ``count`` definitions, let a new leader take over, then change one of them."""
+
+    def name(number: int) -> str:
+        return f"runtime-{number:05d}"
+
+    with connected_client(server.hosts) as client:
+        bulk_definitions(
+            client, root, count, lambda n: (name(n), definition({"every": 3600}, name(n)))
+        )
+        scheduler = make_scheduler()
+        try:
+            wait_for(lambda: scheduler.is_leader, 30, message="the scheduler leads")
+            counter = ReadCounter(scheduler._zk)
+            _, takeover_s = timed(scheduler.tick)
+            assert len(scheduler.dynamic_names) == count, len(scheduler.dynamic_names)
+            takeover_reads = counter.total
+            session = scheduler._zk.client_id[0]
+            steps: list[tuple[str, Callable[[], None], Callable[[], bool]]] = [
+                (
+                    "update one",
+                    lambda: put_definition(client, root, name(7), definition(HOUR_S, "new")),
+                    lambda: scheduler.schedule[name(7)].args == ["new"],
+                ),
+                (
+                    "add one",
+                    lambda: put_definition(client, root, "added", definition(HOUR_S, "a")),
+                    lambda: "added" in scheduler.schedule,
+                ),
+                (
+                    "remove one",
+                    lambda: remove_definition(client, root, name(8)),
+                    lambda: name(8) not in scheduler.schedule,
+                ),
+            ]
+            changes = []
+            for what, change, applied in steps:
+                counter.reset()
+                before = _lcxid(server, session)
+                started = time.perf_counter()
+                change()
+                while not applied():
+                    time.sleep(min(scheduler.tick(), TICK))
+                seconds = time.perf_counter() - started
+                after = _lcxid(server, session)
+                requests = after - before if after is not None and before is not None else None
+                changes.append(ChangeCost(what, counter.total, requests, seconds))
+        finally:
+            scheduler.close()
+    return ScaleFigures(count, takeover_s, takeover_reads, changes)
+
+
+HOUR_S = {"every": 3600}
+
+
+def _lcxid(server: Any, session: int) -> int | None:
+    for connection in server.connections():
+        if connection.get("sid") == session:
+            return int(connection["lcxid"])
+    return None
