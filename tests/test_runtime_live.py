@@ -1,0 +1,192 @@
+"""Runtime entries with real ``celery beat`` and ``celery worker`` processes; executions counted.
+
+The beats run ``beatleader.Scheduler`` on the suite's ZooKeeper and kombu's filesystem broker; a
+worker executes ``tests.app.record``, which appends ``{"name": <first arg>, "id": <task id>}``
+to the execution log. The definitions, pauses and run-now requests are written as
+``beatleader entry`` writes them (``tests/runtime_support.py``), while the beats run. Every
+assertion is on what the worker executed: task ids are exactly runs 1..N of each entry (nothing
+twice, no ordinal skipped) and the counts are exact.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from beatleader import layout
+from tests.cluster import every, schedule_env
+from tests.harness import contenders, entry_state, read_executions, wait_for
+from tests.runtime_support import (
+    definition,
+    pause,
+    put_definition,
+    put_raw,
+    remove_definition,
+    request_run,
+    requests,
+    resume,
+)
+
+FAULTS = "tests.app.FaultScheduler"
+#: Seconds to watch that nothing more is executed (several intervals of a 1 s entry).
+QUIET = 3.0
+
+
+class Executions:
+    """What the worker executed, by entry: the ordinals of the task ids it ran, in order."""
+
+    def __init__(self, log: Path, root: str) -> None:
+        self.log, self.root = log, root
+
+    def ordinals(self, entry: str) -> list[int]:
+        known = {layout.run_task_id(self.root, entry, n): n for n in range(1, 500)}
+        return [known[e["id"]] for e in read_executions(self.log) if e["id"] in known]
+
+    def names(self, entry: str) -> list[str]:
+        known = {layout.run_task_id(self.root, entry, n) for n in range(1, 500)}
+        return [e["name"] for e in read_executions(self.log) if e["id"] in known]
+
+    def wait(self, entry: str, count: int, timeout: float = 20) -> list[int]:
+        found: list[int] = wait_for(
+            lambda: (o := self.ordinals(entry)) and len(o) >= count and o,
+            timeout,
+            message=f"{count} execution(s) of {entry!r}",
+        )
+        return found
+
+    def exact(self, entry: str) -> list[int]:
+        """The ordinals executed, asserting they are 1..N, each once."""
+        found = self.ordinals(entry)
+        assert found == list(range(1, len(found) + 1)), f"{entry}: {found}"
+        return found
+
+    def quiet(self, entry: str, allowed: int = 0) -> int:
+        """Watch ``QUIET`` seconds; returns the count, at most ``allowed`` more than before."""
+        before = len(self.ordinals(entry))
+        time.sleep(QUIET)  # an observation window: nothing may happen in it
+        after = len(self.ordinals(entry))
+        assert after - before <= allowed, f"{entry}: {after - before} more executions"
+        return after
+
+
+def leading(beat: Any, zk_client: Any, zk_root: str) -> None:
+    wait_for(
+        lambda: (queue := contenders(zk_client, zk_root)) and queue[0]["pid"] == beat.pid,
+        30,
+        message="the beat leads",
+    )
+    beat.wait_for_log(r"beatleader: leading", 30)
+
+
+def test_runtime_definitions_added_updated_paused_resumed_removed(
+    beats, workers, zk_client, zk_root, execution_log
+) -> None:
+    runs = Executions(execution_log, zk_root)
+    workers().wait_ready()
+    beat = beats(env=schedule_env(hourly=every(3600)))
+    leading(beat, zk_client, zk_root)
+
+    put_raw(zk_client, zk_root, "broken", b'{"task": 7}')  # hostile: reported, stops nothing
+    put_definition(zk_client, zk_root, "dyn", definition({"every": 1}, "v1"))
+    runs.wait("dyn", 2)
+    put_definition(zk_client, zk_root, "dyn", definition({"every": 1}, "v2"))
+    wait_for(lambda: "v2" in runs.names("dyn"), 20, message="the worker runs the new args")
+    put_definition(zk_client, zk_root, "dyn", definition({"every": 1}, "v2", enabled=False))
+    beat.wait_for_log(r"entry 'dyn' removed", 10)
+    paused = runs.quiet("dyn", allowed=1)  # at most the run committed before the change
+    put_definition(zk_client, zk_root, "dyn", definition({"every": 1}, "v3"))
+    runs.wait("dyn", paused + 2)
+    remove_definition(zk_client, zk_root, "dyn")
+    beat.wait_for_log(r"entry 'dyn' removed", 10, count=2)
+    runs.quiet("dyn", allowed=1)
+    runs.quiet("dyn")
+
+    executed = runs.exact("dyn")
+    names = runs.names("dyn")
+    assert names == sorted(names) and set(names) == {"v1", "v2", "v3"}  # each change, in order
+    state = entry_state(zk_client, zk_root, "dyn")
+    assert state is not None and state["total_run_count"] == len(executed)  # kept on removal
+    assert beat.log_matches(r"runtime entry 'broken' ignored")
+    assert runs.ordinals("hourly") == []
+
+
+def test_run_now_one_off_and_pause_of_a_static_entry(
+    beats, workers, zk_client, zk_root, execution_log
+) -> None:
+    runs = Executions(execution_log, zk_root)
+    workers().wait_ready()
+    beat = beats(env=schedule_env(hourly=every(3600), fast=every(1)))
+    leading(beat, zk_client, zk_root)
+    at = datetime.now(timezone.utc) + timedelta(seconds=3)
+    put_definition(zk_client, zk_root, "once", definition({"at": at.isoformat()}, "once"))
+
+    request_run(zk_client, zk_root, "hourly")
+    assert runs.wait("hourly", 1) == [1]  # the next ordinal, through the outbox
+    runs.wait("fast", 2)
+    pause(zk_client, zk_root, "fast")
+    beat.wait_for_log(r"static entry 'fast' paused", 10)
+    before = runs.quiet("fast", allowed=1)
+    request_run(zk_client, zk_root, "fast")  # a paused entry runs now, and stays paused
+    runs.wait("fast", before + 1)
+    runs.quiet("fast")
+    resume(zk_client, zk_root, "fast")
+    runs.wait("fast", before + 3)
+    assert runs.wait("once", 1) == [1]
+    request_run(zk_client, zk_root, "hourly")
+    runs.wait("hourly", 2)
+    runs.quiet("once")
+    runs.quiet("hourly")
+
+    assert runs.exact("hourly") == [1, 2]
+    assert runs.exact("once") == [1]  # one-off: once, then done
+    runs.exact("fast")
+    assert requests(zk_client, zk_root) == []
+    once = entry_state(zk_client, zk_root, "once")
+    assert once is not None and once["total_run_count"] == 1
+    assert datetime.fromisoformat(once["last_run_at"]) >= at
+
+
+def test_requests_and_definitions_survive_a_leader_kill(
+    beats, workers, zk_client, zk_root, execution_log, broker_dir
+) -> None:
+    runs = Executions(execution_log, zk_root)
+    env = schedule_env(hourly=every(3600), fast=every(1))
+    pause(zk_client, zk_root, "fast")  # before any beat: the takeover reads it
+    doomed = beats(env={**env, "TEST_PAUSE_BEFORE_PUBLISH": "60"}, scheduler=FAULTS)
+    leading(doomed, zk_client, zk_root)
+    successor = beats(env=env)
+    wait_for(lambda: len(contenders(zk_client, zk_root)) == 2, 30, message="2 contenders")
+    workers().wait_ready()
+    doomed.wait_for_log(r"static entry 'fast' paused", 10)
+
+    request_run(zk_client, zk_root, "hourly")
+    doomed.wait_for_log(r"test: pausing before publishing", 20)  # run 1 committed, not sent
+    assert requests(zk_client, zk_root) == []  # consumed by that commit
+    doomed.kill()
+    # while no leader is alive: a request, a new definition, a changed one
+    request_run(zk_client, zk_root, "hourly")
+    put_definition(zk_client, zk_root, "late", definition({"every": 1}, "late"))
+    put_definition(zk_client, zk_root, "bad", definition({"every": 1}, "b"))
+    put_raw(zk_client, zk_root, "bad", b"\x00 not a definition")
+    leading(successor, zk_client, zk_root)
+
+    assert runs.wait("hourly", 2) == [1, 2]
+    runs.wait("late", 2)
+    runs.quiet("hourly")
+
+    assert runs.exact("hourly") == [1, 2]  # the inherited run once, the new request once
+    runs.exact("late")
+    assert runs.ordinals("fast") == []  # still paused under the successor
+    assert runs.ordinals("bad") == []
+    assert successor.log_matches(r"runtime entry 'bad' ignored")
+    messages = Counter(
+        json.loads(path.read_text())["headers"]["id"]
+        for folder in (broker_dir, broker_dir / "processed")
+        for path in folder.glob("*.msg")
+    )
+    hourly = [layout.run_task_id(zk_root, "hourly", n) for n in (1, 2)]
+    assert [messages[task_id] for task_id in hourly] == [1, 1]  # each published once
