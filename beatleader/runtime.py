@@ -104,19 +104,11 @@ class RuntimeScheduler(DynamicScheduler):
 
     def _take_reading(self, reading: Reading) -> dict[str, beat.ScheduleEntry | None]:
         """Adopt what was read; returns the entry changes it makes (None: not scheduled)."""
+        for path, why in reading.unlisted.items():
+            self._report(f"folder:{path}", "definition", f"{path} ignored: {why}")
         changes: dict[str, beat.ScheduleEntry | None] = {}
         for name, definition in reading.definitions.items():
-            problem = reading.problems.get(name)
-            key = f"definition:{name}"
-            if problem is not None:
-                self._report(key, "definition", f"runtime entry {name!r} ignored: {problem}")
-            else:
-                self._reported.pop(key, None)  # reported again if it breaks again
-            if definition is None:
-                self._definitions.pop(name, None)
-            else:
-                self._definitions[name] = definition
-            entry = self._entry_of(name, definition)
+            entry = self._take_definition(name, definition, reading.problems.get(name))
             if entry is not None or name not in self._static_names:
                 changes[name] = entry  # a static name is refused (and reported) by the seam
         if reading.paused is not None:
@@ -124,6 +116,20 @@ class RuntimeScheduler(DynamicScheduler):
         if reading.requests is not None:
             self._requests = reading.requests
         return changes
+
+    def _take_definition(
+        self, name: str, definition: Definition | None, problem: str | None
+    ) -> beat.ScheduleEntry | None:
+        key = f"definition:{name}"
+        if problem is not None:
+            self._report(key, "definition", f"runtime entry {name!r} ignored: {problem}")
+        else:
+            self._reported.pop(key, None)  # reported again if it breaks again
+        if definition is None:
+            self._definitions.pop(name, None)
+            return None
+        self._definitions[name] = definition
+        return self._entry_of(name, definition)
 
     def _entry_of(self, name: str, definition: Definition | None) -> beat.ScheduleEntry | None:
         """The entry of an enabled definition, None when there is none to schedule."""

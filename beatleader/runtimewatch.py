@@ -65,6 +65,8 @@ class Reading:
     paused: frozenset[str] | None = None
     #: Every run-now request, oldest first (None: not read this time).
     requests: list[RunRequest] | None = None
+    #: folder path -> why it cannot be listed (an ACL): read as empty, not watched.
+    unlisted: dict[str, str] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.definitions) or self.paused is not None or self.requests is not None
@@ -108,12 +110,12 @@ class DefinitionWatch:
             self._armed = generation
             self._children_changed = self._paused_changed = self._requests_changed = False
             self._changed.clear()
-        children = self._list(self._definitions, self._on_definitions)
-        self._known = set(children)
         reading = Reading()
+        children = self._list(self._definitions, self._on_definitions, reading)
+        self._known = set(children)
         self._read_definitions(children, reading)
-        reading.paused = self._paused_names()
-        reading.requests = self._request_nodes()
+        reading.paused = self._paused_names(reading)
+        reading.requests = self._request_nodes(reading)
         return reading
 
     def refresh(self) -> Reading:
@@ -128,7 +130,7 @@ class DefinitionWatch:
             changed, self._changed = self._changed, set()
         reading = Reading()
         if children:
-            listed = set(self._list(self._definitions, self._on_definitions))
+            listed = set(self._list(self._definitions, self._on_definitions, reading))
             for child in self._known - listed:
                 reading.definitions[layout.unquote_entry_name(child)] = None
             changed = (changed | (listed - self._known)) & listed
@@ -138,9 +140,9 @@ class DefinitionWatch:
         if changed:
             self._read_definitions(sorted(changed), reading)
         if paused:
-            reading.paused = self._paused_names()
+            reading.paused = self._paused_names(reading)
         if requests:
-            reading.requests = self._request_nodes()
+            reading.requests = self._request_nodes(reading)
         return reading
 
     def _read_definitions(self, children: list[str], reading: Reading) -> None:
@@ -169,27 +171,38 @@ class DefinitionWatch:
             if definition is None:
                 reading.problems[name] = problem or "invalid definition"
 
-    def _paused_names(self) -> frozenset[str]:
-        children = self._list(self._paused, self._on_paused)
+    def _paused_names(self, reading: Reading) -> frozenset[str]:
+        children = self._list(self._paused, self._on_paused, reading)
         return frozenset(layout.unquote_entry_name(child) for child in children)
 
-    def _request_nodes(self) -> list[RunRequest]:
+    def _request_nodes(self, reading: Reading) -> list[RunRequest]:
         found = []
-        for node in self._list(self._requests, self._on_requests):
+        for node in self._list(self._requests, self._on_requests, reading):
             _, _, tail = node.rpartition(layout.REQUEST_MARKER)
             sequence = int(tail) if tail.isascii() and tail.isdigit() else -1
             name = layout.request_entry_name(node)
             found.append(RunRequest(node, f"{self._requests}/{node}", name, sequence))
         return sorted(found, key=lambda request: (request.sequence, request.node))
 
-    def _list(self, path: str, watch: Callable[[WatchedEvent], None]) -> list[str]:
-        """The children of ``path`` with a children watch; [] and a creation watch if missing."""
+    def _list(
+        self, path: str, watch: Callable[[WatchedEvent], None], reading: Reading
+    ) -> list[str]:
+        """The children of ``path`` with a children watch; [] and a creation watch if missing.
+
+        A folder that cannot be listed (an ACL denies it) is [] and reported in ``reading``:
+        one folder must not keep the leader from scheduling everything else.
+        """
         for _ in range(self.list_attempts):
             try:
                 return list(self._client.get_children(path, watch=watch))
             except NoNodeError:
                 if self._client.exists(path, watch=watch) is None:
                     return []
+            except KazooException as exc:
+                if isinstance(exc, SESSION_ERRORS):
+                    raise
+                reading.unlisted[path] = f"cannot be listed ({exc!r})"
+                return []
         return []
 
     # -- watches (kazoo's event thread: no request here) ---------------------------------------

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from kazoo.security import make_digest_acl
 
 from beatleader import layout
 from beatleader.config import Settings
@@ -230,3 +231,22 @@ def test_a_follower_and_the_watches_of_an_ended_leadership_make_no_request(
     watch = first._watch  # its watches fired (armed by its leadership) and marked nothing
     assert not (watch._changed or watch._requests_changed or watch._paused_changed)
     assert second.published == ids(zk_root, "dyn", 1)
+
+
+def test_nodes_and_folders_the_leader_may_not_read_are_reported_and_skipped(
+    make_leader, zk_client, zk_root
+) -> None:
+    recorder = Recorder()
+    locked = [make_digest_acl("someone", "else", all=True)]
+    put_definition(zk_client, zk_root, "good", definition({"every": 0.2}, "good"))
+    zk_client.create(
+        layout.definition_path(zk_root, "secret"), definition(HOUR, "s").encode(), acl=locked
+    )
+    zk_client.create(layout.paused_path(zk_root), b"", acl=locked)
+    scheduler = lead(make_leader({"static": HOUR}, recorder))
+    run_until(scheduler, lambda: len(scheduler.published) >= 2)
+    assert scheduler.dynamic_names == {"good"}
+    details = [detail for kind, detail in recorder.problems if kind == "definition"]
+    assert len(details) == 2
+    assert any("'secret'" in d and "NoAuth" in d for d in details)
+    assert any(layout.paused_path(zk_root) in d for d in details)
