@@ -17,6 +17,7 @@ from kazoo.exceptions import NoNodeError
 
 from beatleader import layout
 from beatleader.definitions import Definition
+from beatleader.layout import EntryState
 from tests.harness import connected_client, wait_for
 
 RECORD_TASK = "tests.app.record"
@@ -150,8 +151,13 @@ class ChangeCost:
 @dataclass(frozen=True)
 class ScaleFigures:
     definitions: int
+    #: Whether every entry had a run state (entries that have run) at the takeover.
+    with_state: bool
     #: Seconds of the takeover tick: run state, every definition, the heap.
     takeover_s: float
+    #: Of which: reading the run state (``StateStore.load``), the definitions.
+    state_load_s: float
+    definitions_load_s: float
     takeover_reads: int
     changes: list[ChangeCost]
 
@@ -161,9 +167,16 @@ TICK = 0.005
 
 
 def measure_scale(
-    server: Any, root: str, count: int, make_scheduler: Callable[[], Any]
+    server: Any,
+    root: str,
+    count: int,
+    make_scheduler: Callable[[], Any],
+    with_state: bool = False,
 ) -> ScaleFigures:
-    """Write ``count`` definitions, let a new leader take over, then change one of them."""
+    """Write ``count`` definitions (and run states), let a new leader take over, change one.
+
+    Nothing is due meanwhile (every hour, last run now), so every request is the runtime's.
+    """
 
     def name(number: int) -> str:
         return f"runtime-{number:05d}"
@@ -172,10 +185,15 @@ def measure_scale(
         bulk_definitions(
             client, root, count, lambda n: (name(n), definition({"every": 3600}, name(n)))
         )
+        if with_state:
+            bulk_states(client, root, [name(n) for n in range(count)])
         scheduler = make_scheduler()
         try:
             wait_for(lambda: scheduler.is_leader, 30, message="the scheduler leads")
             counter = ReadCounter(scheduler._zk)
+            loads = {"load": 0.0, "dynamic_entries": 0.0}
+            for method, target in (("load", scheduler._store), ("dynamic_entries", scheduler)):
+                setattr(target, method, _timing(loads, method, getattr(target, method)))
             _, takeover_s = timed(scheduler.tick)
             assert len(scheduler.dynamic_names) == count, len(scheduler.dynamic_names)
             takeover_reads = counter.total
@@ -211,7 +229,37 @@ def measure_scale(
                 changes.append(ChangeCost(what, counter.total, requests, seconds))
         finally:
             scheduler.close()
-    return ScaleFigures(count, takeover_s, takeover_reads, changes)
+    return ScaleFigures(
+        count,
+        with_state,
+        takeover_s,
+        loads["load"],
+        loads["dynamic_entries"],
+        takeover_reads,
+        changes,
+    )
+
+
+def _timing(seconds: dict[str, float], key: str, call: Callable[[], Any]) -> Callable[[], Any]:
+    def timed_call() -> Any:
+        value, took = timed(call)
+        seconds[key] += took
+        return value
+
+    return timed_call
+
+
+def bulk_states(client: KazooClient, root: str, names: list[str]) -> None:
+    """A run state for each of ``names``: three runs, the last one now (published)."""
+    client.ensure_path(layout.entries_path(root))
+    state = EntryState(layout.utc_now_iso(), 3, None, "test").encode()
+    for first in range(0, len(names), 1000):
+        transaction = client.transaction()
+        for entry in names[first : first + 1000]:
+            transaction.create(layout.entry_path(root, entry), state)
+        results = transaction.commit()
+        bad = [r for r in results if isinstance(r, Exception)]
+        assert not bad, bad[:3]
 
 
 HOUR_S = {"every": 3600}
