@@ -69,7 +69,8 @@ class Reading:
     unlisted: dict[str, str] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.definitions) or self.paused is not None or self.requests is not None
+        changed = self.paused is not None or self.requests is not None
+        return changed or bool(self.definitions or self.unlisted)
 
 
 class DefinitionWatch:
