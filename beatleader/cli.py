@@ -83,6 +83,8 @@ class Target:
 
     settings: Settings
     timeout: float
+    #: The Celery app the settings came from (``-A`` or celery's), None without one.
+    app: Any = None
 
     @property
     def where(self) -> str:
@@ -144,7 +146,7 @@ def resolve_target(ctx: click.Context, **options: Any) -> Target:
         )
     except ConfigError as exc:
         raise CliError(str(exc)) from None
-    return Target(settings, float(value.get("timeout") or DEFAULT_TIMEOUT))
+    return Target(settings, float(value.get("timeout") or DEFAULT_TIMEOUT), app)
 
 
 def _first(option: Any, group_option: Any) -> Any:
@@ -393,11 +395,25 @@ def _build_group(name: str, with_options: bool, help_text: str) -> click.Group:
     if with_options:
         group = connection_options(group)
     group = click.version_option(__version__, prog_name="beatleader")(group)
-    command = click.group(name=name, help=help_text)(click.pass_context(group))
+    command = click.group(name=name, help=help_text, cls=_Group)(click.pass_context(group))
     command.add_command(status_command)
     command.add_command(resign_command)
     command.add_command(prune_command)
     return command
+
+
+class _Group(click.Group):
+    """Adds ``entry`` (``entrycli.py``) when asked for: that module imports this one."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "entry":
+            from beatleader.entrycli import entry_group
+
+            return entry_group
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), "entry"})
 
 
 _HELP = "Inspect and steer beatleader's leader election in ZooKeeper."

@@ -31,13 +31,15 @@ import json
 import math
 import re
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from celery import beat
 from celery.exceptions import ImproperlyConfigured
 from celery.schedules import crontab, schedule, solar
+
+from beatleader.schedtypes import OneOff, ZonedCrontab
 
 
 class DefinitionError(ValueError):
@@ -106,8 +108,8 @@ class Definition:
         """This definition, checked as :meth:`parse` would check it; else DefinitionError."""
         try:
             data = self.encode()
-        except (TypeError, ValueError) as exc:
-            raise DefinitionError(f"args/kwargs must be JSON values: {exc}") from None
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise DefinitionError(f"args/kwargs must be JSON values: {_line(exc)}") from None
         found, problem = Definition.parse(data)
         if found is None:
             raise DefinitionError(problem or "invalid definition")
@@ -184,79 +186,6 @@ class Definition:
             last_run_at=last_run_at,
             app=app,
         )
-
-
-class OneOff(schedule):  # type: ignore[misc]
-    """Due once when now >= ``at`` and the entry has not run since; then never again.
-
-    "Has not run since" is ``last_run_at`` before ``at``; afterwards :meth:`is_due` answers
-    (False, a day), so the entry stays, done.
-    """
-
-    #: Seconds a done one-off asks to be checked again.
-    done_recheck = 86400.0
-
-    def __init__(self, at: datetime, nowfun: Any = None, app: Any = None) -> None:
-        super().__init__(timedelta(days=1), nowfun=nowfun, app=app)
-        self.at = at
-
-    def done(self, last_run_at: datetime | None) -> bool:
-        return last_run_at is not None and self._aware(last_run_at) >= self.at
-
-    def remaining_estimate(self, last_run_at: datetime) -> timedelta:
-        if self.done(last_run_at):
-            return timedelta(seconds=self.done_recheck)
-        return self.at - self._aware(self.now())
-
-    def is_due(self, last_run_at: datetime) -> tuple[bool, float]:
-        if self.done(last_run_at):
-            return False, self.done_recheck
-        remaining = (self.at - self._aware(self.now())).total_seconds()
-        if remaining <= 0:
-            return True, self.done_recheck
-        return False, remaining
-
-    def _aware(self, moment: datetime) -> datetime:
-        return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-    def __repr__(self) -> str:
-        return f"<one-off at {self.at.isoformat()}>"
-
-    def __reduce__(self) -> Any:
-        return (self.__class__, (self.at, self.nowfun, self._app))
-
-    def __eq__(self, other: Any) -> bool:
-        if isinstance(other, OneOff):
-            return self.at == other.at
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self.at)
-
-
-class ZonedCrontab(crontab):  # type: ignore[misc]
-    """A celery crontab that runs in ``zone`` rather than the app's timezone (copies keep it)."""
-
-    def __init__(self, zone: str, *fields: Any, **kwargs: Any) -> None:
-        super().__init__(*fields, **kwargs)
-        self.zone = zone
-        self.tz = ZoneInfo(zone)  # a cached property: this instance's value wins
-
-    def __reduce__(self) -> Any:
-        _cls, fields, kwargs = super().__reduce__()
-        return (self.__class__, (self.zone, *fields), kwargs)
-
-    def __eq__(self, other: Any) -> bool:
-        same = super().__eq__(other)
-        return (
-            same if same is NotImplemented else same and self.zone == getattr(other, "zone", None)
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.zone, str(self._orig_minute), str(self._orig_hour)))
-
-    def __repr__(self) -> str:
-        return f"{super().__repr__()[:-1]} ({self.zone})>"
 
 
 def _crontab(spec: str, zone: str | None, app: Any) -> crontab:

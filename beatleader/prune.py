@@ -13,7 +13,9 @@ Guarantees:
   or unreadable), unless ``force``. Forced, the union of the known schedules is kept.
 * Deletes each node with the data version it read: a node a leader wrote since then is kept and
   reported, never deleted under it. A node already gone counts as pruned.
-* Never touches ``election/``, ``schedules/`` or a scheduled entry's state.
+* Never touches ``election/``, ``schedules/`` or a scheduled entry's state; the state of an
+  entry that has a runtime definition (``definitions/``) or a pause marker (``paused/``) is kept
+  too, whatever the schedules say.
 
 Not guaranteed: that a pruned entry is never scheduled again. If it is re-added under the same
 name, it starts over at run 1: its task ids repeat those of its first life, and the worker guard
@@ -23,13 +25,14 @@ entry's old floor as duplicates. Prune only what is gone for good, or rename wha
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
 from kazoo.exceptions import BadVersionError, NoNodeError
 
 from beatleader.diagnose import fingerprint_mismatch
-from beatleader.layout import entries_path, unquote_entry_name
+from beatleader.layout import definitions_path, entries_path, paused_path, unquote_entry_name
 from beatleader.status import read_election, read_schedules, scheduled_names
 
 
@@ -62,6 +65,7 @@ def plan_prune(client: Any, root: str, *, force: bool = False) -> list[Stale]:
     keep: set[str] = set()
     for listed in schedules.values():
         keep.update(listed or ())
+    keep.update(_defined_names(client, root))
     if not force:
         _refuse_if_unsafe(root, contenders, schedules)
     stale = []
@@ -78,6 +82,15 @@ def plan_prune(client: Any, root: str, *, force: bool = False) -> list[Stale]:
         if stat is not None:
             stale.append(Stale(name, quoted, int(stat.version)))
     return stale
+
+
+def _defined_names(client: Any, root: str) -> set[str]:
+    """Names with a runtime definition or a pause marker: their state is not orphaned."""
+    names: set[str] = set()
+    for parent in (definitions_path(root), paused_path(root)):
+        with suppress(NoNodeError):
+            names.update(unquote_entry_name(c) for c in client.get_children(parent))
+    return names
 
 
 def _refuse_if_unsafe(root: str, contenders: list[Any], schedules: dict[str, Any]) -> None:

@@ -13,6 +13,8 @@ Guarantees:
 * Contenders are exactly the election's (``contenders.py``): well-formed, ephemeral nodes in
   (sequence, name) order; any other child of ``election/`` is listed in ``ignored`` with the
   reason, and warned about. ``since`` is the contender node's creation time (ctime), in UTC.
+* Runtime entries (``definitions/``) are listed with the static ones, their schedule prefixed
+  ``runtime`` (:mod:`beatleader.runtimeplans`); a static entry's plan wins a shared name.
 * :meth:`Status.leader_problem` is None only for a leader whose node holds readable, unrewritten
   ContenderInfo: what ``status --check`` requires.
 * :func:`resign_leader` deletes only the well-formed, ephemeral node that led when it looked; it
@@ -48,6 +50,7 @@ from beatleader.layout import (
     schedule_path,
     unquote_entry_name,
 )
+from beatleader.runtimeplans import RUNTIME_SCHEDULE, read_runtime_plans
 from beatleader.schedules import PlannedEntry, decode_schedule, next_due
 
 #: How often the waiting functions look at the election queue again, in seconds.
@@ -220,6 +223,9 @@ def read_status(client: Any, root: str) -> Status:
         return Status(root, (), (), exists=False, warnings=(f"{root} does not exist",))
     contenders, ignored = read_election(client, root)
     schedules = read_schedules(client, root, contenders)
+    runtime = read_runtime_plans(client, root)
+    if runtime:  # after every fingerprint (sorted): a static entry's plan wins its name
+        schedules[RUNTIME_SCHEDULE] = runtime
     scheduled = scheduled_names(contenders, schedules)
     entries = _with_plans(read_entries(client, root), schedules, scheduled)
     warnings = [f"ignoring election node {i.node!r}: {i.reason}" for i in ignored]

@@ -147,6 +147,11 @@ def test_validated_refuses_non_json_args() -> None:
         Definition("t.x", {"every": 5.0}, args=(object(),)).validated()
     with pytest.raises(DefinitionError, match="JSON"):
         Definition("t.x", {"every": 5.0}, args=(float("nan"),)).validated()
+    deep: list[Any] = []
+    for _ in range(100000):
+        deep = [deep]
+    with pytest.raises(DefinitionError, match="JSON"):
+        Definition("t.x", {"every": 5.0}, args=(deep,)).validated()
 
 
 @pytest.mark.parametrize(
