@@ -2,8 +2,9 @@
 
 The beats run ``beatleader.Scheduler`` on the suite's ZooKeeper and kombu's filesystem broker; a
 worker executes ``tests.app.record``, which appends ``{"name": <first arg>, "id": <task id>}``
-to the execution log. The definitions, pauses and run-now requests are written as
-``beatleader entry`` writes them (``tests/runtime_support.py``), while the beats run. Every
+to the execution log. The definitions, pauses and run-now requests are written while the beats
+run, with ``beatleader.entries`` (what ``beatleader entry`` uses); hostile nodes with a plain
+client. Every
 assertion is on what the worker executed: task ids are exactly runs 1..N of each entry (nothing
 twice, no ordinal skipped) and the counts are exact.
 """
@@ -18,18 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from beatleader import layout
+from beatleader.entries import EntryStore
+from tests.app import RECORD_TASK, make_app
 from tests.cluster import every, schedule_env
 from tests.harness import contenders, entry_state, read_executions, wait_for
-from tests.runtime_support import (
-    definition,
-    pause,
-    put_definition,
-    put_raw,
-    remove_definition,
-    request_run,
-    requests,
-    resume,
-)
+from tests.runtime_support import put_raw, requests
 
 FAULTS = "tests.app.FaultScheduler"
 #: Seconds to watch that nothing more is executed (several intervals of a 1 s entry).
@@ -73,6 +67,11 @@ class Executions:
         return after
 
 
+def entry_store(zk_client: Any, zk_root: str, env: dict[str, str]) -> EntryStore:
+    """The write side of ``beatleader entry``, for the app the beats run (``env``)."""
+    return EntryStore(zk_client, zk_root, make_app(env, set_as_current=False))
+
+
 def leading(beat: Any, zk_client: Any, zk_root: str) -> None:
     wait_for(
         lambda: (queue := contenders(zk_client, zk_root)) and queue[0]["pid"] == beat.pid,
@@ -87,20 +86,24 @@ def test_runtime_definitions_added_updated_paused_resumed_removed(
 ) -> None:
     runs = Executions(execution_log, zk_root)
     workers().wait_ready()
-    beat = beats(env=schedule_env(hourly=every(3600)))
+    env = schedule_env(hourly=every(3600))
+    store = entry_store(zk_client, zk_root, env)
+    beat = beats(env=env)
     leading(beat, zk_client, zk_root)
 
     put_raw(zk_client, zk_root, "broken", b'{"task": 7}')  # hostile: reported, stops nothing
-    put_definition(zk_client, zk_root, "dyn", definition({"every": 1}, "v1"))
+    store.add("dyn", task=RECORD_TASK, every="1s", args=["v1"])
     runs.wait("dyn", 2)
-    put_definition(zk_client, zk_root, "dyn", definition({"every": 1}, "v2"))
+    store.update("dyn", args=["v2"])
     wait_for(lambda: "v2" in runs.names("dyn"), 20, message="the worker runs the new args")
-    put_definition(zk_client, zk_root, "dyn", definition({"every": 1}, "v2", enabled=False))
+    assert store.pause("dyn") == "runtime"
     beat.wait_for_log(r"entry 'dyn' removed", 10)
     paused = runs.quiet("dyn", allowed=1)  # at most the run committed before the change
-    put_definition(zk_client, zk_root, "dyn", definition({"every": 1}, "v3"))
+    store.update("dyn", args=["v3"])  # changed while paused: not scheduled
+    runs.quiet("dyn")
+    store.resume("dyn")
     runs.wait("dyn", paused + 2)
-    remove_definition(zk_client, zk_root, "dyn")
+    store.remove("dyn")
     beat.wait_for_log(r"entry 'dyn' removed", 10, count=2)
     runs.quiet("dyn", allowed=1)
     runs.quiet("dyn")
@@ -119,24 +122,26 @@ def test_run_now_one_off_and_pause_of_a_static_entry(
 ) -> None:
     runs = Executions(execution_log, zk_root)
     workers().wait_ready()
-    beat = beats(env=schedule_env(hourly=every(3600), fast=every(1)))
+    env = schedule_env(hourly=every(3600), fast=every(1))
+    store = entry_store(zk_client, zk_root, env)
+    beat = beats(env=env)
     leading(beat, zk_client, zk_root)
     at = datetime.now(timezone.utc) + timedelta(seconds=3)
-    put_definition(zk_client, zk_root, "once", definition({"at": at.isoformat()}, "once"))
+    store.add("once", task=RECORD_TASK, at=at, args=["once"])
 
-    request_run(zk_client, zk_root, "hourly")
+    store.run("hourly")
     assert runs.wait("hourly", 1) == [1]  # the next ordinal, through the outbox
     runs.wait("fast", 2)
-    pause(zk_client, zk_root, "fast")
+    assert store.pause("fast") == "static"
     beat.wait_for_log(r"static entry 'fast' paused", 10)
     before = runs.quiet("fast", allowed=1)
-    request_run(zk_client, zk_root, "fast")  # a paused entry runs now, and stays paused
+    store.run("fast")  # a paused entry runs now, and stays paused
     runs.wait("fast", before + 1)
     runs.quiet("fast")
-    resume(zk_client, zk_root, "fast")
+    store.resume("fast")
     runs.wait("fast", before + 3)
     assert runs.wait("once", 1) == [1]
-    request_run(zk_client, zk_root, "hourly")
+    store.run("hourly")
     runs.wait("hourly", 2)
     runs.quiet("once")
     runs.quiet("hourly")
@@ -155,7 +160,8 @@ def test_requests_and_definitions_survive_a_leader_kill(
 ) -> None:
     runs = Executions(execution_log, zk_root)
     env = schedule_env(hourly=every(3600), fast=every(1))
-    pause(zk_client, zk_root, "fast")  # before any beat: the takeover reads it
+    store = entry_store(zk_client, zk_root, env)
+    store.pause("fast")  # before any beat: the takeover reads it
     doomed = beats(env={**env, "TEST_PAUSE_BEFORE_PUBLISH": "60"}, scheduler=FAULTS)
     leading(doomed, zk_client, zk_root)
     successor = beats(env=env)
@@ -163,14 +169,14 @@ def test_requests_and_definitions_survive_a_leader_kill(
     workers().wait_ready()
     doomed.wait_for_log(r"static entry 'fast' paused", 10)
 
-    request_run(zk_client, zk_root, "hourly")
+    store.add("bad", task=RECORD_TASK, every=1, args=["b"], enabled=False)  # not due yet
+    store.run("hourly")
     doomed.wait_for_log(r"test: pausing before publishing", 20)  # run 1 committed, not sent
     assert requests(zk_client, zk_root) == []  # consumed by that commit
     doomed.kill()
-    # while no leader is alive: a request, a new definition, a changed one
-    request_run(zk_client, zk_root, "hourly")
-    put_definition(zk_client, zk_root, "late", definition({"every": 1}, "late"))
-    put_definition(zk_client, zk_root, "bad", definition({"every": 1}, "b"))
+    # while no leader is alive: a request, a new definition, a hostile rewrite of one
+    store.run("hourly")
+    store.add("late", task=RECORD_TASK, every="1s", args=["late"])
     put_raw(zk_client, zk_root, "bad", b"\x00 not a definition")
     leading(successor, zk_client, zk_root)
 
