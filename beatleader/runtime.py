@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from celery import beat
 from kazoo.client import KazooClient
 
+from beatleader import layout
 from beatleader.definitions import Definition
 from beatleader.dynamic import DynamicScheduler
 from beatleader.planning import Run
@@ -211,12 +212,14 @@ class RuntimeScheduler(DynamicScheduler):
         if fence is None or not due:
             return
         for request in due:
-            what = f"entry {request.name!r}" if request.name is not None else "no entry name"
+            if request.name is None:
+                why = f"is not named <entry>{layout.REQUEST_MARKER}<sequence>"
+            else:
+                why = f"names {request.name!r}, which is no static or runtime entry here"
             self._report(
                 f"request:{request.node}",
                 "run-request",
-                f"run-now request {request.node!r} names {what} that this schedule does not "
-                "have (static or runtime); deleted without a run",
+                f"run-now request {request.node!r} {why}; deleted without a run",
             )
         gone, lost = store.discard(fence, [r.path for r in due])
         if lost:

@@ -94,7 +94,10 @@ def test_runtime_definitions_added_updated_paused_resumed_removed(
     put_raw(zk_client, zk_root, "broken", b'{"task": 7}')  # hostile: reported, stops nothing
     store.add("dyn", task=RECORD_TASK, every="1s", args=["v1"])
     runs.wait("dyn", 2)
+    changed_at = time.monotonic()
     store.update("dyn", args=["v2"])
+    beat.wait_for_log(r"entry 'dyn' changed", 10)
+    applied = time.monotonic() - changed_at  # the beat's loop sleeps at most 1 s
     wait_for(lambda: "v2" in runs.names("dyn"), 20, message="the worker runs the new args")
     assert store.pause("dyn") == "runtime"
     beat.wait_for_log(r"entry 'dyn' removed", 10)
@@ -113,6 +116,7 @@ def test_runtime_definitions_added_updated_paused_resumed_removed(
     assert names == sorted(names) and set(names) == {"v1", "v2", "v3"}  # each change, in order
     state = entry_state(zk_client, zk_root, "dyn")
     assert state is not None and state["total_run_count"] == len(executed)  # kept on removal
+    assert applied < 2.0, f"a change applied {applied:.2f} s after it was written"
     assert beat.log_matches(r"runtime entry 'broken' ignored")
     assert runs.ordinals("hourly") == []
 
