@@ -3,9 +3,10 @@
 A real ZooKeeper (the suite's); the leader runs in this process (``memory://`` broker; nothing
 is due during the test), once over new definitions and once over definitions that have all run
 (a run state each, read too). The issue's target is 5 s for the definitions; the bound asserted
-here is twice that, for a loaded shared machine; the figures are printed. Reads are counted twice: on the leader's kazoo client (every get,
-listing and exists it sends) and on the server (the session's last request number, ``cons``),
-so a request the client wrapper would miss shows up too. The figures are printed (``-s``).
+here is twice that, for a loaded shared machine. Reads are counted twice: on the leader's kazoo
+client (every get, listing and exists it sends) and on the server (the session's last request
+number, ``cons``), so a request the client wrapper would miss shows up too. The figures are
+printed (``-s``).
 """
 
 from __future__ import annotations
