@@ -21,6 +21,7 @@ from beatleader.layout import EntryState
 from beatleader.observe import Observers
 from beatleader.runtimewatch import RunRequest
 from beatleader.state import StateStore, Write
+from beatleader.testing.proxy import ZkProxy
 from tests.app import make_app
 from tests.harness import contenders, entry_state, wait_for
 from tests.runtime_support import (
@@ -250,3 +251,25 @@ def test_nodes_and_folders_the_leader_may_not_read_are_reported_and_skipped(
     assert len(details) == 2
     assert any("'secret'" in d and "NoAuth" in d for d in details)
     assert any(layout.paused_path(zk_root) in d for d in details)
+
+
+def test_after_a_lost_connection_the_watches_are_armed_again_and_nothing_is_missed(
+    zk_server, zk_client, zk_root
+) -> None:
+    put_definition(zk_client, zk_root, "dyn", definition(HOUR, "v1"))
+    with ZkProxy(zk_server.hosts) as proxy:
+        app = make_app({"TEST_SCHEDULE": "{}"}, set_as_current=False)
+        settings = Settings.from_app(app, zk_hosts=proxy.hosts, path=zk_root, session_timeout=6.0)
+        scheduler = Recording(app, beatleader_settings=settings)
+        scheduler.published = []
+        try:
+            lead(scheduler)
+            generation = scheduler._election.generation
+            proxy.cut()  # same session, new connection: the server forgot this one's watches
+            put_definition(zk_client, zk_root, "dyn", definition(HOUR, "v2"))
+            run_until(scheduler, lambda: scheduler.schedule["dyn"].args == ["v2"], timeout=30)
+            assert scheduler._election.generation > generation  # a new takeover read it
+            put_definition(zk_client, zk_root, "dyn", definition(HOUR, "v3"))  # a watch again
+            run_until(scheduler, lambda: scheduler.schedule["dyn"].args == ["v3"])
+        finally:
+            scheduler.close()
