@@ -12,6 +12,9 @@ twice, no ordinal skipped) and the counts are exact.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -122,7 +125,7 @@ def test_runtime_definitions_added_updated_paused_resumed_removed(
 
 
 def test_run_now_one_off_and_pause_of_a_static_entry(
-    beats, workers, zk_client, zk_root, execution_log
+    beats, workers, zk_client, zk_root, execution_log, beat_env
 ) -> None:
     runs = Executions(execution_log, zk_root)
     workers().wait_ready()
@@ -145,7 +148,11 @@ def test_run_now_one_off_and_pause_of_a_static_entry(
     store.resume("fast")
     runs.wait("fast", before + 3)
     assert runs.wait("once", 1) == [1]
-    store.run("hourly")
+    cli = [sys.executable, "-m", "beatleader.cli", "entry", "run", "hourly", "-A", "tests.app"]
+    done = subprocess.run(
+        cli, env={**os.environ, **beat_env, **env}, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr  # the command line, as the docs write it
     runs.wait("hourly", 2)
     runs.quiet("once")
     runs.quiet("hourly")
