@@ -52,6 +52,9 @@ logger = logging.getLogger("beatleader.scheduler")
 class RuntimeScheduler(DynamicScheduler):
     """Adds the runtime entries of ZooKeeper to :class:`DynamicScheduler`; see the module doc."""
 
+    #: Most requests naming no entry deleted in one tick (a flood of them cannot stall it).
+    discard_per_tick = 50
+
     _zk: KazooClient | None
 
     def _init_runtime(self) -> None:
@@ -209,6 +212,7 @@ class RuntimeScheduler(DynamicScheduler):
         assert election is not None and store is not None
         fence = election.node
         due = [r for r in requests if self._entry_backoff.ready(("request", r.node), now)]
+        due = due[: self.discard_per_tick]
         if fence is None or not due:
             return
         for request in due:

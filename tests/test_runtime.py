@@ -273,3 +273,17 @@ def test_after_a_lost_connection_the_watches_are_armed_again_and_nothing_is_miss
             run_until(scheduler, lambda: scheduler.schedule["dyn"].args == ["v3"])
         finally:
             scheduler.close()
+
+
+def test_a_flood_of_bad_requests_is_deleted_a_batch_per_tick_and_stalls_nothing(
+    make_leader, zk_client, zk_root
+) -> None:
+    scheduler = lead(make_leader({"fast": {"every": 0.2}}))
+    folder = layout.requests_path(zk_root)
+    zk_client.ensure_path(folder)
+    transaction = zk_client.transaction()
+    for number in range(300):
+        transaction.create(f"{folder}/junk-{number}", b"")
+    transaction.commit()
+    run_until(scheduler, lambda: requests(zk_client, zk_root) == [], timeout=30)
+    assert len(scheduler.published) >= 2  # the schedule went on meanwhile
