@@ -21,6 +21,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from beatleader import layout
 from beatleader.entries import EntryStore
 from tests.app import RECORD_TASK, make_app
@@ -166,6 +168,7 @@ def test_run_now_one_off_and_pause_of_a_static_entry(
     assert datetime.fromisoformat(once["last_run_at"]) >= at
 
 
+@pytest.mark.slow
 def test_requests_and_definitions_survive_a_leader_kill(
     beats, workers, zk_client, zk_root, execution_log, broker_dir
 ) -> None:
