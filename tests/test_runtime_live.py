@@ -121,7 +121,7 @@ def test_runtime_definitions_added_updated_paused_resumed_removed(
     assert names == sorted(names) and set(names) == {"v1", "v2", "v3"}  # each change, in order
     state = entry_state(zk_client, zk_root, "dyn")
     assert state is not None and state["total_run_count"] == len(executed)  # kept on removal
-    assert applied < 2.0, f"a change applied {applied:.2f} s after it was written"
+    assert applied < 2.5, f"a change applied {applied:.2f} s after it was written"
     assert beat.log_matches(r"runtime entry 'broken' ignored")
     assert runs.ordinals("hourly") == []
 
