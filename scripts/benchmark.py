@@ -746,6 +746,13 @@ def legend(args: argparse.Namespace) -> list[str]:
         f"{LLEN_EVERY:g} s over the window (the two endpoints alone are off by up to one burst "
         "of all entries); per-entry periods: sum of 1 / mean period between an entry's sends",
     ]
+    if not args.skip_runtime:
+        lines.append(
+            "runtime entries: a leader in the benchmark's process takes over "
+            f"{args.runtime_definitions:,} definitions (new; then with a run state each); reads "
+            "counted on its client, requests by the server (cons lcxid); applied: from the write "
+            "to the change in the schedule, ticking every 5 ms (scripts/bench_runtime.py)"
+        )
     timeout = args.session_timeout
     if timeout != int(timeout):
         lines.append(f"redbeat re-extends its lock to int(timeout) = {int(timeout)} s each tick")
