@@ -126,6 +126,9 @@ class DynamicScheduler(LeadingScheduler):
         """Called once the static schedule is set up: these names are not dynamic."""
         self._static_names = frozenset(self.schedule)
 
+    def _prefetch_dynamic(self, generation: int) -> None:
+        """At takeover, before the run state is read: a source may start its reads here."""
+
     def _load_dynamic(self, stored: dict[str, StoredState]) -> None:
         """At takeover: the full read replaces every dynamic entry and every queued change."""
         self._changes.take()

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.interfaces import IAsyncResult
 from kazoo.protocol.states import EventType, WatchedEvent
 
 from beatleader import layout
@@ -107,6 +108,12 @@ class DefinitionWatch:
 
     def load(self, generation: int) -> Reading:
         """Everything, with fresh watches; marks taken before it are superseded by it."""
+        return self.start_load(generation)()
+
+    def start_load(self, generation: int) -> Callable[[], Reading]:
+        """:meth:`load` in two steps: send the reads of every definition now, and return the
+        function that waits for them (and lists the pauses and requests), so that the caller
+        can read other nodes meanwhile (one pipeline is faster than two in a row)."""
         with self._lock:
             self._armed = generation
             self._children_changed = self._paused_changed = self._requests_changed = False
@@ -114,10 +121,15 @@ class DefinitionWatch:
         reading = Reading()
         children = self._list(self._definitions, self._on_definitions, reading)
         self._known = set(children)
-        self._read_definitions(children, reading)
-        reading.paused = self._paused_names(reading)
-        reading.requests = self._request_nodes(reading)
-        return reading
+        pending = self._send_reads(children)
+
+        def finish() -> Reading:
+            self._take_reads(pending, reading)
+            reading.paused = self._paused_names(reading)
+            reading.requests = self._request_nodes(reading)
+            return reading
+
+        return finish
 
     def refresh(self) -> Reading:
         """What changed since the last load or refresh, as the watches marked it."""
@@ -139,20 +151,22 @@ class DefinitionWatch:
         else:
             changed &= self._known
         if changed:
-            self._read_definitions(sorted(changed), reading)
+            self._take_reads(self._send_reads(sorted(changed)), reading)
         if paused:
             reading.paused = self._paused_names(reading)
         if requests:
             reading.requests = self._request_nodes(reading)
         return reading
 
-    def _read_definitions(self, children: list[str], reading: Reading) -> None:
-        """Read ``children`` in one pipeline, each with a data watch."""
+    def _send_reads(self, children: list[str]) -> list[tuple[str, IAsyncResult]]:
+        """Send a read of each of ``children`` (one pipeline), each with a data watch."""
         client, folder = self._client, self._definitions
-        pending = [
+        return [
             (child, client.get_async(f"{folder}/{child}", watch=self._on_definition))
             for child in children
         ]
+
+    def _take_reads(self, pending: list[tuple[str, IAsyncResult]], reading: Reading) -> None:
         for child, result in pending:
             name = layout.unquote_entry_name(child)
             try:

@@ -372,6 +372,7 @@ class Scheduler(RuntimeScheduler):
         """Step 2: continue the schedule from the shared state."""
         assert self._store is not None
         self._probe_clock()
+        self._prefetch_dynamic(generation)  # its reads overlap those of the run state
         stored = self._store.load()
         self._outbox.clear()
         self._stored = stored

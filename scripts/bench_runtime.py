@@ -6,8 +6,9 @@ due) against the benchmark's own ZooKeeper, twice: with ``--runtime-definitions`
 and with as many that have run (a run state each, as after a failover of a busy schedule). For each
 it measures (``tests/runtime_support.measure_scale``):
 
-* the takeover tick (every run state, every definition, the heap), and within it the reading of
-  the definitions and of the run states, with the number of reads the leader sent;
+* the takeover tick (every run state, every definition, the heap), and within it the time spent
+  on the definitions (sending their reads, taking them, scheduling the entries) and in the run
+  state's load (whose reads queue behind the definitions', sent first), with the reads sent;
 * for one update, one addition and one removal of a definition: the reads the leader's client
   sent, the requests the server counted for its session (``cons`` ``lcxid``), and the time from
   the write to the change applied (the leader ticking every 5 ms here; a ``celery beat`` loop

@@ -155,7 +155,8 @@ class ScaleFigures:
     with_state: bool
     #: Seconds of the takeover tick: run state, every definition, the heap.
     takeover_s: float
-    #: Of which: reading the run state (``StateStore.load``), the definitions.
+    #: Of which: the run state (``StateStore.load``: its reads queue behind the definitions',
+    #: sent first) and the definitions (sending their reads, then taking and applying them).
     state_load_s: float
     definitions_load_s: float
     takeover_reads: int
@@ -191,9 +192,13 @@ def measure_scale(
         try:
             wait_for(lambda: scheduler.is_leader, 30, message="the scheduler leads")
             counter = ReadCounter(scheduler._zk)
-            loads = {"load": 0.0, "dynamic_entries": 0.0}
-            for method, target in (("load", scheduler._store), ("dynamic_entries", scheduler)):
-                setattr(target, method, _timing(loads, method, getattr(target, method)))
+            loads = {"load": 0.0, "definitions": 0.0}
+            for method, target, key in (
+                ("load", scheduler._store, "load"),
+                ("_prefetch_dynamic", scheduler, "definitions"),
+                ("_load_dynamic", scheduler, "definitions"),
+            ):
+                setattr(target, method, _timing(loads, key, getattr(target, method)))
             _, takeover_s = timed(scheduler.tick)
             assert len(scheduler.dynamic_names) == count, len(scheduler.dynamic_names)
             takeover_reads = counter.total
@@ -234,15 +239,15 @@ def measure_scale(
         with_state,
         takeover_s,
         loads["load"],
-        loads["dynamic_entries"],
+        loads["definitions"],
         takeover_reads,
         changes,
     )
 
 
-def _timing(seconds: dict[str, float], key: str, call: Callable[[], Any]) -> Callable[[], Any]:
-    def timed_call() -> Any:
-        value, took = timed(call)
+def _timing(seconds: dict[str, float], key: str, call: Callable[..., Any]) -> Callable[..., Any]:
+    def timed_call(*args: Any) -> Any:
+        value, took = timed(lambda: call(*args))
         seconds[key] += took
         return value
 

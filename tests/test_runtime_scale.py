@@ -55,6 +55,7 @@ def test_ten_thousand_definitions_load_on_takeover_and_a_change_costs_o1_reads(
             f"applied {change.seconds * 1000:.0f} ms after the write"
         )
     assert figures.definitions_load_s < TAKEOVER_BOUND_S
+    assert figures.takeover_s < TAKEOVER_BOUND_S * (2 if with_state else 1)
     reads_per_entry = 2 if with_state else 1  # its definition (and its run state)
     assert figures.takeover_reads < COUNT * reads_per_entry + 20  # plus a few listings
     by_what = {change.what: change for change in figures.changes}
