@@ -61,6 +61,9 @@ class RuntimeScheduler(DynamicScheduler):
     def _init_runtime(self) -> None:
         self._watch: DefinitionWatch | None = None
         self._prefetched: Callable[[], Reading] | None = None
+        #: Whether this leadership's takeover took the runtime entries (a subclass's
+        #: ``dynamic_entries`` that does not call ``super()``'s takes none: nothing is followed).
+        self._following = False
         self._definitions: dict[str, Definition] = {}
         self._requests: list[RunRequest] = []
 
@@ -77,6 +80,7 @@ class RuntimeScheduler(DynamicScheduler):
     # -- definitions and pauses -----------------------------------------------------------------
 
     def _prefetch_dynamic(self, generation: int) -> None:
+        self._following = False
         self._prefetched = self._definition_watch().start_load(generation)
 
     def dynamic_entries(self) -> Mapping[str, beat.ScheduleEntry]:
@@ -90,11 +94,12 @@ class RuntimeScheduler(DynamicScheduler):
         self._definitions = {}
         self._requests = []
         changes = self._take_reading(reading)
+        self._following = True
         return {name: entry for name, entry in changes.items() if entry is not None}
 
     def _apply_changes(self) -> None:
         watch = self._watch
-        if watch is not None and watch.armed is not None:
+        if watch is not None and self._following:
             reading = watch.refresh()
             if reading:
                 changes = self._take_reading(reading)

@@ -9,6 +9,7 @@ Schedulers run here on kombu's ``memory://`` broker and record the task ids they
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -287,3 +288,30 @@ def test_a_flood_of_bad_requests_is_deleted_a_batch_per_tick_and_stalls_nothing(
     transaction.commit()
     run_until(scheduler, lambda: requests(zk_client, zk_root) == [], timeout=30)
     assert len(scheduler.published) >= 2  # the schedule went on meanwhile
+
+
+class OwnSourceOnly(Recording):
+    """A subclass with its own dynamic entries that does not call ``super()``'s."""
+
+    def dynamic_entries(self) -> dict[str, Any]:
+        return {}
+
+
+def test_a_subclass_that_does_not_call_super_dynamic_entries_follows_no_definitions(
+    zk_server, zk_client, zk_root
+) -> None:
+    put_definition(zk_client, zk_root, "zk", definition({"every": 0.2}, "zk"))
+    app = make_app({"TEST_SCHEDULE": "{}"}, set_as_current=False)
+    settings = Settings.from_app(app, zk_hosts=zk_server.hosts, path=zk_root, session_timeout=2.0)
+    scheduler = OwnSourceOnly(app, beatleader_settings=settings)
+    scheduler.published = []
+    try:
+        lead(scheduler)
+        put_definition(zk_client, zk_root, "later", definition({"every": 0.2}, "later"))
+        request_run(zk_client, zk_root, "zk")
+        for _ in range(20):
+            time.sleep(min(scheduler.tick(), 0.05))
+        assert scheduler.dynamic_names == frozenset()
+        assert scheduler.published == []
+    finally:
+        scheduler.close()
