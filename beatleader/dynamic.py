@@ -18,6 +18,13 @@ its stored run state (one read); a run committed before a change is published as
 (reported once, ignored); removing an entry keeps its run state in ZooKeeper (``prune`` removes it).
 Changes reported before a takeover are superseded by the takeover's full read.
 
+Static entries cannot be replaced, but they can be **paused**: :meth:`DynamicScheduler.pause_static`
+reports the whole set of paused static names (from any thread; the source calls it from
+``dynamic_entries`` too, at each takeover). A paused static entry leaves the schedule (its run
+state is kept, a run it already committed is still published) and is put back as it was, with the
+run state of its latest run, when it is no longer in the set. A paused name that is not static is
+ignored (dynamic entries pause by leaving the schedule: ``update_entries(None)``).
+
 Not guaranteed: a follower applies nothing (it reads everything when it takes over); changes are
 applied in the order the source reported them, last one wins per name.
 """
@@ -27,7 +34,7 @@ from __future__ import annotations
 import heapq
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from celery import beat
 
@@ -43,6 +50,7 @@ class EntryChanges:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending: dict[str, beat.ScheduleEntry | None] = {}
+        self._paused: frozenset[str] | None = None
 
     def put(self, changes: Mapping[str, beat.ScheduleEntry | None]) -> None:
         with self._lock:
@@ -51,6 +59,16 @@ class EntryChanges:
     def take(self) -> dict[str, beat.ScheduleEntry | None]:
         with self._lock:
             taken, self._pending = self._pending, {}
+        return taken
+
+    def put_paused(self, names: Collection[str]) -> None:
+        with self._lock:
+            self._paused = frozenset(names)
+
+    def take_paused(self) -> frozenset[str] | None:
+        """The latest paused set reported since the last take (None: none reported)."""
+        with self._lock:
+            taken, self._paused = self._paused, None
         return taken
 
     def __len__(self) -> int:
@@ -66,11 +84,14 @@ class DynamicScheduler(LeadingScheduler):
 
     _static_names: frozenset[str]
     _dynamic_names: set[str]
+    #: Paused static entries, out of the schedule, by name (the object put back on resume).
+    _paused_static: dict[str, beat.ScheduleEntry]
 
     def _init_dynamic(self) -> None:
         self._changes = EntryChanges()
         self._static_names = frozenset()
         self._dynamic_names = set()
+        self._paused_static = {}
 
     def _continue(self, entry: beat.ScheduleEntry, stored: StoredState) -> None:
         raise NotImplementedError
@@ -85,10 +106,19 @@ class DynamicScheduler(LeadingScheduler):
         """Report changed entries (an entry: add or replace; None: remove); thread-safe."""
         self._changes.put(changes)
 
+    def pause_static(self, names: Collection[str]) -> None:
+        """Report the static entries paused now: the whole set (the others run); thread-safe."""
+        self._changes.put_paused(names)
+
     @property
     def dynamic_names(self) -> frozenset[str]:
         """Names of the dynamic entries this leader schedules now."""
         return frozenset(self._dynamic_names)
+
+    @property
+    def paused_names(self) -> frozenset[str]:
+        """Names of the static entries this leader holds paused now."""
+        return frozenset(self._paused_static)
 
     # -- applied by the leader's tick -----------------------------------------------------------
 
@@ -96,18 +126,49 @@ class DynamicScheduler(LeadingScheduler):
         """Called once the static schedule is set up: these names are not dynamic."""
         self._static_names = frozenset(self.schedule)
 
+    def _prefetch_dynamic(self, generation: int) -> None:
+        """At takeover, before the run state is read: a source may start its reads here."""
+
     def _load_dynamic(self, stored: dict[str, StoredState]) -> None:
         """At takeover: the full read replaces every dynamic entry and every queued change."""
         self._changes.take()
+        self._changes.take_paused()
+        for name, entry in self._paused_static.items():  # continued as the scheduled ones are
+            if name in stored:
+                self._continue(entry, stored[name])
         entries = dict(self.dynamic_entries())
         removed = {name: None for name in self._dynamic_names - set(entries)}
         self._apply({**removed, **entries}, stored)
+        self._apply_paused()
 
     def _apply_changes(self) -> None:
         """Between takeovers: apply what :meth:`update_entries` queued."""
         changes = self._changes.take()
         if changes:
             self._apply(changes, None)
+        self._apply_paused()
+
+    def _apply_paused(self) -> None:
+        paused = self._changes.take_paused()
+        if paused is None:
+            return
+        for name in sorted((paused & self._static_names) - set(self._paused_static)):
+            entry = self.schedule.pop(name, None)  # its events on the heap are stale now
+            if entry is None:
+                continue
+            self._paused_static[name] = entry
+            if self.old_schedulers is not None:
+                self.old_schedulers.pop(name, None)
+            logger.info("beatleader: static entry %r paused (its run state is kept)", name)
+        for name in sorted(set(self._paused_static) - paused):
+            self._resume(name, self._paused_static.pop(name))
+
+    def _resume(self, name: str, entry: beat.ScheduleEntry) -> None:
+        found = self._stored.get(name)  # this leader's view of its latest run (a run-now's too)
+        if found is not None:
+            self._continue(entry, found)
+        self._schedule(name, entry)
+        logger.info("beatleader: static entry %r resumed", name)
 
     def _apply(
         self,
@@ -146,8 +207,13 @@ class DynamicScheduler(LeadingScheduler):
             found = stored.get(name) if stored is not None else self._load_one(name)
             if found is not None:
                 self._continue(entry, found)
-        self._on_server_clock(entry)
         self._dynamic_names.add(name)
+        self._schedule(name, entry)
+        logger.info("beatleader: entry %r %s", name, "changed" if current else "added")
+
+    def _schedule(self, name: str, entry: beat.ScheduleEntry) -> None:
+        """Put ``entry`` in the schedule and on the heap (its run state already set)."""
+        self._on_server_clock(entry)
         self.schedule[name] = entry
         if self.old_schedulers is not None:
             self.old_schedulers[name] = entry
@@ -155,7 +221,6 @@ class DynamicScheduler(LeadingScheduler):
             is_due, delay = self.safe_is_due(entry)
             when = self._when(entry, 0 if is_due else delay)
             heapq.heappush(self._heap, beat.event_t(when, 5, entry))
-        logger.info("beatleader: entry %r %s", name, "changed" if current else "added")
 
     def _load_one(self, name: str) -> StoredState | None:
         assert self._store is not None

@@ -99,6 +99,7 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
         if now >= self._next_probe:
             self._probe_clock()
         runs = [self._plan(entry, delay) for entry, delay in self._pop_due()]
+        runs += self._requested_runs({run.entry.name for run in runs})
         broker_ready = self._broker_backoff.ready("broker", now)
         renewals = self._outbox.to_renew(now) if broker_ready else []
         marks = [
@@ -114,6 +115,10 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
             with sigmask.deferred():
                 self._publish_outbox()
         return self._time_to_next()
+
+    def _requested_runs(self, planned: set[str]) -> list[Run]:
+        """Extra runs asked for now (``runtime.py``), of entries not in ``planned``; none here."""
+        return []
 
     def safe_is_due(self, entry: beat.ScheduleEntry) -> tuple[bool, float]:
         """``is_due(entry)``; when it raises, logged and "not due, ask again in max_interval".
@@ -205,7 +210,8 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
             published=not run.send,
             incarnation=incarnation,
         )
-        return Write(run.entry.name, state, stored.version if stored is not None else None)
+        version = stored.version if stored is not None else None
+        return Write(run.entry.name, state, version, consume=run.request)
 
     def _renew_write(self, pending: Pending, abandon: bool = False) -> Write | None:
         """The same unpublished run, committed again: proves the fence before a late publish.
@@ -319,15 +325,17 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
     def _settle(self, run: Run, committed_at: float) -> None:
         """A run committed: adopt its entry; a send goes to the outbox, a skip back on the heap."""
         entry = run.entry
-        self.schedule[entry.name] = entry
+        if run.request is None or entry.name in self.schedule:  # a paused entry stays paused
+            self.schedule[entry.name] = entry
         self._marks.discard(entry.name)  # the new state supersedes the previous run's mark
         self._see(entry.name, entry.total_run_count)
         if run.send:
             ordinal = entry.total_run_count
             stored = self._stored.get(entry.name)  # adopted from this very commit
             incarnation = stored.state.incarnation if stored and stored.state else None
+            delay = run.delay if run.request is None else None  # an extra run: ask is_due
             pending = Pending(
-                entry.name, ordinal, entry, run.lateness, committed_at, run.delay, incarnation
+                entry.name, ordinal, entry, run.lateness, committed_at, delay, incarnation
             )
             self._outbox.add(pending)
             return
@@ -351,7 +359,7 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
                 f"ZooKeeper refused the state of entry {name!r} ({why}); the other entries go "
                 f"on, this one is retried with backoff",
             )
-            if name in by_name and self._heap is not None:
+            if name in by_name and by_name[name].request is None and self._heap is not None:
                 entry = self.schedule[name]  # unchanged: the run was not committed
                 heapq.heappush(self._heap, beat.event_t(self._when(entry, delay), 5, entry))
             elif name in self._outbox:

@@ -272,6 +272,8 @@ class Run:
     send: bool
     #: Seconds between the moment the run fell due and the moment it was planned.
     lateness: float = 0.0
+    #: The run-now request node this run consumes (deleted in its commit), None for a due run.
+    request: str | None = None
 
 
 def lateness_of(entry: Any) -> float:

@@ -61,12 +61,12 @@ from beatleader import layout, sigmask
 from beatleader._version import __version__
 from beatleader.clockview import clock_note
 from beatleader.config import ConfigError, Settings
-from beatleader.dynamic import DynamicScheduler
 from beatleader.election import LeaderElection
 from beatleader.layout import ContenderInfo
 from beatleader.observe import Observers
 from beatleader.peers import PeerWatch
 from beatleader.planning import Backoff, Pending, ServerClock, continuation
+from beatleader.runtime import RuntimeScheduler
 from beatleader.schedules import publish_schedule
 from beatleader.state import CONNECTION_ERRORS, SESSION_ERRORS, StateStore, StoredState
 from beatleader.trust import make_scheduler_client, start_scheduler_client
@@ -76,7 +76,7 @@ logger = logging.getLogger(__name__)
 ZOOKEEPER_ERRORS = CONNECTION_ERRORS
 
 
-class Scheduler(DynamicScheduler):
+class Scheduler(RuntimeScheduler):
     """A celery beat scheduler that sends only while this instance leads; see the module doc."""
 
     #: Seconds to wait after a ZooKeeper error in the leader's tick (doubling up to the next).
@@ -136,6 +136,7 @@ class Scheduler(DynamicScheduler):
         self._lead_lock = threading.RLock()
         self._init_leading(self.settings.session_timeout)
         self._init_dynamic()
+        self._init_runtime()
         self._error_backoff = Backoff(self.error_retry_delay, self.error_retry_max)
         self._clock = ServerClock()
         self._next_probe = 0.0
@@ -371,6 +372,7 @@ class Scheduler(DynamicScheduler):
         """Step 2: continue the schedule from the shared state."""
         assert self._store is not None
         self._probe_clock()
+        self._prefetch_dynamic(generation)  # its reads overlap those of the run state
         stored = self._store.load()
         self._outbox.clear()
         self._stored = stored

@@ -6,6 +6,7 @@ Every entry has one persistent znode ``<root>/entries/<quoted name>`` holding a 
 
     check(own contender node, version=0)
     set_data(entry, new state, version=expected)    # or create(entry) for a first run
+    delete(requests/<entry>__run__<seq>)            # only with a run-now request it consumes
     ...                                             # every entry due in this tick
 
 Guarantees:
@@ -13,6 +14,10 @@ Guarantees:
 * A batch commits only while this instance's session is alive and its contender node exists
   (a paused or partitioned ex-leader's node is gone, so its batch fails), and only if nobody
   wrote any of its entries since this instance read them.
+* A run-now request (``Write.consume``) is deleted in the same transaction as the state of the
+  run it asked for: the run commits if and only if the request is consumed, so it runs once
+  (a request already gone is reported in ``CommitOutcome.gone``, its run not committed).
+  :meth:`StateStore.discard` deletes requests that name no entry, under the same fence.
 * A batch commits whole or not at all. Batches larger than ``max_ops_per_commit`` are split,
   each with its own check.
 * **One bad write does not block the others**: a write refused on its own (version conflict, a
@@ -93,6 +98,8 @@ class Write:
     name: str
     state: EntryState
     expected_version: int | None
+    #: A run-now request node to delete in the same transaction (the run it asked for).
+    consume: str | None = None
 
 
 @dataclass
@@ -109,6 +116,8 @@ class CommitOutcome:
     conflicts: list[str] = field(default_factory=list)
     #: entry name -> why ZooKeeper refused its write (not a conflict: ACL, bad name, ...).
     failed: dict[str, str] = field(default_factory=dict)
+    #: Writes not committed because the request they consume is gone (consumed or withdrawn).
+    gone: list[str] = field(default_factory=list)
     #: Writes whose batch was in flight when the connection failed: committed or not, unknown.
     uncertain: list[str] = field(default_factory=list)
     #: The connection error that ended the commit ("" when none).
@@ -122,6 +131,7 @@ class CommitOutcome:
         self.mtimes.update(other.mtimes)
         self.lost_leadership = self.lost_leadership or other.lost_leadership
         self.conflicts.extend(other.conflicts)
+        self.gone.extend(other.gone)
         self.failed.update(other.failed)
         self.uncertain.extend(other.uncertain)
         self.error = self.error or other.error
@@ -129,7 +139,12 @@ class CommitOutcome:
     @property
     def ok(self) -> bool:
         return not (
-            self.lost_leadership or self.conflicts or self.failed or self.uncertain or self.error
+            self.lost_leadership
+            or self.conflicts
+            or self.gone
+            or self.failed
+            or self.uncertain
+            or self.error
         )
 
 
@@ -245,14 +260,18 @@ class StateStore:
         refused: set[str] = set()
         for write in batch:
             path = layout.entry_path(self._root, write.name)
+            ops = len(transaction.operations)
             try:
                 if write.expected_version is None:
                     transaction.create(path, write.state.encode())
                 else:
                     transaction.set_data(path, write.state.encode(), version=write.expected_version)
+                if write.consume is not None:
+                    transaction.delete(write.consume)
             except (ValueError, TypeError) as exc:  # kazoo refuses the path before sending
                 outcome.failed[write.name] = f"invalid znode path {path!r}: {exc}"
                 refused.add(write.name)
+                del transaction.operations[ops:]  # none of this write's ops is sent
                 continue
             sent.append(write)
         if not sent:
@@ -261,7 +280,10 @@ class StateStore:
         if isinstance(fence_result, Exception) and not isinstance(fence_result, NOT_APPLIED):
             outcome.lost_leadership = True
             return refused
-        for write, result in zip(sent, results, strict=True):
+        answers = iter(results)
+        for write in sent:
+            result = next(answers)
+            consumed = next(answers) if write.consume is not None else None
             if isinstance(result, ZnodeStat):
                 outcome.committed[write.name] = result.version
                 outcome.mtimes[write.name] = result.mtime / 1000.0
@@ -273,8 +295,32 @@ class StateStore:
             elif not isinstance(result, NOT_APPLIED):
                 outcome.failed[write.name] = repr(result)
                 refused.add(write.name)
+            elif isinstance(consumed, NoNodeError):
+                outcome.gone.append(write.name)
+                refused.add(write.name)
+            elif isinstance(consumed, Exception) and not isinstance(consumed, NOT_APPLIED):
+                outcome.failed[write.name] = f"cannot consume its run request: {consumed!r}"
+                refused.add(write.name)
         if not refused:  # a failed transaction always names its culprit; never drop silently
             for write in sent:
                 if write.name not in outcome.committed:
                     outcome.failed[write.name] = "not applied, and ZooKeeper named no reason"
         return refused
+
+    def discard(self, fence_node: str, paths: Sequence[str]) -> tuple[list[str], bool]:
+        """Delete each node of ``paths`` (run-now requests naming no entry) under the fence.
+
+        One transaction per node, so one refusal does not keep the others. Returns the paths
+        that are gone now (deleted, or already gone) and whether the fence failed.
+        """
+        gone: list[str] = []
+        for path in paths:
+            transaction = self._client.transaction()
+            transaction.check(fence_node, CONTENDER_NODE_VERSION)
+            transaction.delete(path)
+            fence_result, result = transaction.commit()
+            if isinstance(fence_result, Exception) and not isinstance(fence_result, NOT_APPLIED):
+                return gone, True
+            if result is True or isinstance(result, NoNodeError):
+                gone.append(path)
+        return gone, False

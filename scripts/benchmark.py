@@ -19,6 +19,10 @@ one after the other:
 3. **PersistentScheduler**: one instance alone for ``--baseline-seconds`` (steady lateness),
    then N-1 more join on the same schedule and the duplicates are counted for
    ``--dup-seconds``. It has no failover to measure.
+5. **Runtime entries** (``scripts/bench_runtime.py``; ``--only-runtime`` runs it alone): a
+   leader takes over ``--runtime-definitions`` (10,000) definitions, new and with run state; the
+   takeover time, the reads it sent, and the reads, requests and time of one update, one
+   addition and one removal of a definition.
 4. **Throughput** (for each count in ``--entries``, default 1,000 and 4,000: that many entries,
    each due every 1 s, Redis broker, no worker):
    beatleader xN vs one PersistentScheduler. After the first full round and ``--warmup``
@@ -75,6 +79,7 @@ import redis
 from beatleader.testing.localproc import LoggedProcess
 
 try:
+    from scripts.bench_runtime import RuntimeResult, run_runtime, runtime_ratios, runtime_rows
     from tests.harness import (
         FilesystemBroker,
         RedisServer,
@@ -357,6 +362,7 @@ class Context:
     workdir: Path
     fleet: Fleet
     redis_url: str
+    zk: ZooKeeperServer
 
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url)
@@ -567,6 +573,7 @@ class Results:
     throughput: list[ThroughputResult]
     load_start: tuple[float, float, float]
     load_end: tuple[float, float, float]
+    runtime: RuntimeResult | None = None
 
 
 def ms(value: float | None) -> str:
@@ -739,6 +746,13 @@ def legend(args: argparse.Namespace) -> list[str]:
         f"{LLEN_EVERY:g} s over the window (the two endpoints alone are off by up to one burst "
         "of all entries); per-entry periods: sum of 1 / mean period between an entry's sends",
     ]
+    if not args.skip_runtime:
+        lines.append(
+            "runtime entries: a leader in the benchmark's process takes over "
+            f"{args.runtime_definitions:,} definitions (new; then with a run state each); reads "
+            "counted on its client, requests by the server (cons lcxid); applied: from the write "
+            "to the change in the schedule, ticking every 5 ms (scripts/bench_runtime.py)"
+        )
     timeout = args.session_timeout
     if timeout != int(timeout):
         lines.append(f"redbeat re-extends its lock to int(timeout) = {int(timeout)} s each tick")
@@ -756,11 +770,12 @@ def print_report(args: argparse.Namespace, res: Results) -> None:
         f"redbeat x{args.instances}",
         "PersistentScheduler",
     )
-    print_table(timeline_rows(res) + throughput_rows(res.throughput), header)
+    runtime = runtime_rows(res.runtime) if res.runtime is not None else []
+    print_table(timeline_rows(res) + throughput_rows(res.throughput) + runtime, header)
     sections = [
         (
             "ratios beatleader / baseline (times: < 1 is better for beatleader; throughput: > 1)",
-            ratio_lines(res),
+            ratio_lines(res) + (runtime_ratios(res.runtime) if res.runtime is not None else []),
         ),
         ("details", detail_lines(res)),
         ("what is measured", ["- " + line for line in legend(args)]),
@@ -780,6 +795,8 @@ def settings_line(args: argparse.Namespace) -> str:
         f"--throughput-seconds {args.throughput_seconds:g}"
         + (" --skip-redbeat" if args.skip_redbeat else "")
         + (" --skip-throughput" if args.skip_throughput else "")
+        + (" --skip-runtime" if args.skip_runtime else "")
+        + f" --runtime-definitions {args.runtime_definitions}"
     )
 
 
@@ -794,7 +811,7 @@ def machine_line(res: Results) -> str:
     )
 
 
-def dump_json(path: str, args: argparse.Namespace, res: Results) -> None:
+def dump_json(path: str, args: argparse.Namespace, res: Results | RuntimeResult) -> None:
     data = {"settings": vars(args), "nproc": os.cpu_count(), **asdict(res)}
     text = json.dumps(data, indent=1, default=str)
     if path == "-":
@@ -852,6 +869,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--throughput-seconds", type=float, default=15, help="throughput measuring window")
     add("--skip-redbeat", action="store_true", help="do not run the redbeat timeline")
     add("--skip-throughput", action="store_true", help="do not run the throughput phase")
+    add("--skip-runtime", action="store_true", help="do not run the runtime entries part")
+    add(
+        "--only-runtime",
+        action="store_true",
+        help="run only the runtime entries part (about 30 s) and print its figures",
+    )
+    add(
+        "--runtime-definitions",
+        type=int,
+        default=10_000,
+        help="runtime definitions a leader takes over in the runtime entries part",
+    )
     add("--json", metavar="PATH", help="also dump raw results as JSON to PATH ('-': stdout)")
     add("--keep", action="store_true", help="keep the work directory (beat logs) afterwards")
     args = parser.parse_args(argv)
@@ -906,7 +935,10 @@ def run_all(ctx: Context, load_start: tuple[float, float, float]) -> Results:
                 run_throughput(ctx, "beatleader", BEATLEADER, args.instances, entries),
                 run_throughput(ctx, "persistent", PERSISTENT, 1, entries),
             ]
-    return Results(beatleader, redbeat, persistent, throughput, load_start, os.getloadavg())
+    runtime = None if args.skip_runtime else run_runtime(ctx.zk, args.runtime_definitions, progress)
+    return Results(
+        beatleader, redbeat, persistent, throughput, load_start, os.getloadavg(), runtime
+    )
 
 
 def measure(args: argparse.Namespace, workdir: Path) -> Results:
@@ -915,9 +947,34 @@ def measure(args: argparse.Namespace, workdir: Path) -> Results:
     with servers(workdir) as (zk, rd):
         fleet = Fleet(workdir, base_env(zk.hosts, rd.url, args))
         try:
-            return run_all(Context(args, workdir, fleet, rd.url), load_start)
+            return run_all(Context(args, workdir, fleet, rd.url, zk), load_start)
         finally:
             fleet.close()
+
+
+def measure_runtime_only(args: argparse.Namespace, workdir: Path) -> RuntimeResult:
+    """The runtime entries part alone, on a ZooKeeper of its own (no Redis, no beat process)."""
+    zk = ZooKeeperServer(workdir / "zookeeper")
+    try:
+        progress("starting ZooKeeper")
+        zk.start(timeout=60)
+        return run_runtime(zk, args.runtime_definitions, progress)
+    finally:
+        zk.stop()
+
+
+def print_runtime_report(result: RuntimeResult, load: tuple[float, float, float]) -> None:
+    load_now = "/".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"\n== beatleader benchmark: runtime entries ({result.definitions:,} definitions) ==")
+    print(
+        f"machine: nproc {os.cpu_count()}, Python {platform.python_version()}, kazoo "
+        f"{version('kazoo')}; load average {'/'.join(f'{v:.2f}' for v in load)} at start, "
+        f"{load_now} at end\n"
+    )
+    print_table(runtime_rows(result), ("metric", "beatleader", "redbeat", "PersistentScheduler"))
+    print("\nratios:")
+    for line in runtime_ratios(result):
+        print("  " + line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -926,8 +983,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through the cleanups
     workdir = Path(tempfile.mkdtemp(prefix="beatleader-bench-"))
     keep = args.keep
+    load_start = os.getloadavg()
     try:
-        results = measure(args, workdir)
+        results: Results | RuntimeResult
+        if args.only_runtime:
+            results = measure_runtime_only(args, workdir)
+        else:
+            results = measure(args, workdir)
     except KeyboardInterrupt:
         progress("interrupted; every process was stopped")
         return 130
@@ -939,7 +1001,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress(f"logs kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    print_report(args, results)
+    if isinstance(results, RuntimeResult):
+        print_runtime_report(results, load_start)
+    else:
+        print_report(args, results)
     if args.json:
         dump_json(args.json, args, results)
     return 0

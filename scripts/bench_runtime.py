@@ -1,0 +1,105 @@
+"""The benchmark's "runtime entries" part: 10,000 definitions on takeover, the cost of a change.
+
+Run by ``scripts/benchmark.py`` (``--only-runtime`` runs this part alone, in well under 30 s).
+A leader runs in the benchmark's process (``beatleader.Scheduler``, ``memory://`` broker, nothing
+due) against the benchmark's own ZooKeeper, twice: with ``--runtime-definitions`` new definitions,
+and with as many that have run (a run state each, as after a failover of a busy schedule). For each
+it measures (``tests/runtime_support.measure_scale``):
+
+* the takeover tick (every run state, every definition, the heap), and within it the time spent
+  on the definitions (sending their reads, taking them, scheduling the entries) and in the run
+  state's load (whose reads queue behind the definitions', sent first), with the reads sent;
+* for one update, one addition and one removal of a definition: the reads the leader's client
+  sent, the requests the server counted for its session (``cons`` ``lcxid``), and the time from
+  the write to the change applied (the leader ticking every 5 ms here; a ``celery beat`` loop
+  ticks at most ``change_poll_interval`` = 1 s apart).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from beatleader.config import Settings
+from beatleader.scheduler import Scheduler
+from tests.app import make_app
+from tests.runtime_support import ScaleFigures, measure_scale
+
+#: The issue's bound for loading 10,000 runtime entries on takeover.
+TAKEOVER_TARGET_S = 5.0
+
+
+@dataclass
+class RuntimeResult:
+    definitions: int
+    #: New definitions, then definitions that have run.
+    figures: list[ScaleFigures]
+
+
+def run_runtime(zk: Any, count: int, progress: Any) -> RuntimeResult:
+    figures = []
+    for with_state in (False, True):
+        label = "have-run" if with_state else "new"
+        progress(f"runtime entries: {count:,} {label} definitions, takeover and changes")
+        root = f"/bench/runtime-{label}"
+        figures.append(measure_scale(zk, root, count, _scheduler_factory(zk, root), with_state))
+    return RuntimeResult(count, figures)
+
+
+def _scheduler_factory(zk: Any, root: str) -> Any:
+    def make() -> Scheduler:
+        app = make_app({"TEST_SCHEDULE": json.dumps({})}, set_as_current=False)
+        settings = Settings.from_app(app, zk_hosts=zk.hosts, path=root, session_timeout=10.0)
+        return Scheduler(app, beatleader_settings=settings)
+
+    return make
+
+
+def runtime_rows(result: RuntimeResult) -> list[tuple[str, str, str, str]]:
+    """Rows of the benchmark's table (beatleader's column; the baselines have no such part)."""
+    rows = []
+    for f in result.figures:
+        kind = "that have run" if f.with_state else "new"
+        rows += [
+            (
+                f"runtime: takeover, {f.definitions:,} {kind} definitions",
+                f"{f.takeover_s:.2f} s, {f.takeover_reads:,} reads",
+                "not measured",
+                "n/a (static schedule)",
+            ),
+            (
+                "  of which definitions / run state",
+                f"{f.definitions_load_s:.2f} s / {f.state_load_s:.2f} s",
+                "not measured",
+                "n/a",
+            ),
+        ]
+        for change in f.changes:
+            requests = "?" if change.requests is None else str(change.requests)
+            rows.append(
+                (
+                    f"  {change.what}: reads / requests / applied",
+                    f"{change.reads} / {requests} / {change.seconds * 1000:,.0f} ms",
+                    "not measured",
+                    "n/a",
+                )
+            )
+    return rows
+
+
+def runtime_ratios(result: RuntimeResult) -> list[str]:
+    lines = []
+    for f in result.figures:
+        kind = "have run" if f.with_state else "new"
+        lines.append(
+            f"runtime takeover ({kind}) / {TAKEOVER_TARGET_S:g} s target = "
+            f"{f.definitions_load_s / TAKEOVER_TARGET_S:.2f} (definitions), "
+            f"{f.takeover_s / TAKEOVER_TARGET_S:.2f} (whole takeover)"
+        )
+        update = next(c for c in f.changes if c.what == "update one")
+        lines.append(
+            f"runtime update ({kind}): reads per change / reads of a full reload = "
+            f"{update.reads} / {f.takeover_reads:,} = {update.reads / f.takeover_reads:.5f}"
+        )
+    return lines
