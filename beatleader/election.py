@@ -27,20 +27,19 @@ Guarantees:
   exponentially up to ``Pacing.hold_max`` before leading or queueing again (``pacing.py``); the
   first one in a quiet period does not wait.
 * After LOST, or after the own node was deleted, a new node is created at the back of the queue.
-  A follower whose node vanished waits ``Pacing.orphan_delay`` first, and a contender leads only
-  after being first for ``Pacing.takeover_settle``, so that when the whole tree is deleted
-  (``rmr``) the previous leader queues first and continues from its own run counts, instead of a
-  follower starting over from missing state (which would reuse task ids). The election never
+  A follower whose node vanished waits ``Pacing.orphan_delay`` first, so that when the whole tree
+  is deleted (``rmr``) the previous leader usually queues first and continues from its own run
+  counts; a follower that starts over from missing state starts new incarnations of the entries'
+  state, whose task ids are new. The election never
   gives up, never exits the process, and no exception ends its thread (logged, retried).
 * Each acquisition of leadership increments :attr:`LeaderElection.generation`, so the scheduler can
   tell that it must reload shared state before sending.
 
-Not guaranteed: that a deleted tree never resets run counts. ``orphan_delay`` and
-``takeover_settle`` are timing: a deletion slower than them, or an ex-leader that is gone too,
-lets a follower start from empty state. Nor that no other instance believes it leads at the
-same moment (a paused process cannot know it was paused): that is what the fence in ``state.py``
-is for: every send is preceded by a transaction that checks the own node still exists at
-version 0. A foreign client with a live
+Not guaranteed: that a deleted tree never resets run counts: ``orphan_delay`` is timing, and a
+follower may start from empty state (in a new incarnation: ordinals restart, task ids do not).
+Nor that no other instance believes it leads at the same moment (a paused process cannot know it
+was paused): that is what the fence in ``state.py`` is for: every send is preceded by a
+transaction that checks the own node still exists at version 0. A foreign client with a live
 session can still queue a well-formed ephemeral node (only ACLs stop that); and while this instance
 leads it does not list the queue, so a foreign node is noticed when the queue is next read.
 

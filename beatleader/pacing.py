@@ -8,9 +8,12 @@ Guarantees:
 * Losses of leadership the instance could repeat by itself (a failed fence, a damaged own node)
   back off: the first in a quiet period (``hold_reset_after``) costs nothing, then ``hold_first``
   doubling up to ``hold_max``. Nothing in the election can loop faster than that.
-* A follower whose node was deleted from outside waits ``orphan_delay`` before queueing again; a
-  contender leads only after it has been first for ``takeover_settle`` and looked again. Together
-  they let an ex-leader whose whole tree was deleted queue and lead first.
+* A follower whose node was deleted from outside waits ``orphan_delay`` before queueing again, so
+  an ex-leader whose whole tree was deleted usually queues first. A contender may be made to stay
+  first for ``takeover_settle`` (and look again) before it leads; the default is 0: a follower
+  that takes over from a deleted tree starts a new incarnation of each entry's state
+  (``layout.EntryState.incarnation``), so no task id is reused, and a crash failover is not
+  delayed.
 
 Not guaranteed: these are timings, not consensus; see the election's module docstring.
 """
@@ -35,9 +38,9 @@ class Pacing:
     hold_reset_after = 30.0
     #: Seconds a follower whose node was deleted from outside waits before queueing again.
     orphan_delay = 2.0
-    #: Seconds a contender must stay first (looked at again) before it leads, so that a tree
-    #: being deleted, predecessor first, is not taken for a handover.
-    takeover_settle = 0.25
+    #: Seconds a contender must stay first (looked at again) before it leads; > 0 keeps a tree
+    #: being deleted, predecessor first, from being taken for a handover (0: lead at once).
+    takeover_settle = 0.0
 
     def __init__(self, stopped: threading.Event, wake: threading.Event) -> None:
         self._stopped = stopped
