@@ -140,6 +140,12 @@ class DynamicScheduler(LeadingScheduler):
         removed = {name: None for name in self._dynamic_names - set(entries)}
         self._apply({**removed, **entries}, stored)
         self._apply_paused()
+        if entries or removed:
+            logger.info(
+                "beatleader: %d dynamic entries read at takeover (%d no longer defined)",
+                len(entries),
+                len(removed),
+            )
 
     def _apply_changes(self) -> None:
         """Between takeovers: apply what :meth:`update_entries` queued."""
@@ -175,6 +181,8 @@ class DynamicScheduler(LeadingScheduler):
         changes: Mapping[str, beat.ScheduleEntry | None],
         stored: dict[str, StoredState] | None,
     ) -> None:
+        # a takeover's full read logs one line (``_load_dynamic``), not one per entry
+        level = logging.DEBUG if stored is not None else logging.INFO
         for name, entry in changes.items():
             if name in self._static_names:
                 self._report(
@@ -184,19 +192,23 @@ class DynamicScheduler(LeadingScheduler):
                     "entry of that name; the static entry is kept",
                 )
             elif entry is None:
-                self._remove_entry(name)
+                self._remove_entry(name, level)
             else:
-                self._put_entry(name, entry, stored)
+                self._put_entry(name, entry, stored, level)
 
-    def _remove_entry(self, name: str) -> None:
+    def _remove_entry(self, name: str, level: int = logging.INFO) -> None:
         self._dynamic_names.discard(name)
         self.schedule.pop(name, None)  # its events on the heap are stale now (identity check)
         if self.old_schedulers is not None:
             self.old_schedulers.pop(name, None)
-        logger.info("beatleader: entry %r removed (its run state is kept)", name)
+        logger.log(level, "beatleader: entry %r removed (its run state is kept)", name)
 
     def _put_entry(
-        self, name: str, entry: beat.ScheduleEntry, stored: dict[str, StoredState] | None
+        self,
+        name: str,
+        entry: beat.ScheduleEntry,
+        stored: dict[str, StoredState] | None,
+        level: int = logging.INFO,
     ) -> None:
         entry.name = name
         current = self.schedule.get(name)
@@ -209,7 +221,7 @@ class DynamicScheduler(LeadingScheduler):
                 self._continue(entry, found)
         self._dynamic_names.add(name)
         self._schedule(name, entry)
-        logger.info("beatleader: entry %r %s", name, "changed" if current else "added")
+        logger.log(level, "beatleader: entry %r %s", name, "changed" if current else "added")
 
     def _schedule(self, name: str, entry: beat.ScheduleEntry) -> None:
         """Put ``entry`` in the schedule and on the heap (its run state already set)."""

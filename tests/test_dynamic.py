@@ -7,6 +7,7 @@ and record what they published (``Recording`` of ``test_outbox.py``).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -109,6 +110,25 @@ def test_a_takeover_reads_the_dynamic_entries_and_continues_their_ordinals(
         zk_root, "dyn", *range(1, len(dyn) + 1), client=zk_client
     )  # no ordinal restarted
     assert len(dyn) > count
+
+
+def test_a_takeover_logs_one_line_for_its_dynamic_entries_not_one_per_entry(
+    make_dynamic, source, caplog
+) -> None:
+    for number in range(20):
+        source.specs[f"dyn-{number}"] = (3600.0, [number])
+    caplog.set_level(logging.INFO, logger="beatleader")
+    scheduler = make_dynamic({})
+    run_until(scheduler, lambda: len(scheduler.dynamic_names) == 20)
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert sum("20 dynamic entries read at takeover" in line for line in lines) == 1
+    assert not [line for line in lines if "entry 'dyn-" in line]
+    change(scheduler, source, "dyn-0", 3600.0, "new")  # a live change: one INFO line
+    run_until(scheduler, lambda: scheduler.schedule["dyn-0"].args == ["new"])
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert [line for line in lines if "entry 'dyn-" in line] == [
+        "beatleader: entry 'dyn-0' changed"
+    ]
 
 
 def test_changes_apply_while_leading_and_keep_the_run_state(

@@ -39,6 +39,7 @@ one-off row edited after its run and before the leader wrote that run back is ar
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -127,11 +128,15 @@ class DatabaseScheduler(Scheduler):
         return {**super().dynamic_entries(), **rows}
 
     def _put_entry(
-        self, name: str, entry: beat.ScheduleEntry, stored: dict[str, StoredState] | None
+        self,
+        name: str,
+        entry: beat.ScheduleEntry,
+        stored: dict[str, StoredState] | None,
+        level: int = logging.INFO,
     ) -> None:
         current = self.schedule.get(name)
         row_last = entry.last_run_at
-        super()._put_entry(name, entry, stored)
+        super()._put_entry(name, entry, stored, level)
         if isinstance(entry, RowEntry) and entry.row is not None and entry is not current:
             self._settle_row(entry, row_last)
 
