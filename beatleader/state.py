@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (
@@ -171,33 +172,26 @@ class StateStore:
         ]
         states: dict[str, StoredState] = {}
         for child, result in pending:
-            name = layout.unquote_entry_name(child)
-            try:
-                data, stat = result.get()
-            except NoNodeError:
-                continue
-            except KazooException as exc:
-                if isinstance(exc, SESSION_ERRORS):
-                    raise
-                found = self._unreadable(child, exc)  # e.g. an ACL that denies reading it
-                if found is not None:
-                    states[name] = found
-                continue
-            state, problem = EntryState.parse(data)
-            states[name] = StoredState(state, stat.version, stat.mtime / 1000.0, problem)
+            found = self._stored(child, result)
+            if found is not None:
+                states[layout.unquote_entry_name(child)] = found
         return states
 
     def load_one(self, name: str) -> StoredState | None:
         """One entry's stored state (None: it has none): one read."""
-        path = f"{self._entries_path}/{layout.quote_entry_name(name)}"
+        child = layout.quote_entry_name(name)
+        return self._stored(child, self._client.get_async(f"{self._entries_path}/{child}"))
+
+    def _stored(self, child: str, result: Any) -> StoredState | None:
+        """The state a read of ``entries/<child>`` gave (None: the node is gone)."""
         try:
-            data, stat = self._client.get(path)
+            data, stat = result.get()
         except NoNodeError:
             return None
         except KazooException as exc:
             if isinstance(exc, SESSION_ERRORS):
                 raise
-            return self._unreadable(layout.quote_entry_name(name), exc)
+            return self._unreadable(child, exc)  # e.g. an ACL that denies reading it
         state, problem = EntryState.parse(data)
         return StoredState(state, stat.version, stat.mtime / 1000.0, problem)
 
