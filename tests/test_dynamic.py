@@ -6,22 +6,19 @@ and record what they published (``Recording`` of ``test_outbox.py``).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 from celery import beat
 from celery.schedules import schedule
 
-from beatleader.config import Settings
-from beatleader.observe import Observers
-from tests.app import make_app
-from tests.harness import wait_for
-from tests.test_outbox import Recorder, Recording, ids, run_until
+from tests.test_outbox import Recorder, Recording, elected, ids, run_until, schedulers
+
+__all__ = ["schedulers"]  # a fixture
 
 
 class Source:
@@ -67,27 +64,13 @@ def source() -> Source:
 
 
 @pytest.fixture
-def make_dynamic(zk_server, zk_root, source) -> Iterator[Any]:
-    made: list[DynamicRecording] = []
-
+def make_dynamic(schedulers, source) -> Any:
     def make(static: dict[str, Any], recorder: Recorder | None = None) -> DynamicRecording:
-        app = make_app({"TEST_SCHEDULE": json.dumps(static)}, set_as_current=False)
-        settings = Settings.from_app(
-            app, zk_hosts=zk_server.hosts, path=zk_root, session_timeout=2.0
-        )
-        scheduler = DynamicRecording(
-            app,
-            beatleader_settings=settings,
-            beatleader_observers=Observers(recorder or Recorder()),
-        )
-        scheduler.source, scheduler.published = source, []
-        made.append(scheduler)
-        wait_for(lambda: scheduler.tick() == 0.0 and scheduler.is_leader, 20, message="leads")
-        return scheduler
+        scheduler = schedulers.make(DynamicRecording, static, recorder)
+        scheduler.source = source
+        return elected(scheduler)
 
-    yield make
-    for scheduler in made:
-        scheduler.close()
+    return make
 
 
 def test_a_takeover_reads_the_dynamic_entries_and_continues_their_ordinals(

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from kazoo.client import KazooClient
@@ -59,26 +59,47 @@ def recorder() -> Recorder:
     return Recorder()
 
 
-@pytest.fixture
-def make_scheduler(zk_server, zk_root, recorder) -> Iterator[Any]:
-    made: list[Recording] = []
+R = TypeVar("R", bound=Recording)
 
-    def make(schedule: dict[str, Any]) -> Recording:
+
+class Schedulers:
+    """The in-process schedulers of one test (``Recording`` or a subclass), closed at its end."""
+
+    def __init__(self, hosts: str, root: str) -> None:
+        self.hosts, self.root = hosts, root
+        self.made: list[Recording] = []
+
+    def make(self, cls: type[R], schedule: dict[str, Any], recorder: Recorder | None = None) -> R:
+        """A scheduler of ``cls`` on the app of ``schedule`` (``TEST_SCHEDULE``), not ticked yet."""
         app = make_app({"TEST_SCHEDULE": json.dumps(schedule)}, set_as_current=False)
-        settings = Settings.from_app(
-            app, zk_hosts=zk_server.hosts, path=zk_root, session_timeout=2.0
-        )
-        scheduler = Recording(
-            app, beatleader_settings=settings, beatleader_observers=Observers(recorder)
-        )
+        settings = Settings.from_app(app, zk_hosts=self.hosts, path=self.root, session_timeout=2.0)
+        observers = Observers(recorder or Recorder())
+        scheduler = cls(app, beatleader_settings=settings, beatleader_observers=observers)
         scheduler.published = []
-        made.append(scheduler)
-        wait_for(lambda: scheduler.tick() == 0.0 and scheduler.is_leader, 20, message="leads")
+        self.made.append(scheduler)
         return scheduler
 
-    yield make
-    for scheduler in made:
-        scheduler.close()
+    def close(self) -> None:
+        for scheduler in self.made:
+            scheduler.close()
+
+
+@pytest.fixture
+def schedulers(zk_server, zk_root) -> Iterator[Schedulers]:
+    made = Schedulers(zk_server.hosts, zk_root)
+    yield made
+    made.close()
+
+
+def elected(scheduler: R) -> R:
+    """``scheduler`` once its tick says it leads (its takeover comes with the next tick)."""
+    wait_for(lambda: scheduler.tick() == 0.0 and scheduler.is_leader, 20, message="leads")
+    return scheduler
+
+
+@pytest.fixture
+def make_scheduler(schedulers, recorder) -> Any:
+    return lambda schedule: elected(schedulers.make(Recording, schedule, recorder))
 
 
 def ids(root: str, name: str, *ordinals: int, client: KazooClient | None = None) -> list[str]:

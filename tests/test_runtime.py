@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,7 +18,6 @@ from kazoo.security import make_digest_acl
 from beatleader import layout
 from beatleader.config import Settings
 from beatleader.layout import EntryState
-from beatleader.observe import Observers
 from beatleader.runtimewatch import RunRequest
 from beatleader.state import StateStore, Write
 from beatleader.testing.proxy import ZkProxy
@@ -35,32 +33,19 @@ from tests.runtime_support import (
     requests,
     resume,
 )
-from tests.test_outbox import Recorder, Recording, ids, run_until
+from tests.test_outbox import Recorder, Recording, ids, run_until, schedulers
+
+__all__ = ["schedulers"]  # a fixture
 
 HOUR = {"every": 3600}
 
 
 @pytest.fixture
-def make_leader(zk_server, zk_root) -> Iterator[Any]:
-    made: list[Recording] = []
-
+def make_leader(schedulers) -> Any:
     def make(static: dict[str, Any], recorder: Recorder | None = None) -> Recording:
-        app = make_app({"TEST_SCHEDULE": json.dumps(static)}, set_as_current=False)
-        settings = Settings.from_app(
-            app, zk_hosts=zk_server.hosts, path=zk_root, session_timeout=2.0
-        )
-        scheduler = Recording(
-            app,
-            beatleader_settings=settings,
-            beatleader_observers=Observers(recorder or Recorder()),
-        )
-        scheduler.published = []
-        made.append(scheduler)
-        return scheduler
+        return schedulers.make(Recording, static, recorder)
 
-    yield make
-    for scheduler in made:
-        scheduler.close()
+    return make
 
 
 def lead(scheduler: Recording) -> Recording:
