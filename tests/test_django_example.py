@@ -18,6 +18,7 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,11 +72,9 @@ def started(tmp_path: Path) -> Iterator[Started]:
     processes.close()
 
 
-def test_the_example_runs_as_its_readme_says(
-    started, tmp_path, zk_server, zk_client, zk_root, broker_dir
-) -> None:
-    port = free_port()
-    env = {
+def example_env(tmp_path: Path, zk_server: Any, zk_root: str, broker_dir: Path) -> dict[str, str]:
+    """The environment the example's README sets, pointed at the suite's servers."""
+    return {
         **os.environ,
         "BEATLEADER_ZK_HOSTS": zk_server.hosts,
         "BEATLEADER_PATH": zk_root,
@@ -85,6 +84,13 @@ def test_the_example_runs_as_its_readme_says(
         "PYTHONPATH": str(REPO_ROOT),
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def test_the_example_runs_as_its_readme_says(
+    started, tmp_path, zk_server, zk_client, zk_root, broker_dir
+) -> None:
+    port = free_port()
+    env = example_env(tmp_path, zk_server, zk_root, broker_dir)
     beats: list[LoggedProcess] = []
     worker = server = None
     for command in readme_commands():
@@ -139,16 +145,7 @@ def test_the_example_embedded_in_gunicorn(
     """``ready()`` starts an EmbeddedBeat with the DatabaseScheduler in each gunicorn worker."""
     from tests.test_examples import WebServer, _check_server
 
-    env = {
-        **os.environ,
-        "BEATLEADER_ZK_HOSTS": zk_server.hosts,
-        "BEATLEADER_PATH": zk_root,
-        "BEATLEADER_SESSION_TIMEOUT": "3",
-        "EXAMPLE_BROKER_DIR": str(broker_dir),
-        "EXAMPLE_SQLITE": str(tmp_path / "example.sqlite3"),
-        "PYTHONPATH": str(REPO_ROOT),
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = example_env(tmp_path, zk_server, zk_root, broker_dir)
     for command in readme_commands()[:3]:  # migrate, createsuperuser, loaddata
         subprocess.run(["sh", "-c", command], cwd=EXAMPLE, env=env, check=True, timeout=120)
     (command,) = readme_commands("<!-- embedded:")
