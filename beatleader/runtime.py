@@ -5,10 +5,10 @@ What operators write with ``beatleader entry ...`` or :mod:`beatleader.entries` 
 ``dynamic.py``:
 
 * **Definitions** (``definitions/<name>``): at each takeover every one is read and validated
-  (``runtimewatch.DefinitionWatch``: one listing and one pipelined read, sent before the run
-  state is read so that both share one pipeline: measured faster than two in a row); while leading,
-  ZooKeeper watches report changes and the tick reads only what changed, then hands the entries
-  to :meth:`~beatleader.dynamic.DynamicScheduler.update_entries`. A disabled definition is not
+  (``runtimewatch.DefinitionWatch``: one listing and multi-reads of 500 nodes, sent before the
+  run state is read so that both share one pipeline); while leading, ZooKeeper watches
+  report changes and the tick reads only what changed, then hands the entries to
+  :meth:`~beatleader.dynamic.DynamicScheduler.update_entries`. A disabled definition is not
   scheduled; its run state is kept, as a removed one's is (``prune`` removes it). One-off
   definitions (``{"at": ...}``) run once, then their run state says they ran (``OneOff``).
 * **Pauses** of static (``beat_schedule``) entries (``paused/<name>``) go to

@@ -5,9 +5,9 @@ Under the app root (``layout.py``): ``definitions/<quoted name>`` (``definitions
 used by the leader only (``runtime.py``), in its tick thread:
 
 * :meth:`DefinitionWatch.load`, at each takeover: every definition (one listing, then every node
-  read in one pipeline, as ``StateStore.load`` reads the run state), the paused names and the
-  requests, each read leaving a watch: a children watch on the three folders, a data watch on
-  every definition node.
+  read by ``multiread.read_nodes``, as ``StateStore.load`` reads the run state), the paused
+  names and the requests, each read leaving a watch: a children watch on the three folders, a
+  data watch on every definition node.
 * :meth:`DefinitionWatch.refresh`, at each tick while leading: only what the watches reported
   since: one listing when a folder's children changed, one read per definition node added or
   changed, none for one removed (the listing tells). The cost of a change is O(1) requests,
@@ -41,6 +41,7 @@ from kazoo.protocol.states import EventType, WatchedEvent
 
 from beatleader import layout
 from beatleader.definitions import Definition
+from beatleader.multiread import read_nodes
 from beatleader.state import SESSION_ERRORS
 
 
@@ -159,12 +160,10 @@ class DefinitionWatch:
         return reading
 
     def _send_reads(self, children: list[str]) -> list[tuple[str, IAsyncResult]]:
-        """Send a read of each of ``children`` (one pipeline), each with a data watch."""
-        client, folder = self._client, self._definitions
-        return [
-            (child, client.get_async(f"{folder}/{child}", watch=self._on_definition))
-            for child in children
-        ]
+        """Send a read of each of ``children`` (``multiread``), each with a data watch."""
+        paths = [f"{self._definitions}/{child}" for child in children]
+        results = read_nodes(self._client, paths, watch=self._on_definition)
+        return list(zip(children, results, strict=True))
 
     def _take_reads(self, pending: list[tuple[str, IAsyncResult]], reading: Reading) -> None:
         for child, result in pending:

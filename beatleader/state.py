@@ -60,6 +60,7 @@ from kazoo.protocol.states import ZnodeStat
 
 from beatleader import layout
 from beatleader.layout import EntryState
+from beatleader.multiread import read_nodes
 
 #: What a failed transaction answers for the ops that did not fail themselves (before and after).
 NOT_APPLIED = (RolledBackError, RuntimeInconsistency)
@@ -161,17 +162,15 @@ class StateStore:
         self._entries_path = layout.entries_path(root)
 
     def load(self) -> dict[str, StoredState]:
-        """Every entry's stored state, by entry name (reads are pipelined, not sequential)."""
+        """Every entry's stored state, by entry name (``multiread.read_nodes``: a few requests)."""
         self._client.ensure_path(self._entries_path)
         # A server of an ensemble may lag behind; sync makes it catch up with the ZooKeeper leader
         # so a new leader does not start from stale state (the fence would refuse it anyway).
         self._client.sync(self._entries_path)
         children = self._client.get_children(self._entries_path)
-        pending = [
-            (child, self._client.get_async(f"{self._entries_path}/{child}")) for child in children
-        ]
+        paths = [f"{self._entries_path}/{child}" for child in children]
         states: dict[str, StoredState] = {}
-        for child, result in pending:
+        for child, result in zip(children, read_nodes(self._client, paths), strict=True):
             found = self._stored(child, result)
             if found is not None:
                 states[layout.unquote_entry_name(child)] = found

@@ -8,9 +8,10 @@ it measures (``tests/runtime_support.measure_scale``):
 
 * the takeover tick (every run state, every definition, the heap), and within it the time spent
   on the definitions (sending their reads, taking them, scheduling the entries) and in the run
-  state's load (whose reads queue behind the definitions', sent first), with the reads sent;
-* for one update, one addition and one removal of a definition: the reads the leader's client
-  sent, the requests the server counted for its session (``cons`` ``lcxid``), and the time from
+  state's load (whose reads queue behind the definitions', sent first), with the nodes read
+  and the requests that read them (``multiread``: up to 500 nodes a request on ZooKeeper 3.6+);
+* for one update, one addition and one removal of a definition: the nodes the leader's client
+  read, the requests the server counted for its session (``cons`` ``lcxid``), and the time from
   the write to the change applied (the leader ticking every 5 ms here; a ``celery beat`` loop
   ticks at most ``change_poll_interval`` = 1 s apart).
 """
@@ -64,7 +65,7 @@ def runtime_rows(result: RuntimeResult) -> list[tuple[str, str, str, str]]:
         rows += [
             (
                 f"runtime: takeover, {f.definitions:,} {kind} definitions",
-                f"{f.takeover_s:.2f} s, {f.takeover_reads:,} reads",
+                f"{f.takeover_s:.2f} s, {f.takeover_reads:,} reads / {f.takeover_requests:,} req",
                 "not measured",
                 "n/a (static schedule)",
             ),

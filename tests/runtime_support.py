@@ -18,6 +18,7 @@ from kazoo.exceptions import NoNodeError
 from beatleader import layout
 from beatleader.definitions import Definition
 from beatleader.layout import EntryState
+from beatleader.multiread import MULTI_READ
 from tests.harness import connected_client, wait_for
 
 RECORD_TASK = "tests.app.record"
@@ -95,35 +96,42 @@ def bulk_definitions(
 
 
 class ReadCounter:
-    """Counts the reads a kazoo client sends (get, get_children, exists; sync or async)."""
+    """Counts what a kazoo client sends: every request, and every node it reads.
 
-    METHODS = ("get_async", "get_children_async", "exists_async")
+    It wraps ``KazooClient._call``, the one path of every kazoo request (a ping excepted), so a
+    multi-read (``beatleader.multiread``) counts one request and one read per node it names; a
+    get, a listing or an exists counts one of each; a SetWatches or a write is a request only.
+    """
+
+    #: Request types that read one node: exists, getData, getChildren, getChildren2.
+    SINGLE_READS = frozenset({3, 4, 8, 12})
 
     def __init__(self, client: KazooClient) -> None:
-        self.counts: dict[str, int] = dict.fromkeys(self.METHODS, 0)
-        self.paths: list[str] = []
-        for method in self.METHODS:
-            setattr(client, method, self._counting(method, getattr(client, method)))
+        self.reset()
+        call = client._call
 
-    def _counting(self, method: str, call: Callable[..., Any]) -> Callable[..., Any]:
-        def counted(path: str, *args: Any, **kwargs: Any) -> Any:
-            self.counts[method] += 1
-            self.paths.append(path)
-            return call(path, *args, **kwargs)
+        def counted(request: Any, async_object: Any) -> Any:
+            self.requests += 1
+            if request.type == MULTI_READ:
+                self.paths.extend(request.paths)
+            elif request.type in self.SINGLE_READS:
+                self.paths.append(request.path)
+            return call(request, async_object)
 
-        return counted
+        client._call = counted  # type: ignore[method-assign]
 
     @property
     def total(self) -> int:
-        return sum(self.counts.values())
+        """Nodes read (a multi-read's nodes each)."""
+        return len(self.paths)
 
     def under(self, *folders: str) -> list[str]:
         """The paths read under any of ``folders``."""
         return [p for p in self.paths if any(p.startswith(f + "/") or p == f for f in folders)]
 
     def reset(self) -> None:
-        self.counts = dict.fromkeys(self.METHODS, 0)
-        self.paths = []
+        self.requests = 0
+        self.paths: list[str] = []
 
 
 def timed(call: Callable[[], Any]) -> tuple[Any, float]:
@@ -140,7 +148,7 @@ class ChangeCost:
     """One change of one definition, as the leader saw it."""
 
     what: str
-    #: Reads the leader's client sent from the write to the change applied (get/list/exists).
+    #: Nodes the leader's client read from the write to the change applied (get/list/exists).
     reads: int
     #: Requests of the leader's session in that time (the server's ``lcxid``; None: not read).
     requests: int | None
@@ -159,7 +167,9 @@ class ScaleFigures:
     #: sent first) and the definitions (sending their reads, then taking and applying them).
     state_load_s: float
     definitions_load_s: float
+    #: Nodes read by the takeover (a multi-read's nodes each), and the requests it sent.
     takeover_reads: int
+    takeover_requests: int
     changes: list[ChangeCost]
 
 
@@ -201,7 +211,7 @@ def measure_scale(
                 setattr(target, method, _timing(loads, key, getattr(target, method)))
             _, takeover_s = timed(scheduler.tick)
             assert len(scheduler.dynamic_names) == count, len(scheduler.dynamic_names)
-            takeover_reads = counter.total
+            takeover_reads, takeover_requests = counter.total, counter.requests
             session = scheduler._zk.client_id[0]
             steps: list[tuple[str, Callable[[], None], Callable[[], bool]]] = [
                 (
@@ -241,6 +251,7 @@ def measure_scale(
         loads["load"],
         loads["definitions"],
         takeover_reads,
+        takeover_requests,
         changes,
     )
 
