@@ -8,7 +8,8 @@ operation with its own result or error. kazoo 2.11 does not offer it; :class:`Mu
 request, built the way kazoo builds its own (``kazoo.protocol.serialization.Transaction``), and
 sent through ``KazooClient._call``, the path every kazoo request takes.
 
-:func:`read_nodes` is the one function callers use: it sends the reads of ``paths`` now, in
+:func:`read_nodes` is the function callers use (:func:`read_children` lists a folder first): it
+sends the reads of ``paths`` now, in
 batches of :data:`MAX_OPS`, and returns one result per path with kazoo's ``get()`` contract
 (``(data, stat)``, or the error of that node: ``NoNodeError``, ``NoAuthError``, ...). A data
 watch asked for is set by the server with the read, as ``get(path, watch=...)`` sets it, and is
@@ -30,7 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import EXCEPTIONS, MarshallingError, UnimplementedError
+from kazoo.exceptions import EXCEPTIONS, MarshallingError, NoNodeError, UnimplementedError
 from kazoo.interfaces import IAsyncResult
 from kazoo.protocol.serialization import (
     MultiHeader,
@@ -184,6 +185,27 @@ def read_nodes(
     if watch is not None:
         _set_watches(client, full, watch, seen_zxid)
     return results
+
+
+def read_children(client: KazooClient, folder: str) -> dict[str, Result]:
+    """Every child of ``folder``: its name -> ``(data, stat)``, read by :func:`read_nodes`.
+
+    A missing folder is empty and a child deleted meanwhile is skipped; any other error (an ACL
+    that denies the listing or a read, the connection) is raised, as ``get`` raises it.
+    """
+    try:
+        children = client.get_children(folder)
+    except NoNodeError:
+        return {}
+    found: dict[str, Result] = {}
+    paths = [f"{folder}/{child}" for child in children]
+    for child, result in zip(children, read_nodes(client, paths), strict=True):
+        try:
+            data, stat = result.get()
+        except NoNodeError:
+            continue
+        found[child] = (data or b"", stat)
+    return found
 
 
 def _multi_read_usable(client: KazooClient) -> bool:

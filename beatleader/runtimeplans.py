@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kazoo.exceptions import NoNodeError
-
 from beatleader.definitions import Definition
 from beatleader.layout import definitions_path, unquote_entry_name
+from beatleader.multiread import read_children
 from beatleader.schedules import PlannedEntry
 
 #: The key of the runtime definitions among the fingerprints (sorts after every hex one).
@@ -25,13 +24,10 @@ RUNTIME_SCHEDULE = "~runtime"
 
 def read_runtime_plans(client: Any, root: str) -> dict[str, PlannedEntry]:
     """The runtime entries (``definitions/``) as plans; an invalid one as "(invalid definition)"."""
-    base = definitions_path(root)
     plans = {}
-    for quoted in _children(client, base):
-        node = _get(client, f"{base}/{quoted}")
-        if node is not None:
-            name = unquote_entry_name(quoted)
-            plans[name] = _runtime_plan(name, Definition.parse(node[0])[0])
+    for quoted, (data, _stat) in read_children(client, definitions_path(root)).items():
+        name = unquote_entry_name(quoted)
+        plans[name] = _runtime_plan(name, Definition.parse(data)[0])
     return plans
 
 
@@ -43,18 +39,3 @@ def _runtime_plan(name: str, definition: Definition | None) -> PlannedEntry:
     every = sched.get("every") if definition.enabled else None
     cron = sched.get("crontab") if definition.enabled else None
     return PlannedEntry(name, definition.task, text, every, cron, sched.get("timezone"))
-
-
-def _children(client: Any, path: str) -> list[str]:
-    try:
-        return list(client.get_children(path))
-    except NoNodeError:
-        return []
-
-
-def _get(client: Any, path: str) -> tuple[bytes] | None:
-    try:
-        data, _stat = client.get(path)
-    except NoNodeError:
-        return None
-    return (bytes(data or b""),)

@@ -52,6 +52,7 @@ from beatleader.layout import (
     source_path,
     unquote_entry_name,
 )
+from beatleader.multiread import read_children
 from beatleader.runtimeplans import RUNTIME_SCHEDULE, read_runtime_plans
 from beatleader.schedules import PlannedEntry, decode_schedule, next_due
 
@@ -322,12 +323,10 @@ def read_leader(client: Any, root: str) -> Contender | None:
 
 def read_entries(client: Any, root: str) -> list[Entry]:
     """The state of every entry that has state, sorted by entry name."""
-    base = entries_path(root)
-    found = []
-    for quoted in _children(client, base):
-        node = _get(client, f"{base}/{quoted}")
-        if node is not None:
-            found.append(Entry(unquote_entry_name(quoted), _decode_state(node[0])))
+    found = [
+        Entry(unquote_entry_name(quoted), _decode_state(data))
+        for quoted, (data, _stat) in read_children(client, entries_path(root)).items()
+    ]
     return sorted(found, key=lambda e: e.name)
 
 
