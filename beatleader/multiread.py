@@ -26,6 +26,7 @@ shape in kazoo releases after 2.11 (the fallback is taken if it is missing).
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -43,6 +44,8 @@ from kazoo.protocol.serialization import (
     write_string,
 )
 from kazoo.protocol.states import WatchedEvent, ZnodeStat
+
+logger = logging.getLogger(__name__)
 
 #: Most node reads in one multi-read request: its reply stays a few hundred KB for typical nodes.
 MAX_OPS = 500
@@ -219,6 +222,10 @@ def _probe(client: KazooClient, paths: Sequence[str]) -> list[_BatchResult] | No
         results[0].batch.get()
     except UnimplementedError:
         _refused.add(client)
+        logger.warning(
+            "beatleader: this ZooKeeper server has no multi-read (it is older than 3.6) and "
+            "closed the connection on one; reading node by node from now on (slower takeovers)"
+        )
         return None
     except Exception:  # the connection's error (not the server's answer): each result has it
         return results

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from kazoo.security import make_digest_acl
 
-from beatleader import layout
+from beatleader import layout, multiread
 from beatleader.config import Settings
 from beatleader.layout import EntryState
 from beatleader.runtimewatch import RunRequest
@@ -81,6 +81,36 @@ def test_definitions_are_read_at_takeover_and_followed_while_leading(
     ]
     assert fast == ids(zk_root, "fast", *range(1, len(fast) + 1), client=zk_client)
     assert entry_state(zk_client, zk_root, "fast") is not None  # run state kept
+
+
+def test_a_server_without_multi_read_costs_one_takeover_then_reads_node_by_node(
+    make_leader, zk_client, zk_root, monkeypatch, caplog
+) -> None:
+    """ZooKeeper before 3.6 answers a multi-read UnimplementedError and closes the connection
+    (an opcode 3.8 does not know stands in for it): the leader steps down on that connection
+    loss, keeps its session, takes over again reading node by node, and follows changes."""
+    monkeypatch.setattr(multiread.MultiRead, "type", 99)
+    names = [f"rt-{number:02d}" for number in range(2 * multiread.MIN_BATCH)]
+    for name in names:
+        put_definition(zk_client, zk_root, name, definition(HOUR, name))
+    scheduler = make_leader({"static": HOUR})
+    wait_for(lambda: scheduler._zk is not None, 20, message="the client exists")
+    session = scheduler._zk.client_id
+    run_until(
+        scheduler,
+        lambda: (
+            scheduler.dynamic_names == set(names)
+            and scheduler._loaded_generation == scheduler._election.generation
+        ),
+    )
+    assert scheduler._zk in multiread._refused
+    assert scheduler._zk.client_id == session
+    assert scheduler._election.generation <= 2  # the first takeover, then one more at most
+    refusals = [r for r in caplog.records if "has no multi-read" in r.getMessage()]
+    assert [r.levelname for r in refusals] == ["WARNING"]
+
+    put_definition(zk_client, zk_root, names[3], definition(HOUR, "changed"))
+    run_until(scheduler, lambda: scheduler.schedule[names[3]].args == ["changed"])
 
 
 def test_run_now_commits_the_next_ordinal_and_consumes_the_request_in_one_transaction(
