@@ -55,6 +55,10 @@ class RuntimeScheduler(DynamicScheduler):
 
     #: Most requests naming no entry deleted in one tick (a flood of them cannot stall it).
     discard_per_tick = 50
+    #: Seconds (ZooKeeper's clock, from the request's creation) a run-now request naming no entry
+    #: this leader knows is kept before it is deleted: in a rolling deploy, an instance of the new
+    #: version may have the entry and lead next. A request whose node name is malformed: none.
+    unknown_request_grace = 600.0
 
     _zk: KazooClient | None
 
@@ -66,6 +70,8 @@ class RuntimeScheduler(DynamicScheduler):
         self._following = False
         self._definitions: dict[str, Definition] = {}
         self._requests: list[RunRequest] = []
+        #: request node -> its creation time (epoch s), for the requests naming no entry here.
+        self._unknown_since: dict[str, float] = {}
 
     @property
     def runtime_definitions(self) -> dict[str, Definition]:
@@ -132,6 +138,8 @@ class RuntimeScheduler(DynamicScheduler):
             self.pause_static(reading.paused)
         if reading.requests is not None:
             self._requests = reading.requests
+            listed = {request.node for request in reading.requests}
+            self._unknown_since = {n: t for n, t in self._unknown_since.items() if n in listed}
         return changes
 
     def _take_definition(
@@ -219,20 +227,52 @@ class RuntimeScheduler(DynamicScheduler):
             self._continue(entry, found)  # a committed, unpublished run goes to the outbox
         return entry
 
+    def _server_epoch(self) -> float:
+        """Now on ZooKeeper's clock, epoch seconds (``Scheduler`` applies its measured offset)."""
+        return time.time()
+
+    def _expired(self, request: RunRequest) -> bool:
+        """Whether ``request``, which names no entry here, has outlived its grace.
+
+        Its creation time costs one read, once; a request gone meanwhile is forgotten.
+        """
+        if request.name is None:
+            return True
+        since = self._unknown_since.get(request.node)
+        if since is None:
+            assert self._zk is not None
+            stat = self._zk.exists(request.path)
+            if stat is None:
+                self._requests = [r for r in self._requests if r.node != request.node]
+                return False
+            since = self._unknown_since[request.node] = stat.ctime / 1000.0
+            logger.info(
+                "beatleader: run-now request %s names %r, which is no static or runtime entry "
+                "here; kept %g s from its creation for an instance that has it (a rolling "
+                "deploy), then deleted",
+                request.node,
+                request.name,
+                self.unknown_request_grace,
+            )
+        return self._server_epoch() - since >= self.unknown_request_grace
+
     def _discard_requests(self, requests: list[RunRequest], now: float) -> None:
-        """Report and delete (fenced) requests that name no entry."""
+        """Report and delete (fenced) requests that name no entry, once their grace is over."""
         election, store = self._election, self._store
         assert election is not None and store is not None
         fence = election.node
         due = [r for r in requests if self._entry_backoff.ready(("request", r.node), now)]
-        due = due[: self.discard_per_tick]
+        due = [r for r in due if self._expired(r)][: self.discard_per_tick]
         if fence is None or not due:
             return
         for request in due:
             if request.name is None:
                 why = f"is not named <entry>{layout.REQUEST_MARKER}<sequence>"
             else:
-                why = f"names {request.name!r}, which is no static or runtime entry here"
+                why = (
+                    f"names {request.name!r}, which is no static or runtime entry here "
+                    f"(kept {self.unknown_request_grace:g} s)"
+                )
             self._report(
                 f"request:{request.node}",
                 "run-request",
@@ -245,6 +285,8 @@ class RuntimeScheduler(DynamicScheduler):
             if request.path not in gone and not lost:
                 self._entry_backoff.failed(("request", request.node), now)
         self._requests = [r for r in self._requests if r.path not in gone]
+        for path in gone:
+            self._unknown_since.pop(path.rsplit("/", 1)[1], None)
 
     def _after_commit(self, outcome: CommitOutcome, runs: list[Run]) -> None:
         super()._after_commit(outcome, runs)

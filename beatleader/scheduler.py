@@ -261,6 +261,9 @@ class Scheduler(RuntimeScheduler):
         """Now on ZooKeeper's server clock: the clock every schedule entry runs on."""
         return datetime.fromtimestamp(self.local_time() + self._clock.offset, self._timezone)
 
+    def _server_epoch(self) -> float:
+        return self.local_time() + self._clock.offset
+
     def _on_server_clock(self, entry: beat.ScheduleEntry) -> None:
         schedule = entry.schedule
         if hasattr(schedule, "nowfun") and schedule.nowfun != self.server_now:

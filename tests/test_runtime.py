@@ -167,17 +167,36 @@ def test_the_commit_consumes_the_request_or_commits_nothing(zk_client, zk_root) 
     assert requests(zk_client, zk_root) == [again.rsplit("/", 1)[1]]
 
 
-def test_unknown_and_malformed_requests_are_reported_and_deleted(
+def test_a_malformed_request_is_deleted_at_once_one_naming_no_entry_after_its_grace(
     make_leader, zk_client, zk_root
 ) -> None:
     recorder = Recorder()
     scheduler = lead(make_leader({"static": HOUR}, recorder))
-    request_run(zk_client, zk_root, "nobody")
+    scheduler.unknown_request_grace = 3.0
+    nobody = request_run(zk_client, zk_root, "nobody").rsplit("/", 1)[1]
     zk_client.create(f"{layout.requests_path(zk_root)}/garbage", b"\xff")
+    run_until(scheduler, lambda: requests(zk_client, zk_root) == [nobody])
+    assert [kind for kind, _ in recorder.problems] == ["run-request"]  # the malformed one
+    created = zk_client.exists(f"{layout.requests_path(zk_root)}/{nobody}").ctime / 1000.0
     run_until(scheduler, lambda: requests(zk_client, zk_root) == [])
-    kinds = [kind for kind, _ in recorder.problems]
-    assert kinds.count("run-request") == 2
+    assert scheduler.server_now().timestamp() - created >= 3.0
+    assert [kind for kind, _ in recorder.problems] == ["run-request", "run-request"]
+    assert "kept 3 s" in recorder.problems[1][1]
     assert scheduler.published == []
+
+
+def test_a_request_for_an_entry_defined_later_runs_once_it_is(
+    make_leader, zk_client, zk_root
+) -> None:
+    """A rolling deploy: the request names an entry this leader does not have yet."""
+    scheduler = lead(make_leader({"static": HOUR}))
+    request_run(zk_client, zk_root, "later")
+    for _ in range(20):
+        scheduler.tick()
+    assert len(requests(zk_client, zk_root)) == 1  # kept: within its grace
+    put_definition(zk_client, zk_root, "later", definition(HOUR, "l"))
+    run_until(scheduler, lambda: requests(zk_client, zk_root) == [])
+    assert scheduler.published == ids(zk_root, "later", 1, client=zk_client)
 
 
 def test_a_paused_static_entry_stops_can_run_now_and_resumes_with_its_ordinals(
