@@ -22,212 +22,68 @@ Guarantees:
   naming the paths that exist under its parent; one that exists without contenders exits 1.
   ``resign`` deletes only the leader's contender node; ``prune`` only state nodes of entries no
   running schedule holds (:mod:`beatleader.prune`). All ZooKeeper reading lives in
-  :mod:`beatleader.status`, rendering in :mod:`beatleader.render`; this module parses options,
-  connects and prints.
+  :mod:`beatleader.status`, rendering in :mod:`beatleader.render`, options, settings and the
+  connection in :mod:`beatleader.cliconnect` (its names are re-exported here); this module runs
+  the commands and prints.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import IO, Any, TypeVar
+from typing import Any
 
 import click
-from kazoo.exceptions import KazooException, NoAuthError
-from kazoo.handlers.threading import KazooTimeoutError
 
 from beatleader._version import __version__
-from beatleader.client import make_client
-from beatleader.config import ConfigError, Settings
-from beatleader.kazoolog import KAZOO_LOGGER
+from beatleader.cliconnect import (
+    DEFAULT_TIMEOUT,
+    EXIT_LEADER,
+    EXIT_NO_LEADER,
+    EXIT_UNREACHABLE,
+    GROUP_OPTIONS,
+    ZK_ERRORS,
+    CliError,
+    Target,
+    connect,
+    connection_options,
+    load_app,
+    one_line,
+    resolve_target,
+)
 from beatleader.prune import PruneRefused, Stale, plan_prune, prune
 from beatleader.render import cell, render_status
 from beatleader.status import ResignResult, read_status, resign_leader, sibling_paths
-from beatleader.trust import ZooKeeperTrustError, acl_warnings, start_client
+from beatleader.trust import acl_warnings
 
-EXIT_LEADER = 0
-EXIT_NO_LEADER = 1
-EXIT_UNREACHABLE = 2
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "EXIT_LEADER",
+    "EXIT_NO_LEADER",
+    "EXIT_UNREACHABLE",
+    "MAX_SIBLINGS",
+    "WATCH_INTERVAL",
+    "CliError",
+    "Target",
+    "celery_command",
+    "cli",
+    "connect",
+    "connection_options",
+    "load_app",
+    "main",
+    "missing_path",
+    "prune_command",
+    "report_resign",
+    "resign_command",
+    "resolve_target",
+    "status_command",
+    "watch_status",
+]
 
-#: Seconds allowed to reach ZooKeeper (and, for ``resign``, for another contender to lead).
-DEFAULT_TIMEOUT = 5.0
 #: Seconds between two redraws of ``status --watch``.
 WATCH_INTERVAL = 1.0
-
-_GROUP_OPTIONS = "beatleader.group_options"
-_ZK_ERRORS = (KazooException, KazooTimeoutError)
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class CliError(click.ClickException):
-    """An operator-facing failure: one line ``beatleader: <message>`` on stderr."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_UNREACHABLE) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"beatleader: {self.message}", err=True)
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where to look: validated settings plus the time allowed to reach ZooKeeper."""
-
-    settings: Settings
-    timeout: float
-    #: The Celery app the settings came from (``-A`` or celery's), None without one.
-    app: Any = None
-
-    @property
-    def where(self) -> str:
-        return f"{self.settings.zk_hosts} {self.settings.path}"
-
-
-#: Flags named like the settings they override (``--zk-tls-ca`` -> ``beatleader_zk_tls_ca``).
-_SECURITY_OPTIONS = [
-    click.option(
-        "--zk-auth",
-        help="'digest:USER:PASSWORD' or 'sasl:USER:PASSWORD' (shown in the process list: "
-        "prefer --zk-auth-file).",
-    ),
-    click.option("--zk-auth-file", help="A file holding the --zk-auth string."),
-    click.option("--zk-tls/--no-zk-tls", default=None, help="Connect with TLS."),
-    click.option("--zk-tls-ca", help="PEM file of the CA that signed ZooKeeper's certificate."),
-    click.option("--zk-tls-cert", help="PEM client certificate."),
-    click.option("--zk-tls-key", help="PEM key of the client certificate."),
-    click.option("--zk-tls-key-password", help="Password of --zk-tls-key."),
-    click.option(
-        "--zk-tls-check-hostname/--no-zk-tls-check-hostname",
-        default=None,
-        help="Check that ZooKeeper's certificate names the host (default on).",
-    ),
-]
-_SECURITY_NAMES = (
-    "zk_auth", "zk_auth_file", "zk_tls", "zk_tls_ca", "zk_tls_cert", "zk_tls_key",
-    "zk_tls_key_password", "zk_tls_check_hostname",
-)  # fmt: skip
-
-
-def connection_options(func: F) -> F:
-    """``--zk-hosts``, ``--path``, ``-A/--app``, ``--timeout`` and the auth/TLS flags."""
-    decorators = [
-        click.option("--zk-hosts", help="ZooKeeper hosts 'host:port[,...][/chroot]'."),
-        click.option("--path", help="The app's root znode (default /beatleader/<app main>)."),
-        click.option("-A", "--app", help="Celery app to read the beatleader settings from."),
-        click.option(
-            "--timeout",
-            type=click.FloatRange(min=0, min_open=True),
-            help=f"Seconds to reach ZooKeeper  [default: {DEFAULT_TIMEOUT:g}]",
-        ),
-        *_SECURITY_OPTIONS,
-    ]
-    for decorate in reversed(decorators):
-        func = decorate(func)
-    return func
-
-
-def resolve_target(ctx: click.Context, **options: Any) -> Target:
-    """Settings from this command's options, falling back to the group's, then the app."""
-    group = ctx.meta.get(_GROUP_OPTIONS, {})
-    value = {name: _first(options.get(name), group.get(name)) for name in options}
-    app = load_app(value["app"]) if value.get("app") else _celery_app(ctx)
-    security = {name: value.get(name) for name in _SECURITY_NAMES}
-    try:
-        settings = Settings.from_app(
-            app, zk_hosts=value.get("zk_hosts"), path=value.get("path"), **security
-        )
-    except ConfigError as exc:
-        raise CliError(str(exc)) from None
-    return Target(settings, float(value.get("timeout") or DEFAULT_TIMEOUT), app)
-
-
-def _first(option: Any, group_option: Any) -> Any:
-    """The command's option unless unset (None or ''), else the group's: ``False`` counts."""
-    return group_option if option is None or option == "" else option
-
-
-def load_app(name: str) -> Any:
-    """The Celery app ``name`` designates (``proj``, ``proj.celery:app``, ...)."""
-    from celery import Celery
-    from celery.app.utils import find_app
-
-    try:
-        app = find_app(name)
-    except Exception as exc:  # the module's own import errors count as bad input too
-        raise CliError(f"cannot load app {name!r}: {_one_line(exc)}") from None
-    if not isinstance(app, Celery):
-        raise CliError(f"cannot load app {name!r}: it names {type(app).__name__}, not a Celery app")
-    return app
-
-
-def _celery_app(ctx: click.Context) -> Any:
-    """The app of ``celery -A proj beatleader ...`` (None when run standalone)."""
-    return getattr(ctx.find_root().obj, "app", None)
-
-
-@contextmanager
-def connect(target: Target) -> Iterator[Any]:
-    """A started KazooClient; ZooKeeper failures become :class:`CliError` (exit 2)."""
-    _quiet_kazoo_logging()
-    hosts = target.settings.zk_hosts
-    try:
-        client = make_client(
-            target.settings,
-            timeout=max(target.timeout, 1.0),
-            connection_retry={"max_tries": -1, "delay": 0.1, "max_delay": 1.0},
-        )
-    except ConfigError as exc:  # TLS files, SASL support
-        raise CliError(str(exc)) from None
-    except ValueError as exc:
-        raise CliError(f"bad ZooKeeper hosts {hosts!r}: {_one_line(exc)}") from None
-    try:
-        _start(client, target)
-        yield client
-    except NoAuthError:
-        raise CliError(
-            f"ZooKeeper at {hosts} refused this for lack of permission (NoAuthError) on "
-            f"{target.settings.path}: pass the identity that owns it with --zk-auth or "
-            "--zk-auth-file"
-        ) from None
-    except _ZK_ERRORS as exc:
-        raise CliError(f"ZooKeeper error at {hosts}: {_one_line(exc)}") from None
-    finally:
-        client.stop()
-        client.close()
-
-
-def _start(client: Any, target: Target) -> None:
-    try:
-        start_client(client, target.settings, target.timeout)
-    except ZooKeeperTrustError as exc:  # bad credentials or TLS: named, not "unreachable"
-        raise CliError(str(exc)) from None
-    except _ZK_ERRORS:
-        raise CliError(
-            f"ZooKeeper unreachable at {target.settings.zk_hosts} within {target.timeout:g} s"
-        ) from None
-
-
-def _quiet_kazoo_logging() -> None:
-    """Keep kazoo's connection warnings off stderr unless logging is configured."""
-    logger = logging.getLogger(KAZOO_LOGGER)
-    if not logger.handlers:
-        logger.addHandler(logging.NullHandler())
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-# --- commands --------------------------------------------------------------------------------
 
 
 @click.command("status")
@@ -311,8 +167,8 @@ def _watch_frame(client: Any, target: Target, interval: float, wide: bool = Fals
         if not status.exists:
             return header + missing_path(client, target)
         return header + render_status(status, target.settings.zk_hosts, wide)
-    except _ZK_ERRORS as exc:
-        return header + f"ZooKeeper unreachable at {target.settings.zk_hosts}: {_one_line(exc)}"
+    except ZK_ERRORS as exc:
+        return header + f"ZooKeeper unreachable at {target.settings.zk_hosts}: {one_line(exc)}"
 
 
 @click.command("resign")
@@ -390,7 +246,7 @@ def _list_stale(verb: str, stale: list[Stale]) -> None:
 
 def _build_group(name: str, with_options: bool, help_text: str) -> click.Group:
     def group(ctx: click.Context, **options: Any) -> None:
-        ctx.meta[_GROUP_OPTIONS] = options
+        ctx.meta[GROUP_OPTIONS] = options
 
     if with_options:
         group = connection_options(group)

@@ -17,7 +17,9 @@ Guarantees: :meth:`Definition.parse` never raises on any bytes; it accepts only 
 :attr:`Limits.max_bytes`), so a hostile or malformed node is a ``(None, problem)`` and never
 reaches a scheduler. Every writer validates before writing (:meth:`Definition.validated`), every
 reader validates again. A ``DefinitionError`` message is one line naming the argument and what
-would be valid. Nothing here talks to ZooKeeper.
+would be valid. Nothing here talks to ZooKeeper. The argument parsers and field checks
+(``parse_every``, ``check_priority``, ``Limits``, ``DefinitionError``, ...) live in
+:mod:`beatleader.defchecks` and are re-exported here: import them from this module.
 
 Not guaranteed: that ``task`` names a task some worker knows (only the API with an app checks
 that); that a solar schedule can run (celery needs the ``ephem`` package, checked when the
@@ -28,38 +30,46 @@ app's timezone.
 from __future__ import annotations
 
 import json
-import math
-import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from celery import beat
 from celery.exceptions import ImproperlyConfigured
 from celery.schedules import crontab, schedule, solar
 
+from beatleader.defchecks import (
+    DefinitionError,
+    Limits,
+    check_every,
+    check_expires,
+    check_name,
+    check_priority,
+    check_text,
+    exc_line,
+    json_kind,
+    parse_at,
+    parse_cron,
+    parse_every,
+    parse_timezone,
+)
 from beatleader.schedtypes import OneOff, ZonedCrontab
 
-
-class DefinitionError(ValueError):
-    """A definition or an argument beatleader cannot use; the message is one line."""
-
-
-class Limits:
-    """Bounds every definition is checked against (write and read)."""
-
-    #: Largest encoded definition, bytes (ZooKeeper's own limit is 1 MiB per node).
-    max_bytes = 64 * 1024
-    #: Longest entry name, task name, queue name, changed_by; characters.
-    max_name = 200
-    #: Longest interval, seconds (ten years).
-    max_every = 10 * 366 * 86400.0
-    #: Shortest interval, seconds.
-    min_every = 0.1
-    #: Message priorities accepted (AMQP's range; Redis uses 0-9 of it).
-    priority_range = (0, 255)
-
+__all__ = [
+    "SCHEDULE_KINDS",
+    "Definition",
+    "DefinitionError",
+    "Limits",
+    "OneOff",
+    "ZonedCrontab",
+    "check_expires",
+    "check_name",
+    "check_priority",
+    "parse_at",
+    "parse_cron",
+    "parse_every",
+    "parse_timezone",
+]
 
 SCHEDULE_KINDS = ("every", "crontab", "at", "solar")
 _FIELDS = frozenset(
@@ -72,8 +82,6 @@ _SCHEDULE_KEYS = {
     "at": frozenset(("at",)),
     "solar": frozenset(("solar", "lat", "lon")),
 }
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_EVERY = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -109,7 +117,7 @@ class Definition:
         try:
             data = self.encode()
         except (TypeError, ValueError, RecursionError) as exc:
-            raise DefinitionError(f"args/kwargs must be JSON values: {_line(exc)}") from None
+            raise DefinitionError(f"args/kwargs must be JSON values: {exc_line(exc)}") from None
         found, problem = Definition.parse(data)
         if found is None:
             raise DefinitionError(problem or "invalid definition")
@@ -196,62 +204,6 @@ def _crontab(spec: str, zone: str | None, app: Any) -> crontab:
     return crontab(*fields, app=app)
 
 
-# -- parsing the command line's forms ------------------------------------------------------
-
-
-def parse_every(text: str) -> float:
-    """Seconds of ``"30s"``, ``"90m"``, ``"2h"``, ``"1d"``, ``"45"`` (seconds)."""
-    match = _EVERY.fullmatch(text) if isinstance(text, str) else None
-    if match is None:
-        raise DefinitionError(
-            f"--every {text!r} is not an interval: give a number with an optional unit "
-            "s, m, h or d (30s, 90m, 2h, 1d)"
-        )
-    seconds = float(match.group(1)) * _UNITS[match.group(2).lower()]
-    return _check_every(seconds, f"--every {text!r}")
-
-
-def parse_cron(text: str) -> str:
-    """``"m h dom mon dow"``, checked by celery's crontab parser; whitespace normalised."""
-    parts = text.split() if isinstance(text, str) else []
-    if len(parts) != 5:
-        raise DefinitionError(
-            f"--cron {text!r} is not a crontab: give 5 fields 'minute hour day-of-month "
-            "month day-of-week', e.g. '*/5 * * * *'"
-        )
-    minute, hour, day_of_month, month_of_year, day_of_week = parts
-    try:
-        crontab(minute, hour, day_of_week, day_of_month, month_of_year)
-    except Exception as exc:  # celery raises ValueError or its ParseException
-        raise DefinitionError(f"--cron {text!r} is not a valid crontab: {_line(exc)}") from None
-    return " ".join(parts)
-
-
-def parse_at(text: str) -> datetime:
-    """An aware datetime from ISO 8601 with a UTC offset (``2026-12-01T09:00:00+01:00``)."""
-    try:
-        moment = datetime.fromisoformat(text) if isinstance(text, str) else None
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None or moment.utcoffset() is None:
-        raise DefinitionError(
-            f"--at {text!r} is not an ISO 8601 time with a UTC offset, "
-            "e.g. 2026-12-01T09:00:00+01:00"
-        )
-    return moment
-
-
-def parse_timezone(text: str) -> str:
-    """``text`` when it names an IANA time zone (``Europe/Paris``, ``UTC``)."""
-    try:
-        ZoneInfo(text)
-    except Exception:  # ValueError, ZoneInfoNotFoundError (a KeyError), TypeError
-        raise DefinitionError(
-            f"--timezone {text!r} is not a known IANA time zone, e.g. UTC or Europe/Paris"
-        ) from None
-    return text
-
-
 # -- validating the JSON -------------------------------------------------------------------
 
 
@@ -266,13 +218,13 @@ def _from_json(value: Any) -> Definition:
     args = value.get("args", [])
     kwargs = value.get("kwargs", {})
     if not isinstance(args, list):
-        raise DefinitionError(f"args must be a JSON list, not {_kind(args)}")
+        raise DefinitionError(f"args must be a JSON list, not {json_kind(args)}")
     if not isinstance(kwargs, dict):
-        raise DefinitionError(f"kwargs must be a JSON object, not {_kind(kwargs)}")
+        raise DefinitionError(f"kwargs must be a JSON object, not {json_kind(kwargs)}")
     enabled = value.get("enabled", True)
     if type(enabled) is not bool:
         raise DefinitionError(f"enabled must be true or false, not {enabled!r}")
-    changed_at = _text(value.get("changed_at", ""), "changed_at", empty=True)
+    changed_at = check_text(value.get("changed_at", ""), "changed_at", empty=True)
     if changed_at:
         _check_time(changed_at, "changed_at")
     return Definition(
@@ -282,13 +234,13 @@ def _from_json(value: Any) -> Definition:
         kwargs=kwargs,
         options=_options(value.get("options", {})),
         enabled=enabled,
-        changed_by=_text(value.get("changed_by", ""), "changed_by", empty=True),
+        changed_by=check_text(value.get("changed_by", ""), "changed_by", empty=True),
         changed_at=changed_at,
     )
 
 
 def _task(task: Any) -> str:
-    text = _text(task, "task")
+    text = check_text(task, "task")
     if any(c.isspace() for c in text):
         raise DefinitionError(f"task {text!r} is not a task name (no whitespace allowed)")
     return text
@@ -308,15 +260,15 @@ def _schedule(sched: Any) -> dict[str, Any]:
         every = sched["every"]
         if type(every) not in (int, float):
             raise DefinitionError(f"schedule every must be a number of seconds, not {every!r}")
-        return {"every": _check_every(float(every), "schedule every")}
+        return {"every": check_every(float(every), "schedule every")}
     if kind == "crontab":
-        spec = parse_cron(_text(sched["crontab"], "schedule crontab"))
+        spec = parse_cron(check_text(sched["crontab"], "schedule crontab"))
         zone = sched.get("timezone")
         if zone is None:
             return {"crontab": spec}
-        return {"crontab": spec, "timezone": parse_timezone(_text(zone, "schedule timezone"))}
+        return {"crontab": spec, "timezone": parse_timezone(check_text(zone, "schedule timezone"))}
     if kind == "at":
-        text = _text(sched["at"], "schedule at")
+        text = check_text(sched["at"], "schedule at")
         parse_at(text)
         return {"at": text}
     return _solar(sched)
@@ -338,7 +290,7 @@ def _solar(sched: dict[str, Any]) -> dict[str, Any]:
 
 def _options(options: Any) -> dict[str, Any]:
     if not isinstance(options, dict):
-        raise DefinitionError(f"options must be a JSON object, not {_kind(options)}")
+        raise DefinitionError(f"options must be a JSON object, not {json_kind(options)}")
     unknown = sorted(set(options) - set(_OPTION_NAMES))
     if unknown:
         raise DefinitionError(
@@ -346,40 +298,12 @@ def _options(options: Any) -> dict[str, Any]:
         )
     checked: dict[str, Any] = {}
     if "queue" in options:
-        checked["queue"] = _text(options["queue"], "queue")
+        checked["queue"] = check_text(options["queue"], "queue")
     if "priority" in options:
         checked["priority"] = check_priority(options["priority"])
     if "expires" in options:
         checked["expires"] = check_expires(options["expires"])
     return checked
-
-
-def check_priority(priority: Any) -> int:
-    low, high = Limits.priority_range
-    if type(priority) is not int or not low <= priority <= high:
-        raise DefinitionError(f"--priority {priority!r} is not an integer in [{low}, {high}]")
-    return priority
-
-
-def check_expires(expires: Any) -> float:
-    good = type(expires) in (int, float) and math.isfinite(expires) and expires > 0
-    if not good:
-        raise DefinitionError(f"--expires {expires!r} is not a positive number of seconds")
-    return float(expires)
-
-
-def check_name(name: Any) -> str:
-    """An entry name: 1 to :attr:`Limits.max_name` printable characters."""
-    text = _text(name, "entry name")
-    return text
-
-
-def _check_every(seconds: float, what: str) -> float:
-    if not math.isfinite(seconds) or not Limits.min_every <= seconds <= Limits.max_every:
-        raise DefinitionError(
-            f"{what} must be between {Limits.min_every:g} s and {Limits.max_every:g} s"
-        )
-    return seconds
 
 
 def _check_time(text: str, what: str) -> None:
@@ -391,27 +315,5 @@ def _check_time(text: str, what: str) -> None:
         raise DefinitionError(f"{what} {text!r} is not an ISO 8601 time with a zone")
 
 
-def _text(value: Any, what: str, empty: bool = False) -> str:
-    if not isinstance(value, str):
-        raise DefinitionError(f"{what} must be a string, not {_kind(value)}")
-    if not value and not empty:
-        raise DefinitionError(f"{what} must not be empty")
-    if len(value) > Limits.max_name:
-        raise DefinitionError(f"{what} is longer than {Limits.max_name} characters")
-    if not value.isprintable():
-        raise DefinitionError(f"{what} {value!r} contains control characters")
-    return value
-
-
-def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
-        type(value), "null" if value is None else "a number"
-    )
-
-
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
-
-
-def _line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

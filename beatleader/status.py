@@ -2,7 +2,9 @@
 
 Every function takes a started ``KazooClient`` and an app's root path and returns plain
 dataclasses (with ``as_dict()`` for JSON); nothing here prints, parses options or reads settings,
-so the CLI, the scheduler's embedded status and the tests can all reuse it.
+so the CLI, the scheduler's embedded status and the tests can all reuse it. The dataclasses
+(``Contender``, ``Entry``, ``Status``, ...) live in :mod:`beatleader.statustypes` and are
+re-exported here: import them from this module.
 
 Guarantees:
 
@@ -16,7 +18,7 @@ Guarantees:
 * Runtime entries (``definitions/``) are listed with the static ones, their schedule prefixed
   ``runtime`` (:mod:`beatleader.runtimeplans`); a static entry's plan wins a shared name.
 * :meth:`Status.leader_problem` is None only for a leader whose node holds readable, unrewritten
-  ContenderInfo: what ``status --check`` requires.
+  ContenderInfo: what ``status --check`` requires (:mod:`beatleader.statustypes`).
 * :func:`resign_leader` deletes only the well-formed, ephemeral node that led when it looked; it
   never touches entry state. The resigned instance queues again at the back by itself.
 * Kazoo errors (connection loss, timeouts, permissions) propagate to the caller unchanged.
@@ -32,14 +34,13 @@ import posixpath
 import time
 from collections.abc import Callable, Iterable
 from contextlib import suppress
-from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
 from kazoo.exceptions import BadArgumentsError, NoNodeError
 from kazoo.protocol.states import ZnodeStat
 
-from beatleader.clockview import ClockReading, clock_warnings, read_clock
+from beatleader.clockview import clock_warnings, read_clock
 from beatleader.contenders import contender_sequence, ignored_reason, sorted_contenders
 from beatleader.diagnose import status_warnings
 from beatleader.layout import (
@@ -55,169 +56,29 @@ from beatleader.layout import (
 from beatleader.multiread import read_children
 from beatleader.runtimeplans import RUNTIME_SCHEDULE, read_runtime_plans
 from beatleader.schedules import PlannedEntry, decode_schedule, next_due
+from beatleader.statustypes import Contender, Entry, IgnoredNode, ResignResult, Status
+
+__all__ = [
+    "POLL_INTERVAL",
+    "Contender",
+    "Entry",
+    "IgnoredNode",
+    "ResignResult",
+    "Status",
+    "read_contenders",
+    "read_election",
+    "read_entries",
+    "read_leader",
+    "read_schedules",
+    "read_status",
+    "resign_leader",
+    "scheduled_names",
+    "sibling_paths",
+    "wait_for_leader",
+]
 
 #: How often the waiting functions look at the election queue again, in seconds.
 POLL_INTERVAL = 0.05
-
-
-@dataclass(frozen=True)
-class Contender:
-    """One running instance waiting in (or heading) the election queue."""
-
-    node: str
-    sequence: int
-    since: str | None  # ctime of the node, UTC ISO 8601
-    info: ContenderInfo | None  # None when the node holds no readable ContenderInfo
-    #: The node's data version: contender data is written once, so anything but 0 is foreign.
-    data_version: int = 0
-
-    @property
-    def identity(self) -> str | None:
-        return self.info.identity if self.info else None
-
-    @property
-    def fingerprint(self) -> str | None:
-        return self.info.fingerprint if self.info else None
-
-    def same_instance(self, other: Contender) -> bool:
-        """True when both nodes were published by the same process (a re-queued leader)."""
-        if self.info is None or other.info is None:
-            return self.node == other.node
-        mine = (self.info.identity, self.info.host, self.info.pid)
-        return mine == (other.info.identity, other.info.host, other.info.pid)
-
-    def label(self) -> str:
-        """``identity (host, pid N)`` for messages, or the node name when unreadable."""
-        if self.info is None:
-            return f"<unreadable contender {self.node}>"
-        return f"{self.info.identity} (host {self.info.host}, pid {self.info.pid})"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "node": self.node,
-            "sequence": self.sequence,
-            "since": self.since,
-            "data_version": self.data_version,
-            **_fields_or_none(self.info, ContenderInfo),
-        }
-
-
-@dataclass(frozen=True)
-class IgnoredNode:
-    """A child of ``election/`` that takes no part in the election, and why."""
-
-    node: str
-    reason: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"node": self.node, "reason": self.reason}
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One schedule entry: its shared state as the leaders wrote it, and how it is scheduled."""
-
-    name: str
-    state: EntryState | None  # None when there is no state node or its data is unreadable
-    #: False for an entry that a running schedule holds but that never ran (no state node).
-    stored: bool = True
-    #: How a running instance schedules it (``schedules.py``); None when no schedule names it.
-    plan: PlannedEntry | None = None
-    #: When it is next due (UTC ISO 8601), when the reader can tell (``schedules.next_due``).
-    next_due: str | None = None
-    #: Whether a running schedule holds it; None when some schedule is unknown.
-    scheduled: bool | None = None
-
-    @property
-    def unreadable(self) -> bool:
-        return self.stored and self.state is None
-
-    def as_dict(self) -> dict[str, Any]:
-        plan = self.plan
-        return {
-            "name": self.name,
-            "scheduled": self.scheduled,
-            "schedule": plan.schedule if plan else None,
-            "task": plan.task if plan else None,
-            "next_due": self.next_due,
-            "every": plan.every if plan else None,
-            "crontab": plan.crontab if plan else None,
-            "timezone": plan.timezone if plan else None,
-            "stored": self.stored,
-            **_fields_or_none(self.state, EntryState),
-        }
-
-
-def _fields_or_none(value: Any, cls: type) -> dict[str, Any]:
-    """``value``'s dataclass fields, or every field of ``cls`` as None when ``value`` is None."""
-    return asdict(value) if value is not None else dict.fromkeys(f.name for f in fields(cls))
-
-
-@dataclass(frozen=True)
-class Status:
-    """A snapshot of one app's election queue and schedule state."""
-
-    root: str
-    contenders: tuple[Contender, ...]
-    entries: tuple[Entry, ...]
-    #: Entry names of every running schedule, when every contender published them; else None.
-    scheduled_names: frozenset[str] | None = None
-    warnings: tuple[str, ...] = field(default=())
-    #: Children of ``election/`` that are not well-formed ephemeral contenders.
-    ignored: tuple[IgnoredNode, ...] = field(default=())
-    #: False when ``root`` itself does not exist (a typo in --path, or nothing ever ran there).
-    exists: bool = True
-    #: The last leader's clock probe (its skew to ZooKeeper's clock), when there is one.
-    clock: ClockReading | None = None
-
-    @property
-    def leader(self) -> Contender | None:
-        return self.contenders[0] if self.contenders else None
-
-    def leader_problem(self) -> str | None:
-        """Why there is no sound leader (one line), or None when there is one."""
-        leader = self.leader
-        if leader is None:
-            return "no leader: no instance is contending"
-        if leader.info is None:
-            return f"the leader's node {leader.node} holds no readable ContenderInfo"
-        if leader.data_version != 0:
-            return (
-                f"the leader's node {leader.node} was rewritten by another client "
-                f"(data version {leader.data_version})"
-            )
-        return None
-
-    def as_dict(self) -> dict[str, Any]:
-        leader, names = self.leader, self.scheduled_names
-        return {
-            "path": self.root,
-            "exists": self.exists,
-            "leader": leader.as_dict() if leader else None,
-            "leader_problem": self.leader_problem(),
-            "contenders": [c.as_dict() for c in self.contenders],
-            "ignored": [i.as_dict() for i in self.ignored],
-            "entries": [e.as_dict() for e in self.entries],
-            "scheduled_names": None if names is None else sorted(names),
-            "warnings": list(self.warnings),
-            "clock": self.clock.as_dict() if self.clock else None,
-        }
-
-
-@dataclass(frozen=True)
-class ResignResult:
-    """What :func:`resign_leader` did: who led, who leads now, whether leadership moved."""
-
-    previous: Contender | None  # None: there was no leader, nothing was deleted
-    current: Contender | None  # first in the queue when the wait ended
-    other_contenders: int  # contenders besides the resigned leader when it resigned
-
-    @property
-    def moved(self) -> bool:
-        """A different instance now heads the queue."""
-        if self.previous is None or self.current is None:
-            return False
-        return not self.current.same_instance(self.previous)
 
 
 def read_status(client: Any, root: str) -> Status:
