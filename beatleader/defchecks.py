@@ -14,14 +14,13 @@ for writers and readers. Nothing here talks to ZooKeeper or needs an app.
 
 Not guaranteed: that a valid crontab or time zone means the same on every instance (celery and
 each host's tz database read them); that a check sees more than its own value (a crontab's
-``timezone`` is checked apart from its spec). An integer too large for a float (beyond about
-1e308) makes ``check_expires`` and ``check_every`` raise ``OverflowError``, not DefinitionError.
+``timezone`` is checked apart from its spec).
 """
 
 from __future__ import annotations
 
-import math
 import re
+import sys
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -57,11 +56,11 @@ def parse_every(text: str) -> float:
     match = _EVERY.fullmatch(text) if isinstance(text, str) else None
     if match is None:
         raise DefinitionError(
-            f"--every {text!r} is not an interval: give a number with an optional unit "
+            f"--every {shown(text)} is not an interval: give a number with an optional unit "
             "s, m, h or d (30s, 90m, 2h, 1d)"
         )
     seconds = float(match.group(1)) * _UNITS[match.group(2).lower()]
-    return check_every(seconds, f"--every {text!r}")
+    return check_every(seconds, f"--every {shown(text)}")
 
 
 def parse_cron(text: str) -> str:
@@ -69,14 +68,16 @@ def parse_cron(text: str) -> str:
     parts = text.split() if isinstance(text, str) else []
     if len(parts) != 5:
         raise DefinitionError(
-            f"--cron {text!r} is not a crontab: give 5 fields 'minute hour day-of-month "
+            f"--cron {shown(text)} is not a crontab: give 5 fields 'minute hour day-of-month "
             "month day-of-week', e.g. '*/5 * * * *'"
         )
     minute, hour, day_of_month, month_of_year, day_of_week = parts
     try:
         crontab(minute, hour, day_of_week, day_of_month, month_of_year)
     except Exception as exc:  # celery raises ValueError or its ParseException
-        raise DefinitionError(f"--cron {text!r} is not a valid crontab: {exc_line(exc)}") from None
+        raise DefinitionError(
+            f"--cron {shown(text)} is not a valid crontab: {exc_line(exc)}"
+        ) from None
     return " ".join(parts)
 
 
@@ -88,7 +89,7 @@ def parse_at(text: str) -> datetime:
         moment = None
     if moment is None or moment.tzinfo is None or moment.utcoffset() is None:
         raise DefinitionError(
-            f"--at {text!r} is not an ISO 8601 time with a UTC offset, "
+            f"--at {shown(text)} is not an ISO 8601 time with a UTC offset, "
             "e.g. 2026-12-01T09:00:00+01:00"
         )
     return moment
@@ -100,7 +101,7 @@ def parse_timezone(text: str) -> str:
         ZoneInfo(text)
     except Exception:  # ValueError, ZoneInfoNotFoundError (a KeyError), TypeError
         raise DefinitionError(
-            f"--timezone {text!r} is not a known IANA time zone, e.g. UTC or Europe/Paris"
+            f"--timezone {shown(text)} is not a known IANA time zone, e.g. UTC or Europe/Paris"
         ) from None
     return text
 
@@ -108,14 +109,15 @@ def parse_timezone(text: str) -> str:
 def check_priority(priority: Any) -> int:
     low, high = Limits.priority_range
     if type(priority) is not int or not low <= priority <= high:
-        raise DefinitionError(f"--priority {priority!r} is not an integer in [{low}, {high}]")
+        raise DefinitionError(f"--priority {shown(priority)} is not an integer in [{low}, {high}]")
     return priority
 
 
 def check_expires(expires: Any) -> float:
-    good = type(expires) in (int, float) and math.isfinite(expires) and expires > 0
+    # compared, not converted: an integer beyond a float's range is refused, never an OverflowError
+    good = type(expires) in (int, float) and 0 < expires <= sys.float_info.max
     if not good:
-        raise DefinitionError(f"--expires {expires!r} is not a positive number of seconds")
+        raise DefinitionError(f"--expires {shown(expires)} is not a positive number of seconds")
     return float(expires)
 
 
@@ -126,11 +128,19 @@ def check_name(name: Any) -> str:
 
 
 def check_every(seconds: float, what: str) -> float:
-    if not math.isfinite(seconds) or not Limits.min_every <= seconds <= Limits.max_every:
+    """``seconds`` (an int or a float, compared exactly: NaN, infinities and integers beyond a
+    float's range are refused) as a float within :class:`Limits`."""
+    if not Limits.min_every <= seconds <= Limits.max_every:
         raise DefinitionError(
             f"{what} must be between {Limits.min_every:g} s and {Limits.max_every:g} s"
         )
-    return seconds
+    return float(seconds)
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` for an error line, cut to ``limit`` characters (hostile data can be long)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def check_text(value: Any, what: str, empty: bool = False) -> str:
@@ -141,7 +151,7 @@ def check_text(value: Any, what: str, empty: bool = False) -> str:
     if len(value) > Limits.max_name:
         raise DefinitionError(f"{what} is longer than {Limits.max_name} characters")
     if not value.isprintable():
-        raise DefinitionError(f"{what} {value!r} contains control characters")
+        raise DefinitionError(f"{what} {shown(value)} contains control characters")
     return value
 
 

@@ -52,6 +52,7 @@ from beatleader.defchecks import (
     parse_cron,
     parse_every,
     parse_timezone,
+    shown,
 )
 from beatleader.schedtypes import OneOff, ZonedCrontab
 
@@ -223,7 +224,7 @@ def _from_json(value: Any) -> Definition:
         raise DefinitionError(f"kwargs must be a JSON object, not {json_kind(kwargs)}")
     enabled = value.get("enabled", True)
     if type(enabled) is not bool:
-        raise DefinitionError(f"enabled must be true or false, not {enabled!r}")
+        raise DefinitionError(f"enabled must be true or false, not {shown(enabled)}")
     changed_at = check_text(value.get("changed_at", ""), "changed_at", empty=True)
     if changed_at:
         _check_time(changed_at, "changed_at")
@@ -242,7 +243,7 @@ def _from_json(value: Any) -> Definition:
 def _task(task: Any) -> str:
     text = check_text(task, "task")
     if any(c.isspace() for c in text):
-        raise DefinitionError(f"task {text!r} is not a task name (no whitespace allowed)")
+        raise DefinitionError(f"task {shown(text)} is not a task name (no whitespace allowed)")
     return text
 
 
@@ -259,8 +260,8 @@ def _schedule(sched: Any) -> dict[str, Any]:
     if kind == "every":
         every = sched["every"]
         if type(every) not in (int, float):
-            raise DefinitionError(f"schedule every must be a number of seconds, not {every!r}")
-        return {"every": check_every(float(every), "schedule every")}
+            raise DefinitionError(f"schedule every must be a number of seconds, not {shown(every)}")
+        return {"every": check_every(every, "schedule every")}
     if kind == "crontab":
         spec = parse_cron(check_text(sched["crontab"], "schedule crontab"))
         zone = sched.get("timezone")
@@ -278,7 +279,7 @@ def _solar(sched: dict[str, Any]) -> dict[str, Any]:
     event = sched["solar"]
     events = sorted(solar._all_events)
     if event not in events:
-        raise DefinitionError(f"solar event {event!r} is not one of {', '.join(events)}")
+        raise DefinitionError(f"solar event {shown(event)} is not one of {', '.join(events)}")
     place = {}
     for name, bound in (("lat", 90.0), ("lon", 180.0)):
         number: Any = sched.get(name)
@@ -312,7 +313,7 @@ def _check_time(text: str, what: str) -> None:
     except ValueError:
         moment = None
     if moment is None or moment.tzinfo is None:
-        raise DefinitionError(f"{what} {text!r} is not an ISO 8601 time with a zone")
+        raise DefinitionError(f"{what} {shown(text)} is not an ISO 8601 time with a zone")
 
 
 def _no_constant(name: str) -> Any:

@@ -128,6 +128,10 @@ def mutate(**changes: Any) -> bytes:
         (mutate(options={"priority": 1.5}), "priority"),
         (mutate(options={"expires": 0}), "expires"),
         (mutate(options={"expires": "60"}), "expires"),
+        pytest.param(mutate(schedule={"every": 10**400}), "between", id="every-past-float"),
+        pytest.param(mutate(options={"expires": 10**400}), "expires", id="expires-past-float"),
+        pytest.param(mutate(options={"priority": 10**400}), "priority", id="priority-huge"),
+        pytest.param(mutate(options={"expires": "x" * 5000}), "expires", id="expires-long"),
         (mutate(options={"queue": ""}), "queue must not be empty"),
         (mutate(enabled="yes"), "enabled must be true or false"),
         (mutate(changed_by=5), "changed_by must be a string"),
@@ -140,6 +144,7 @@ def test_parse_refuses(data: bytes, needle: str) -> None:
     assert definition is None
     assert problem is not None and needle in problem
     assert "\n" not in problem
+    assert len(problem) < 300  # a hostile value is cut in the line that names it
 
 
 def test_validated_refuses_non_json_args() -> None:
