@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -120,7 +120,8 @@ def _planned(name: str, fields: Any) -> PlannedEntry:
     if not isinstance(fields, dict):
         return PlannedEntry(name)
     every: Any = fields.get("every")
-    good_every = type(every) in (int, float) and math.isfinite(every) and every > 0
+    # compared, not converted: an integer beyond a float's range is no interval, not an error
+    good_every = type(every) in (int, float) and 0 < every <= sys.float_info.max
     return PlannedEntry(
         name,
         _str_or_none(fields.get("task")),

@@ -76,6 +76,8 @@ def test_schedule_node_formats_old_and_new() -> None:
     assert decode_schedule(b'["a", "b"]') == {"a": PlannedEntry("a"), "b": PlannedEntry("b")}
     weird = decode_schedule(b'{"a": 1, "b": {"every": true, "schedule": 5}}')
     assert weird == {"a": PlannedEntry("a"), "b": PlannedEntry("b")}
+    huge = decode_schedule(json.dumps({"c": {"every": 10**400}, "d": {"every": -1e308}}).encode())
+    assert huge == {"c": PlannedEntry("c"), "d": PlannedEntry("d")}  # no OverflowError
     for garbage in (b"\xff", b"[1]", b"3", b""):
         assert decode_schedule(garbage) is None
 
