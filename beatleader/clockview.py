@@ -14,7 +14,7 @@ leader's last clock probe (``Scheduler.clock_probe_interval``, 60 s).
 from __future__ import annotations
 
 import json
-import math
+import sys
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -65,7 +65,9 @@ def read_clock(client: Any, root: str) -> ClockReading | None:
     identity, local_time = note.get("identity"), note.get("local_time")
     if not isinstance(identity, str) or isinstance(local_time, bool):
         return None
-    if not isinstance(local_time, int | float) or not math.isfinite(local_time):
+    if not isinstance(local_time, int | float):
+        return None
+    if not -sys.float_info.max <= local_time <= sys.float_info.max:  # compared, not converted
         return None
     server = stat.mtime / 1000.0
     at = datetime.fromtimestamp(server, timezone.utc).isoformat(timespec="milliseconds")

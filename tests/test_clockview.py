@@ -41,6 +41,7 @@ def test_a_sound_clock_gives_no_warning_and_garbage_reads_as_none(zk_client, zk_
         json.dumps({"local_time": "x"}).encode(),
         b'{"identity": "a", "local_time": NaN}',
         b'{"identity": "a", "local_time": true}',
+        json.dumps({"identity": "a", "local_time": 10**400}).encode(),  # past a float
     ):
         zk_client.set(path, garbage)
         assert read_clock(zk_client, zk_root) is None, garbage
