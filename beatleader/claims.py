@@ -20,20 +20,15 @@ Guarantees:
 * **Retries**: a ``d`` marker in state ``retrying`` with attempt ``a`` lets attempt ``a + 1``
   (celery's ``request.retries``) claim the run again, and no earlier attempt. A retry that finds
   an earlier attempt still holding the claim past the wait gets ``BUSY`` (requeue), never a drop.
-* **Bounded**: every :attr:`ClaimPolicy.prune_every`-th ordinal, the writer of a ``d`` marker
-  deletes the markers of that entry older than the retention (ZooKeeper's own ``ctime``, so no
-  worker clock is trusted) and raises the folder's floor to the highest ordinal it deleted. An
-  entry keeps about ``retention / interval + prune_every`` markers.
+* **Bounded**: markers older than the retention are pruned, under a floor raised first
+  (``claimmarkers.py``, which owns the markers, the floor and their JSON).
 
 Not guaranteed:
 
 * A worker whose session expires while its run executes loses its claim: a duplicate delivered
   after that can run concurrently. The completing worker logs it (``lost_claim``).
 * A run at or below the floor (older than the retention) is never executed again, even if it
-  never ran: set the retention longer than any redelivery delay of the broker (Redis
-  ``visibility_timeout``, SQS visibility) and any queue backlog.
-* Folders of entries removed from the schedule are not deleted (at most the markers of one
-  retention each).
+  never ran (``claimmarkers.py``).
 * Without ``zk_auth``, any ZooKeeper client can write here: a foreign ``d`` marker or floor
   silences runs (unreadable data is treated as "done", never as "run again"). With auth, the
   ACLs of ``client.acl_for`` keep other identities out.
@@ -42,11 +37,9 @@ Not guaranteed:
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -54,7 +47,18 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 from kazoo.protocol.states import ZnodeStat
 
-from beatleader import layout
+from beatleader.claimmarkers import (
+    MarkerFolder,
+    MarkerPolicy,
+    Outcome,
+    RunKey,
+    allows,
+    decode,
+    encode,
+    int_or_zero,
+)
+
+__all__ = ["ClaimPolicy", "ClaimStore", "MarkerPolicy", "Outcome", "RunKey", "Verdict"]
 
 
 class Verdict(Enum):
@@ -67,49 +71,22 @@ class Verdict(Enum):
     BUSY = "a previous attempt still holds the claim"  # a retry: requeue, do not drop
 
 
-class Outcome(Enum):
-    """How an execution ended, as recorded in its ``d`` marker (or not at all)."""
-
-    DONE = "done"
-    FAILED = "failed"
-    RETRYING = "retrying"
-    RELEASED = "released"  # no marker: the message comes back (requeue, worker shutdown)
-
-
-@dataclass(frozen=True)
-class RunKey:
-    """One run of one entry: the claim's folder and ordinal."""
-
-    folder: str
-    ordinal: int
-    entry: str
-    task_id: str
-
-    def __str__(self) -> str:
-        return f"task {self.task_id} (entry {self.entry!r} run {self.ordinal})"
-
-
-class ClaimPolicy:
-    """Tunables of the claim store; subclass or patch to tune."""
+class ClaimPolicy(MarkerPolicy):
+    """Tunables of the claim store; subclass or patch to tune (the markers': ``MarkerPolicy``)."""
 
     #: A claim of another session is waited for up to this many session timeouts (plus
     #: ``wait_margin``) before the delivery is called a duplicate of a live execution.
     wait_factor = 1.0
     #: Seconds added to the wait above.
     wait_margin = 1.0
-    #: Markers are pruned when a run whose ordinal is a multiple of this is finished.
-    prune_every = 32
-    #: Markers whose age is checked per round trip when pruning.
-    prune_batch = 200
-    #: Seconds a request may take (a request queued while disconnected waits for the
-    #: reconnection otherwise); past it: ``KazooTimeoutError``, the request may still execute.
-    request_timeout = 10.0
     #: Locks serialising the claims of one run within a process (striped by run).
     key_locks = 64
 
 
-class ClaimStore:
+class ClaimStore(MarkerFolder):
     """Claims of one worker process, through one started client (thread-safe)."""
+
+    policy: type[ClaimPolicy]
 
     def __init__(
         self,
@@ -133,18 +110,10 @@ class ClaimStore:
         #: Called with (key, message) when an execution finds its claim was lost.
         self.on_lost_claim: Callable[[RunKey, str], None] = lambda key, message: None
 
-    # -- paths ------------------------------------------------------------------------------
-
-    def folder_path(self, key: RunKey) -> str:
-        return f"{layout.dedup_path(self.root)}/{key.folder}"
+    # -- claim ------------------------------------------------------------------------------
 
     def _claim_path(self, key: RunKey) -> str:
         return f"{self.folder_path(key)}/r{key.ordinal:020d}"
-
-    def _marker_path(self, key: RunKey) -> str:
-        return f"{self.folder_path(key)}/d{key.ordinal:020d}"
-
-    # -- claim ------------------------------------------------------------------------------
 
     def acquire(
         self, key: RunKey, attempt: int, owner: dict[str, Any], *, patient: bool = False
@@ -171,7 +140,7 @@ class ClaimStore:
                 data, holder = self.zk.get(self._claim_path(key))
             except NoNodeError:
                 continue  # released meanwhile: look again
-            held_attempt = _int(_decode(data).get("attempt"))
+            held_attempt = int_or_zero(decode(data).get("attempt"))
             if holder.ephemeralOwner == self._session_id():
                 with self._lock:
                     running = self._running.get((key.folder, key.ordinal))
@@ -195,7 +164,7 @@ class ClaimStore:
             return verdict
         try:
             self.zk.create(
-                self._claim_path(key), _encode({**owner, "attempt": attempt}), ephemeral=True
+                self._claim_path(key), encode({**owner, "attempt": attempt}), ephemeral=True
             )
         except NodeExistsError:
             return None
@@ -211,7 +180,7 @@ class ClaimStore:
     def _settled(self, key: RunKey, attempt: int) -> Verdict | None:
         """DONE or EXPIRED when ``attempt`` of ``key`` may not run whoever claims it; else None."""
         marker = self._marker(key)
-        if marker is not None and not _allows(marker, attempt):
+        if marker is not None and not allows(marker, attempt):
             return Verdict.DONE
         if marker is None and key.ordinal <= self._floor(key):
             return Verdict.EXPIRED
@@ -238,7 +207,7 @@ class ClaimStore:
     def _write_claim(self, key: RunKey, attempt: int, owner: dict[str, Any], version: int) -> None:
         # our own node changed or vanished: finish() notices and reports
         with contextlib.suppress(BadVersionError, NoNodeError):
-            self.zk.set(self._claim_path(key), _encode({**owner, "attempt": attempt}), version)
+            self.zk.set(self._claim_path(key), encode({**owner, "attempt": attempt}), version)
 
     def _holder(self, key: RunKey) -> ZnodeStat | None:
         """The stat of ``key``'s claim, None when nobody holds it."""
@@ -266,7 +235,7 @@ class ClaimStore:
                 self._running.pop((key.folder, key.ordinal), None)
 
     def _write_marker(self, key: RunKey, outcome: Outcome, attempt: int) -> None:
-        data = _encode({"state": outcome.value, "attempt": attempt, "task_id": key.task_id})
+        data = encode({"state": outcome.value, "attempt": attempt, "task_id": key.task_id})
         claim = self._holder(key)
         if claim is None or claim.ephemeralOwner != self._session_id():
             self.on_lost_claim(key, "its claim expired while it executed (session lost)")
@@ -298,79 +267,7 @@ class ClaimStore:
             with contextlib.suppress(BadVersionError, NoNodeError):
                 self.zk.delete(self._claim_path(key), claim.version)
 
-    # -- pruning ----------------------------------------------------------------------------
-
-    def prune(self, key: RunKey) -> int:
-        """Delete ``key``'s entry's markers older than the retention; return how many."""
-        folder = self.folder_path(key)
-        now_stat = self.zk.exists(self._marker_path(key))
-        if now_stat is None:
-            return 0
-        horizon_ms = now_stat.ctime - int(self.retention * 1000)
-        markers = sorted(
-            int(name[1:])
-            for name in self.zk.get_children(folder)
-            if name.startswith("d") and name[1:].isdigit()
-        )
-        deleted: list[int] = []
-        for start in range(0, len(markers), self.policy.prune_batch):
-            batch = markers[start : start + self.policy.prune_batch]
-            old = self._older_than(folder, batch, horizon_ms)
-            if old:
-                # the floor first: a run whose marker is gone must already count as expired
-                self._raise_floor(key, max(old))
-                self._delete_markers(folder, old)
-                deleted.extend(old)
-            if len(old) < len(batch):
-                break  # markers are created in about ordinal order: the rest are younger
-        return len(deleted)
-
-    def _older_than(self, folder: str, ordinals: list[int], horizon_ms: int) -> list[int]:
-        asyncs = [(n, self.client.exists_async(f"{folder}/d{n:020d}")) for n in ordinals]
-        old = []
-        for ordinal, result in asyncs:
-            stat = result.get(timeout=self.policy.request_timeout)
-            if stat is not None and stat.ctime < horizon_ms:
-                old.append(ordinal)
-        return old
-
-    def _delete_markers(self, folder: str, ordinals: list[int]) -> None:
-        pending = [self.client.delete_async(f"{folder}/d{n:020d}") for n in ordinals]
-        for result in pending:
-            with contextlib.suppress(NoNodeError):  # another worker pruned it
-                result.get(timeout=self.policy.request_timeout)
-
-    def _raise_floor(self, key: RunKey, ordinal: int) -> None:
-        path = self.folder_path(key)
-        while True:
-            data, stat = self.zk.get(path)
-            if _floor_of(data) >= ordinal:
-                return
-            try:
-                self.zk.set(path, _encode({"floor": ordinal}), stat.version)
-                return
-            except BadVersionError:
-                continue
-
-    def _floor(self, key: RunKey) -> int:
-        data, _ = self.zk.get(self.folder_path(key))
-        return _floor_of(data)
-
     # -- helpers ----------------------------------------------------------------------------
-
-    def _ensure_folder(self, key: RunKey) -> None:
-        if key.folder in self._folders:
-            return
-        with contextlib.suppress(NodeExistsError):
-            self.zk.create(self.folder_path(key), _encode({"floor": 0}), makepath=True)
-        self._folders.add(key.folder)
-
-    def _marker(self, key: RunKey) -> dict[str, Any] | None:
-        try:
-            data, _ = self.zk.get(self._marker_path(key))
-        except NoNodeError:
-            return None
-        return _decode(data)
 
     def _session_id(self) -> int | None:
         client_id = self.client.client_id
@@ -383,14 +280,6 @@ class ClaimStore:
     @staticmethod
     def _now() -> float:
         return time.monotonic()
-
-    def markers(self, key: RunKey) -> list[int]:
-        """The ordinals of ``key``'s entry that have a ``d`` marker (for tests and status)."""
-        return sorted(
-            int(name[1:])
-            for name in self.zk.get_children(self.folder_path(key))
-            if name.startswith("d") and name[1:].isdigit()
-        )
 
 
 class _Bounded:
@@ -407,31 +296,3 @@ class _Bounded:
             return call(*args, **kwargs).get(timeout=self._timeout)
 
         return bounded
-
-
-def _allows(marker: dict[str, Any], attempt: int) -> bool:
-    """Whether a delivery with ``attempt`` may run after ``marker`` (only a later retry may)."""
-    if marker.get("state") != Outcome.RETRYING.value:
-        return False
-    previous = marker.get("attempt")
-    return isinstance(previous, int) and attempt > previous
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _floor_of(data: bytes) -> int:
-    return _int(_decode(data).get("floor"))
-
-
-def _encode(value: dict[str, Any]) -> bytes:
-    return json.dumps(value, sort_keys=True).encode()
-
-
-def _decode(data: bytes | None) -> dict[str, Any]:
-    try:
-        value = json.loads(data.decode()) if data else None
-    except (UnicodeDecodeError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}

@@ -1,86 +1,64 @@
-"""The leader's half of the tick: plan, commit, publish from the outbox, mark (steps 3 to 6).
+"""The leader's half of the tick: plan, commit, then publish from the outbox (steps 3 to 6).
 
 :class:`LeadingScheduler` is the base of :class:`beatleader.Scheduler`, which adds the celery hooks,
 the ZooKeeper session, the takeover and the clock; the algorithm and its guarantees are described
 in ``scheduler.py``'s docstring, the pure decisions (outbox, marks, backoff) in ``planning.py``.
+What becomes of a committed run (publish, renew, give up, mark) is its base's,
+:class:`beatleader.publishing.PublishingScheduler`.
 
 Guarantees kept here: a run is put in the outbox only once its state (``published=false``) has
-committed; it leaves the outbox only when the broker accepted it (``apply_async`` raised nothing),
-and only then is it marked published; a commit and the publishes after it run with SIGTERM/SIGINT
-held; a run older than the publish window is committed again before it is published.
+committed; a commit and the publishes after it run with SIGTERM/SIGINT held; each batch of writes
+is published right after its commit, before the next batch is sent; a run older than the publish
+window is committed again before it is published (its renewal joins the next commit); an entry
+whose write ZooKeeper refused is retried with backoff, the others go on; a failed fence steps down,
+a conflict or an uncertain commit reloads the state.
+
+Not guaranteed: the batches after a failed one are not tried in that tick (a reload or a new leader
+plans them); an entry whose heap event is popped while its run is in the outbox waits for that run
+to leave it (missed runs coalesce).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import heapq
 import logging
 import time
 from typing import Any
 
 from celery import beat
-from celery.utils.time import maybe_make_aware
-from kombu.exceptions import OperationalError
 
 from beatleader import layout, sigmask
-from beatleader.config import Settings
-from beatleader.election import LeaderElection
 from beatleader.layout import EntryState
-from beatleader.observe import Observers
-from beatleader.planning import Backoff, Marks, Outbox, Pending, Run, lateness_of, utc_iso
+from beatleader.planning import Backoff, Pending, Run, lateness_of, utc_iso
+from beatleader.publishing import PublishingScheduler
 from beatleader.state import CommitOutcome, StateStore, StoredState, Write
 
 logger = logging.getLogger("beatleader.scheduler")
 
 
-class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
+class LeadingScheduler(PublishingScheduler):
     """Steps 3 to 6 of the tick; :class:`beatleader.Scheduler` is the class to use."""
 
-    #: A committed run is published only within this fraction of the session timeout after its
-    #: commit (monotonic clock); later it is committed again first, or left to the successor.
-    publish_window_fraction = 0.5
-    #: First and longest delay between publish attempts of a run the broker refused.
-    publish_retry_first = 0.25
-    publish_retry_max = 5.0
     #: First and longest delay before writing again an entry whose write ZooKeeper refused.
     entry_retry_first = 1.0
     entry_retry_max = 60.0
-    #: Seconds a published run's mark waits for its entry's next commit to carry it.
-    mark_delay = 1.5
 
-    settings: Settings
-    observers: Observers
     _store: StateStore | None
-    _election: LeaderElection | None
-    _stored: dict[str, StoredState]
     _loaded_generation: int
     _next_probe: float
-    _heap: list[Any] | None
     old_schedulers: dict[str, Any] | None
 
     def _init_leading(self, session_timeout: float) -> None:
-        window = session_timeout * self.publish_window_fraction
-        self._outbox = Outbox(window, Backoff(self.publish_retry_first, self.publish_retry_max))
-        self._marks = Marks(self.mark_delay)
-        self._broker_backoff = Backoff(self.publish_retry_first, self.publish_retry_max)
+        self._init_publishing(session_timeout)
         self._entry_backoff = Backoff(self.entry_retry_first, self.entry_retry_max)
         self._max_seen: dict[str, int] = {}
-        self._reported: dict[str, str] = {}
 
     def _on_server_clock(self, entry: beat.ScheduleEntry) -> None:
         raise NotImplementedError
 
     def _probe_clock(self) -> None:
         raise NotImplementedError
-
-    def _report(self, key: str, kind: str, detail: str, level: int = logging.ERROR) -> None:
-        """Log ``detail`` and tell the observers, once per change of ``detail`` under ``key``."""
-        if self._reported.get(key) == detail:
-            return
-        self._reported[key] = detail
-        logger.log(level, "beatleader: %s", detail)
-        self.observers.problem(kind, detail)
 
     def _see(self, name: str, ordinal: int) -> None:
         if ordinal > self._max_seen.get(name, 0):
@@ -119,22 +97,6 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
     def _requested_runs(self, planned: set[str]) -> list[Run]:
         """Extra runs asked for now (``runtime.py``), of entries not in ``planned``; none here."""
         return []
-
-    def safe_is_due(self, entry: beat.ScheduleEntry) -> tuple[bool, float]:
-        """``is_due(entry)``; when it raises, logged and "not due, ask again in max_interval".
-
-        One broken entry must not stop the others (celery before 5.7 let it stop the tick).
-        """
-        try:
-            is_due, next_time_to_run = self.is_due(entry)
-        except Exception:
-            logger.exception(
-                "beatleader: cannot tell when %r is due; trying again in %g s",
-                entry.name,
-                self.max_interval,
-            )
-            return False, float(self.max_interval)
-        return bool(is_due), float(next_time_to_run)
 
     def _pop_due(self) -> list[tuple[beat.ScheduleEntry, float]]:
         """Every heap event whose time has come and whose entry agrees it is due."""
@@ -213,47 +175,6 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
         version = stored.version if stored is not None else None
         return Write(run.entry.name, state, version, consume=run.request)
 
-    def _renew_write(self, pending: Pending, abandon: bool = False) -> Write | None:
-        """The same unpublished run, committed again: proves the fence before a late publish.
-
-        ``abandon``: the run is later than ``misfire_grace``; it is given up as celery gives up a
-        misfired run: recorded as done (``published=true``) without publishing it.
-        """
-        stored = self._stored.get(pending.name)
-        if stored is None or stored.state is None:
-            return None
-        state = dataclasses.replace(
-            stored.state, written_by=self.settings.identity, published=abandon
-        )
-        return Write(pending.name, state, stored.version)
-
-    def _too_late(self, pending: Pending) -> bool:
-        grace = self.settings.misfire_grace
-        if grace is None or pending.entry.last_run_at is None:
-            return False
-        late = (
-            pending.entry.default_now() - maybe_make_aware(pending.entry.last_run_at)
-        ).total_seconds()
-        if late <= grace:
-            return False
-        logger.warning(
-            "beatleader: giving up run %d of %r: committed %.1f s ago and not known to be "
-            "published, more than misfire_grace %g s",
-            pending.ordinal,
-            pending.name,
-            late,
-            grace,
-        )
-        return True
-
-    def _mark_write(self, name: str, ordinal: int) -> Write | None:
-        stored = self._stored.get(name)
-        if stored is None or stored.state is None or stored.state.total_run_count != ordinal:
-            self._marks.discard(name)
-            return None
-        state = dataclasses.replace(stored.state, published=True, written_by=self.settings.identity)
-        return Write(name, state, stored.version)
-
     def _commit_and_publish(
         self, runs: list[Run], renewals: list[Pending], marks: list[tuple[str, int]]
     ) -> None:
@@ -306,13 +227,6 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
             self.observers.committed(len(outcome.committed), time.monotonic() - started)
         self._adopt(chunk, outcome)
         return outcome
-
-    def _renewed(self, pending: Pending, write: Write, committed_at: float) -> None:
-        if write.state.published:  # given up past misfire_grace
-            self._outbox.published(pending.name)
-            self._requeue(pending)
-        else:
-            self._outbox.renewed(pending.name, committed_at)
 
     def _adopt(self, writes: list[Write], outcome: CommitOutcome) -> None:
         for write in writes:
@@ -377,96 +291,3 @@ class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
                 len(outcome.uncertain),
             )
             self._loaded_generation = 0
-
-    def _publish_outbox(self) -> None:
-        """Publish every outbox run this leader committed within the publish window."""
-        if not self._broker_backoff.ready("broker", time.monotonic()):
-            return
-        election = self._election
-        for pending in self._outbox.attempts_due(time.monotonic()):
-            if election is None or not election.is_leader:
-                return  # stepped down (resigned, suspended, fence failed): leave it to the next
-            if not self._outbox.fresh(pending, time.monotonic()):
-                logger.info(
-                    "beatleader: run %d of %r is past its publish window (%.1f s after its "
-                    "commit); it is committed again (fenced) before it is published",
-                    pending.ordinal,
-                    pending.name,
-                    self._outbox.window,
-                )
-                continue
-            try:
-                task_id = self.publish_run(pending.entry, pending.ordinal, pending.incarnation)
-            except Exception as exc:
-                if not self._publish_failed(pending, exc):
-                    return
-                continue
-            self._published(pending, task_id)
-
-    def publish_run(
-        self, entry: beat.ScheduleEntry, ordinal: int, incarnation: str | None = None
-    ) -> str:
-        """Publish run ``ordinal`` of ``entry`` with its task id and run headers; raise if not."""
-        task_id = self._task_id(entry.name, ordinal, incarnation)
-        message = copy.copy(entry)
-        headers = {
-            **(entry.options.get("headers") or {}),
-            **layout.run_headers(self.settings.path, entry.name, ordinal, incarnation),
-        }
-        message.options = {**entry.options, "task_id": task_id, "headers": headers}
-        logger.info("Scheduler: Sending due task %s (%s)", entry.name, entry.task)
-        self.apply_async(message, producer=self.producer, advance=False)
-        return task_id
-
-    def _published(self, pending: Pending, task_id: str) -> None:
-        now = time.monotonic()
-        self._outbox.published(pending.name)
-        self._broker_backoff.succeeded("broker")
-        self._marks.add(pending.name, pending.ordinal, now)
-        self.observers.sent(pending.name, task_id, pending.lateness)
-        self._requeue(pending)
-
-    def _requeue(self, pending: Pending) -> None:
-        """An entry whose run left the outbox goes back on the heap."""
-        entry, delay = pending.entry, pending.delay
-        current = self.schedule.get(pending.name)
-        if current is None or self._heap is None:
-            return
-        if current is not entry:  # changed while its run was out (``dynamic.py``)
-            entry, delay = current, None
-        if delay is None:
-            is_due, next_time_to_run = self.safe_is_due(entry)
-            delay = 0.0 if is_due else next_time_to_run
-        heapq.heappush(self._heap, beat.event_t(self._when(entry, delay or 0.0), 5, entry))
-
-    def _publish_failed(self, pending: Pending, exc: Exception) -> bool:
-        """Back off; returns whether to go on with the other runs (False: the broker is down)."""
-        now = time.monotonic()
-        broker_down = self._is_broker_error(exc)
-        delay = (self._broker_backoff if broker_down else self._outbox.retry).failed(
-            "broker" if broker_down else pending.name, now
-        )
-        logger.warning(
-            "beatleader: could not publish run %d of %r (%s); it stays committed and "
-            "unpublished, next attempt in %.2f s",
-            pending.ordinal,
-            pending.name,
-            exc,
-            delay,
-        )
-        self._report(
-            f"publish:{pending.name}", "publish", f"publish failed: {exc}", logging.WARNING
-        )
-        return not broker_down
-
-    def _is_broker_error(self, exc: BaseException) -> bool:
-        errors = (OperationalError, ConnectionError, OSError, *self.connection.connection_errors)
-        seen: BaseException | None = exc
-        while seen is not None:
-            if isinstance(seen, errors):
-                return True
-            seen = seen.__cause__ or seen.__context__
-        return False
-
-    def _task_id(self, name: str, ordinal: int, incarnation: str | None) -> str:
-        return layout.run_task_id(self.settings.path, name, ordinal, incarnation)
