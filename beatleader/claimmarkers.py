@@ -199,6 +199,6 @@ def encode(value: dict[str, Any]) -> bytes:
 def decode(data: bytes | None) -> dict[str, Any]:
     try:
         value = json.loads(data.decode()) if data else None
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: deep nesting
         return {}
     return value if isinstance(value, dict) else {}

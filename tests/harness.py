@@ -25,6 +25,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
 from beatleader import layout
+from beatleader.claimmarkers import decode as decode_object
 from beatleader.client import make_client
 from beatleader.config import Settings
 from beatleader.election import CONTENDER_MARKER, sorted_contenders
@@ -449,7 +450,7 @@ def contenders(client: KazooClient, root: str) -> list[dict[str, Any]]:
             data, stat = client.get(f"{path}/{node}")
         except NoNodeError:  # its session ended while we were reading
             continue
-        found.append({**_json_object(data), "node": node, "session_id": stat.ephemeralOwner})
+        found.append({**decode_object(data), "node": node, "session_id": stat.ephemeralOwner})
     return found
 
 
@@ -465,12 +466,4 @@ def entry_state(client: KazooClient, root: str, name: str) -> dict[str, Any] | N
         data, _ = client.get(layout.entry_path(root, name))
     except NoNodeError:
         return None
-    return _json_object(data)
-
-
-def _json_object(data: bytes | None) -> dict[str, Any]:
-    try:
-        value = json.loads(data.decode()) if data else None
-    except (UnicodeDecodeError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
+    return decode_object(data)

@@ -221,3 +221,19 @@ def test_a_request_to_an_unresponsive_zookeeper_is_bounded(
             private_zk_server.resume()
         store.finish(key(1), Outcome.DONE, 0)  # the same session goes on once it answers
         assert store.acquire(key(1), 0, OWNER) is Verdict.DONE
+
+
+@pytest.mark.parametrize("garbage", [b"\xff", b"[" * 100_000, b"[]", b'{"attempt": 1e999}'])
+def test_hostile_marker_and_claim_data_decide_without_raising(
+    stores: list[ClaimStore], zk_server: ZooKeeperServer, garbage: bytes
+) -> None:
+    """A marker any client wrote is a finished run (never run again); a foreign claim a live
+    holder (waited for). Neither raises in the worker, whatever its bytes."""
+    a, b = stores
+    marked = key(1)
+    a.zk.create(a._marker_path(marked), garbage, makepath=True)
+    assert a.acquire(marked, 0, OWNER) is Verdict.DONE
+    with connected_client(zk_server.hosts, timeout=2) as other:
+        held = key(2)
+        other.create(a._claim_path(held), garbage, makepath=True, ephemeral=True)
+        assert b.acquire(held, 0, OWNER) is Verdict.RUNNING
