@@ -200,24 +200,28 @@ class ServerClock:
     """``offset`` = ZooKeeper server time - local time, from writes whose ``mtime`` is known."""
 
     #: Samples whose round trip took longer than this are too imprecise and ignored (a sample's
-    #: error is at most half its round trip, plus the millisecond resolution of ``mtime``).
+    #: error is at most its round trip, plus the millisecond resolution of ``mtime``).
     max_round_trip: float = 0.05
     offset: float = 0.0
     known: bool = False
 
     def sample(self, local_before: float, local_after: float, server: float) -> bool:
-        """Take one sample: a write sent at ``local_before``, answered at ``local_after``.
+        """Take one sample: a write sent at ``local_before``, answered at ``local_after``, whose
+        ``mtime`` (whole milliseconds of ZooKeeper's time) is ``server``.
 
-        Returns False when the sample is too imprecise. A sample whose error bound contains the
-        current offset leaves it alone, so the schedule does not jitter with every probe.
+        ZooKeeper stamps a write when its leader prepares it, before the log sync and the quorum
+        round that take most of the round trip, so the stamp is near the send: the offset taken
+        is ``server - local_before``, too high by the one-way delay to the ZooKeeper leader (a
+        midpoint would be too low by half the sync and quorum time). The true offset lies in
+        ``(server - local_after, server + 1 ms - local_before]``; a sample whose interval holds
+        the current offset leaves it alone, so the schedule does not jitter with every probe.
+        Returns False when the sample is too imprecise (a round trip over ``max_round_trip``).
         """
-        round_trip = local_after - local_before
-        if round_trip > self.max_round_trip:
+        if local_after - local_before > self.max_round_trip:
             return False
-        offset = server - (local_before + local_after) / 2.0
-        if self.known and abs(offset - self.offset) <= round_trip / 2.0 + 0.001:
+        if self.known and server - local_after < self.offset <= server + 0.001 - local_before:
             return True
-        self.offset, self.known = offset, True
+        self.offset, self.known = server - local_before, True
         return True
 
 

@@ -7,6 +7,8 @@ import time
 
 from beatleader import layout
 from beatleader.clockview import clock_note, read_clock
+from beatleader.planning import ServerClock
+from beatleader.state import StateStore
 from beatleader.status import read_status
 from tests.cluster import ENTRY, every, schedule_env, wait_for_messages
 from tests.harness import FilesystemBroker, wait_for
@@ -46,3 +48,20 @@ def test_a_sound_clock_gives_no_warning_and_garbage_reads_as_none(zk_client, zk_
         zk_client.set(path, garbage)
         assert read_clock(zk_client, zk_root) is None, garbage
         assert read_status(zk_client, zk_root).clock is None
+
+
+def test_zookeeper_stamps_a_write_between_its_send_and_its_reply(zk_client, zk_root) -> None:
+    """What ``ServerClock.sample`` rests on, on the suite's real ZooKeeper. It runs on this
+    machine's clock, so the true offset is 0: each ``mtime`` (whole ms) lies between the send
+    and the reply, and the offset taken from the send time lies in (-1 ms, the round trip]."""
+    store = StateStore(zk_client, zk_root)
+    clock = ServerClock(max_round_trip=10.0)
+    longest = 0.0
+    for _ in range(50):
+        before = time.time()
+        server = store.server_time()
+        after = time.time()
+        assert before - 0.001 < server <= after
+        longest = max(longest, after - before)
+        assert clock.sample(before, after, server)
+        assert -0.001 < clock.offset <= longest + 0.001

@@ -58,19 +58,21 @@ def test_marks_ripen_after_their_delay() -> None:
     assert marks.items() == [("b", 2)] and marks.get("b") == 2 and len(marks) == 1
 
 
-def test_server_clock_takes_the_midpoint_and_ignores_slow_samples() -> None:
+def test_server_clock_takes_the_send_time_and_ignores_slow_samples() -> None:
     clock = ServerClock(max_round_trip=0.5)
-    assert clock.sample(100.0, 100.2, 125.1) and clock.offset == pytest.approx(25.0)
-    assert not clock.sample(100.0, 101.0, 90.0) and clock.offset == pytest.approx(25.0)
-    assert ServerClock().max_round_trip <= 0.05  # the default: at most 25 ms of error
+    assert clock.sample(100.0, 100.2, 125.1) and clock.offset == pytest.approx(25.1)
+    assert not clock.sample(100.0, 101.0, 90.0) and clock.offset == pytest.approx(25.1)
+    assert ServerClock().max_round_trip <= 0.05  # the default: at most 50 ms of error
 
 
 def test_server_clock_keeps_its_offset_while_samples_agree_within_their_error() -> None:
     clock = ServerClock(max_round_trip=0.5)
     clock.sample(100.0, 100.002, 125.001)
-    assert clock.offset == pytest.approx(25.0)
-    assert clock.sample(200.0, 200.04, 225.035) and clock.offset == pytest.approx(25.0)
-    assert clock.sample(300.0, 300.002, 325.101) and clock.offset == pytest.approx(25.1)
+    assert clock.offset == pytest.approx(25.001)
+    # the truth lies in (225.035 - 200.04, 225.036 - 200.0]: 25.001 is in it
+    assert clock.sample(200.0, 200.04, 225.035) and clock.offset == pytest.approx(25.001)
+    # (325.101 - 300.002, 325.102 - 300.0] does not hold 25.001: the new sample is taken
+    assert clock.sample(300.0, 300.002, 325.101) and clock.offset == pytest.approx(25.101)
 
 
 def stored(state: EntryState | None, version: int = 5, problem: str = "") -> StoredState:
