@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Protocol
 
 from beatleader.testing.localproc import LoggedProcess
-from beatleader.testing.localzk import ZooKeeperEnsemble, ZooKeeperServer, missing_requirements
+from beatleader.testing.localzk import ZooKeeperServer, missing_requirements
+from beatleader.testing.zkensemble import ZooKeeperEnsemble
 
 SCRIPTS_DIR = Path(__file__).resolve().parent
 DEMO_APP = "demo_app"

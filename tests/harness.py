@@ -30,7 +30,8 @@ from beatleader.client import make_client
 from beatleader.config import Settings
 from beatleader.election import CONTENDER_MARKER, sorted_contenders
 from beatleader.testing.localproc import LoggedProcess
-from beatleader.testing.localzk import ZooKeeperEnsemble, ZooKeeperServer, free_port
+from beatleader.testing.localzk import ZooKeeperServer, free_port
+from beatleader.testing.zkensemble import ZooKeeperEnsemble
 
 __all__ = [
     "REPO_ROOT",
