@@ -112,6 +112,7 @@ class ReadCounter:
 
         def counted(request: Any, async_object: Any) -> Any:
             self.requests += 1
+            self.kinds.append(type(request).__name__)
             if request.type == MULTI_READ:
                 self.paths.extend(request.paths)
             elif request.type in self.SINGLE_READS:
@@ -131,6 +132,7 @@ class ReadCounter:
 
     def reset(self) -> None:
         self.requests = 0
+        self.kinds: list[str] = []
         self.paths: list[str] = []
 
 
@@ -152,6 +154,8 @@ class ChangeCost:
     reads: int
     #: Requests of the leader's session in that time (the server's ``lcxid``; None: not read).
     requests: int | None
+    #: What the leader's client sent meanwhile, by request type (every request, reads or not).
+    sent: tuple[str, ...]
     #: Seconds from the write to the change applied, the leader ticking every ``TICK`` s.
     seconds: float
 
@@ -212,6 +216,9 @@ def measure_scale(
             _, takeover_s = timed(scheduler.tick)
             assert len(scheduler.dynamic_names) == count, len(scheduler.dynamic_names)
             takeover_reads, takeover_requests = counter.total, counter.requests
+            # the takeover's SetWatches are not waited for: one round trip drains them (a
+            # session's requests are answered in order), so the server's count starts after them
+            scheduler._zk.exists("/")
             session = scheduler._zk.client_id[0]
             steps: list[tuple[str, Callable[[], None], Callable[[], bool]]] = [
                 (
@@ -241,7 +248,8 @@ def measure_scale(
                 seconds = time.perf_counter() - started
                 after = _lcxid(server, session)
                 requests = after - before if after is not None and before is not None else None
-                changes.append(ChangeCost(what, counter.total, requests, seconds))
+                sent = tuple(counter.kinds)
+                changes.append(ChangeCost(what, counter.total, requests, sent, seconds))
         finally:
             scheduler.close()
     return ScaleFigures(

@@ -66,5 +66,6 @@ def test_ten_thousand_definitions_load_on_takeover_and_a_change_costs_o1_reads(
     assert by_what["add one"].reads == 3  # the listing, the new node, its run state
     assert by_what["remove one"].reads == 1  # the listing
     for change in figures.changes:
-        assert change.requests is None or change.requests == change.reads
+        # the server counted what the client sent (a clock probe or a mark may fall in the window)
+        assert change.requests is None or change.requests == len(change.sent), change
         assert change.seconds < 1.0
