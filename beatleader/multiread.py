@@ -32,7 +32,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import EXCEPTIONS, MarshallingError, NoNodeError, UnimplementedError
+from kazoo.exceptions import (
+    EXCEPTIONS,
+    ConnectionClosedError,
+    ConnectionLoss,
+    MarshallingError,
+    NoNodeError,
+    SessionExpiredError,
+    UnimplementedError,
+)
 from kazoo.interfaces import IAsyncResult
 from kazoo.protocol.serialization import (
     MultiHeader,
@@ -61,6 +69,9 @@ MAX_WATCH_BYTES = 128 * 1024
 
 #: Fewer reads than this go node by node (one request each, the watch set with the read).
 MIN_BATCH = 8
+
+#: Errors that mean the connection or session went away (not a refusal of the request).
+CONNECTION_LOST = (ConnectionLoss, ConnectionClosedError, SessionExpiredError)
 
 Watcher = Callable[[WatchedEvent], None]
 Result = tuple[bytes, ZnodeStat]
@@ -247,10 +258,28 @@ def _set_watches(client: KazooClient, paths: list[str], watch: Watcher, zxid: in
         chunk.append(path)
         size += len(path) + 4
         if size >= MAX_WATCH_BYTES:
-            _send(client, SetWatches(zxid, chunk), 0)
+            _send_watches(client, SetWatches(zxid, chunk))
             chunk, size = [], 0
     if chunk:
-        _send(client, SetWatches(zxid, chunk), 0)
+        _send_watches(client, SetWatches(zxid, chunk))
+
+
+def _send_watches(client: KazooClient, request: SetWatches) -> None:
+    """Send ``request`` without waiting; a refusal is logged (a lost connection ends the
+    leadership that asked for the watches, so it is not)."""
+    reply = _send(client, request, 0)[0].batch
+
+    def check(done: IAsyncResult) -> None:
+        error = done.exception
+        if error is not None and not isinstance(error, CONNECTION_LOST):
+            logger.error(
+                "beatleader: ZooKeeper refused %r (%r): changes of those nodes are seen at the "
+                "next takeover",
+                request,
+                error,
+            )
+
+    reply.rawlink(check)
 
 
 def _send(client: KazooClient, request: Any, count: int) -> list[_BatchResult]:

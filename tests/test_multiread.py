@@ -216,3 +216,19 @@ def test_a_server_without_multi_read_is_read_node_by_node(
     counter = ReadCounter(fresh_client)
     assert read_all(fresh_client, nodes[:100]) == expected
     assert counter.requests == 100  # node by node from now on
+
+
+def test_a_refused_set_watches_is_logged(
+    fresh_client: KazooClient, zk_root: str, nodes: list[str], monkeypatch: Any, caplog: Any
+) -> None:
+    """Nobody waits for a SetWatches reply: a refusal must still say so (an opcode ZooKeeper
+    does not know stands in for a refusal; the connection closes after it, the session lives)."""
+    monkeypatch.setattr(multiread.SetWatches, "type", 98)
+    fresh_client.get_children(zk_root)
+    assert read_all(fresh_client, nodes[:20], watch=Events()) == [(b"x" * n, 0) for n in range(20)]
+    wait_for(
+        lambda: [r for r in caplog.records if "refused SetWatches(20 data watches" in r.message],
+        10,
+        message="one ERROR line for the refused request",
+    )
+    assert [r.levelname for r in caplog.records if "refused" in r.message] == ["ERROR"]
