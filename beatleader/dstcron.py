@@ -71,7 +71,7 @@ class Shift(NamedTuple):
 
 def plain(moment: datetime) -> bool:
     """True when the wall time of ``moment`` (aware) occurs exactly once in its zone."""
-    return moment.replace(fold=0).utcoffset() == moment.replace(fold=1).utcoffset()
+    return moment.utcoffset() == moment.replace(fold=1 - moment.fold).utcoffset()
 
 
 def shift_at(tz: tzinfo, wall: datetime) -> Shift | None:

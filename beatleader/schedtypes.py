@@ -19,7 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from celery.schedules import crontab, schedule
-from celery.utils.time import ffwd, remaining
+from celery.utils.time import ffwd
 
 from beatleader.dstcron import next_run, plain
 
@@ -92,11 +92,14 @@ class ZonedCrontab(crontab):  # type: ignore[misc]
             self.tz = ZoneInfo(zone)  # a cached property: this instance's value wins
 
     def remaining_estimate(self, last_run_at: datetime, ffwd: type = ffwd) -> timedelta:
+        last: datetime
+        now: datetime
         last, delta, now = self.remaining_delta(last_run_at, ffwd=ffwd)
-        if plain(last) and plain(last + delta):
-            return remaining(last, delta, now)  # type: ignore[no-any-return]  # celery's own
+        candidate: datetime = last + delta  # what celery's ``remaining`` adds, then subtracts
+        if plain(last) and plain(candidate):  # no offset change involved: celery's answer
+            return candidate.astimezone(timezone.utc) - now.astimezone(timezone.utc)
         following = next_run(last, self._successor, self.hour == self.all_hours)
-        return following - now  # type: ignore[no-any-return]
+        return following - now
 
     def _successor(self, wall: datetime) -> datetime:
         """celery's first matching wall time after naive ``wall`` (read in this zone)."""
