@@ -16,12 +16,16 @@ the gap is long. :func:`next_run` answers "the first run after this instant" as 
 
 Guarantees: the caller (:class:`beatleader.schedtypes.ZonedCrontab`) asks only when the instant
 after which it looks, or celery's candidate, has a wall time that is repeated or skipped;
-otherwise celery's own answer is used unchanged. The work here is bounded: a few calls of the
-crontab's own wall-time successor (celery's arithmetic, a "first matching wall time after"
-function) and one bisection over the seconds of one transition (about 12 steps per hour of
-shift), never a walk minute by minute.
+otherwise celery's own answer is used unchanged (and is then cron's too: celery's candidate is
+the first matching wall time after the last run's, so a run that cron would add or move lies
+in a repeated or skipped wall time no later than the candidate). Checked against a
+minute-by-minute reference of cron's rules in zones with 1 h, 30 min and 2 h changes, at
+01:00, 02:00 and midnight local (tests/test_dst_crontab.py). The work here is bounded: a few
+calls of the crontab's own wall-time successor (celery's arithmetic, a "first matching wall
+time after" function) and a bisection over the seconds around one transition (about 12 steps
+for a one-hour change), never a walk minute by minute.
 
-Not guaranteed: a zone whose offset changes by more than the gap between two of its
+Not guaranteed: a zone whose offset changes by more than the time between two of its
 transitions (no tz database zone does); a tzinfo that does not follow PEP 495 (``fold``): its
 wall times all read as plain and celery's answer stands; cronie's special case of changes of
 three hours or more (a clock or zone correction): every offset change is treated alike here.

@@ -15,6 +15,7 @@ import copy
 import pickle
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from celery import Celery
@@ -201,6 +202,101 @@ def test_quiet_day_uses_celery_arithmetic_only(monkeypatch: pytest.MonkeyPatch) 
         datetime(2026, 10, 24, 10, tzinfo=UTC),
         datetime(2026, 10, 25, 11, tzinfo=UTC),
     ]
+
+
+# -- against a minute-by-minute reference of cron's rules, in zones with odd transitions ------
+
+MINUTE = timedelta(minutes=1)
+REFERENCE_SPECS = [
+    "0 * * * *",
+    "*/30 * * * *",
+    "*/20 * * * *",
+    "45 * * * *",
+    "0 * * * 0",
+    "30 2 * * *",
+    "0 2 * * *",
+    "15 1 * * *",
+    "30 1 * * *",
+    "*/15 2 * * *",
+    "*/20 1-3 * * *",
+    "0 0 * * *",
+    "30 23 * * *",
+    "0 0,23 * * *",
+    "59 23 * * *",
+]
+
+
+def transitions(zone: str, year: int) -> list[datetime]:
+    """The instants (UTC, to the minute) at which ``zone``'s UTC offset changes in ``year``."""
+    tz, found = ZoneInfo(zone), []
+    moment = datetime(year, 1, 1, tzinfo=UTC)
+    while moment.year == year:
+        offset = moment.astimezone(tz).utcoffset()
+        if (moment + timedelta(hours=1)).astimezone(tz).utcoffset() != offset:
+            while moment.astimezone(tz).utcoffset() == offset:
+                moment += MINUTE
+            found.append(moment)
+        moment += timedelta(hours=1)
+    return found
+
+
+def matches(cron: crontab, wall: datetime) -> bool:
+    return (
+        wall.minute in cron.minute
+        and wall.hour in cron.hour
+        and wall.day in cron.day_of_month
+        and wall.month in cron.month_of_year
+        and wall.isoweekday() % 7 in cron.day_of_week
+    )
+
+
+def reference(cron: crontab, tz: ZoneInfo, start: datetime, end: datetime) -> list[datetime]:
+    """cron's rules, one real minute at a time: what the schedule must run in (start, end)."""
+    every_hour, runs = cron.hour == set(range(24)), []
+    moment = start + MINUTE
+    while moment < end:
+        local, before = moment.astimezone(tz), (moment - MINUTE).astimezone(tz)
+        wall = local.replace(tzinfo=None)
+        due = matches(cron, wall) and (every_hour or local.fold == 0)
+        if not every_hour and local.utcoffset() > before.utcoffset():  # a gap just ended
+            skipped = before.replace(tzinfo=None) + MINUTE
+            while skipped < wall and not due:
+                due, skipped = matches(cron, skipped), skipped + MINUTE
+        if due:
+            runs.append(moment)
+        moment += MINUTE
+    return runs
+
+
+def chained(sched: Any, start: datetime, end: datetime) -> list[datetime]:
+    """The runs in (start, end), each from the one before: now = last_run_at = the run."""
+    clock = [start]
+    sched.nowfun = lambda: clock[0]
+    runs: list[datetime] = []
+    while True:
+        following = clock[0] + sched.remaining_estimate(clock[0])
+        assert following > clock[0]
+        if following >= end:
+            return runs
+        runs.append(following)
+        clock[0] = following
+
+
+@pytest.mark.parametrize(
+    "zone",
+    # 1 h at 01:00/02:00 local, 30 min (Lord Howe), at midnight (Santiago), 2 h (Troll)
+    [PARIS, NEW_YORK, "Australia/Lord_Howe", "America/Santiago", "Antarctica/Troll"],
+)
+def test_against_cron_reference(zone: str) -> None:
+    """Every spec, 30 h either side of each 2026 transition: exactly the reference's runs."""
+    tz = ZoneInfo(zone)
+    shifts = transitions(zone, 2026)
+    assert len(shifts) == 2
+    for shift in shifts:
+        start, end = shift - timedelta(hours=30), shift + timedelta(hours=30)
+        for spec in REFERENCE_SPECS:
+            expected = reference(crontab(*fields(spec)), tz, start, end)
+            assert chained(zoned(zone, spec), start, end) == expected, (spec, shift)
 
 
 def runs_of(sched: Any) -> list[datetime]:
