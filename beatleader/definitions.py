@@ -24,7 +24,7 @@ would be valid. Nothing here talks to ZooKeeper. The argument parsers and field 
 Not guaranteed: that ``task`` names a task some worker knows (only the API with an app checks
 that); that a solar schedule can run (celery needs the ``ephem`` package, checked when the
 schedule is built, not when the definition is parsed). A crontab without ``timezone`` runs in the
-app's timezone.
+app's timezone. Every runtime crontab is a :class:`ZonedCrontab`: cron's daylight-saving rules.
 """
 
 from __future__ import annotations
@@ -200,9 +200,7 @@ class Definition:
 def _crontab(spec: str, zone: str | None, app: Any) -> crontab:
     minute, hour, day_of_month, month_of_year, day_of_week = spec.split()
     fields = (minute, hour, day_of_week, day_of_month, month_of_year)
-    if zone:
-        return ZonedCrontab(zone, *fields, app=app)
-    return crontab(*fields, app=app)
+    return ZonedCrontab(zone or None, *fields, app=app)  # no zone: the app's, cron's DST rules
 
 
 # -- validating the JSON -------------------------------------------------------------------

@@ -1,12 +1,15 @@
 """The celery schedules of runtime definitions that celery lacks: a one-off, a zoned crontab.
 
 :class:`OneOff` is due once, at its moment, and then stays done; :class:`ZonedCrontab` is a
-celery crontab that runs in its own time zone instead of the app's. Both survive ``copy.copy``
+celery crontab that runs in its own time zone (or the app's) and keeps cron's rules across a
+daylight-saving change (the arithmetic is in :mod:`beatleader.dstcron`). Both survive ``copy.copy``
 and pickling with what makes them what they are (the leader copies every schedule to put it on
 ZooKeeper's clock), and compare equal only to the same moment / the same fields and zone.
 
 Not guaranteed: a OneOff whose entry starts with ``last_run_at`` at or after its moment is done
 without running (``Definition.to_entry`` starts it just before the moment for that reason).
+A ZonedCrontab's DST rules hold for the runs beat asks about through ``is_due`` /
+``remaining_estimate``; celery's ``remaining_delta`` is left as celery's (wall-clock) arithmetic.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from celery.schedules import crontab, schedule
+from celery.utils.time import ffwd
+
+from beatleader.dstcron import next_run, plain
 
 
 class OneOff(schedule):  # type: ignore[misc]
@@ -67,12 +73,38 @@ class OneOff(schedule):  # type: ignore[misc]
 
 
 class ZonedCrontab(crontab):  # type: ignore[misc]
-    """A celery crontab that runs in ``zone`` rather than the app's timezone (copies keep it)."""
+    """A celery crontab in ``zone`` (None: the app's timezone) that keeps cron's DST rules.
 
-    def __init__(self, zone: str, *fields: Any, **kwargs: Any) -> None:
+    On a day without a UTC-offset change it is celery's crontab exactly: the same due times, the
+    same ``is_due`` contract, ``remaining_estimate`` from celery's own arithmetic. When the last
+    run or celery's next candidate has a wall time that the zone repeats or skips, the next run
+    comes from :func:`beatleader.dstcron.next_run` instead (cronie's semantics, see that module).
+    Copies and pickles keep the zone.
+    """
+
+    #: The hour field of an "every hour or more often" crontab (elapsed-time DST semantics).
+    all_hours = frozenset(range(24))
+
+    def __init__(self, zone: str | None, *fields: Any, **kwargs: Any) -> None:
         super().__init__(*fields, **kwargs)
         self.zone = zone
-        self.tz = ZoneInfo(zone)  # a cached property: this instance's value wins
+        if zone is not None:
+            self.tz = ZoneInfo(zone)  # a cached property: this instance's value wins
+
+    def remaining_estimate(self, last_run_at: datetime, ffwd: type = ffwd) -> timedelta:
+        last: datetime
+        now: datetime
+        last, delta, now = self.remaining_delta(last_run_at, ffwd=ffwd)
+        candidate: datetime = last + delta  # what celery's ``remaining`` adds, then subtracts
+        if plain(last) and plain(candidate):  # no offset change involved: celery's answer
+            return candidate.astimezone(timezone.utc) - now.astimezone(timezone.utc)
+        following = next_run(last, self._successor, self.hour == self.all_hours)
+        return following - now
+
+    def _successor(self, wall: datetime) -> datetime:
+        """celery's first matching wall time after naive ``wall`` (read in this zone)."""
+        last, delta, _now = self.remaining_delta(wall.replace(tzinfo=self.tz))
+        return (last + delta).replace(tzinfo=None, fold=0)  # type: ignore[no-any-return]
 
     def __reduce__(self) -> Any:
         _cls, fields, kwargs = super().__reduce__()
@@ -88,4 +120,5 @@ class ZonedCrontab(crontab):  # type: ignore[misc]
         return hash((self.zone, str(self._orig_minute), str(self._orig_hour)))
 
     def __repr__(self) -> str:
-        return f"{super().__repr__()[:-1]} ({self.zone})>"
+        zone = self.zone or "app timezone"
+        return f"{super().__repr__()[:-1]} ({zone})>"

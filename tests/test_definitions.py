@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from celery import Celery
-from celery.schedules import crontab, schedule
+from celery.schedules import schedule
 
 from beatleader import layout
 from beatleader.definitions import (
@@ -212,7 +212,9 @@ def test_crontab_runs_in_its_timezone(app: Celery) -> None:
     zoned.nowfun = lambda: now
     utc_cron = plain.celery_schedule(app)
     utc_cron.nowfun = lambda: now
-    assert type(utc_cron) is crontab
+    # no timezone: the app's (UTC here), still the DST-aware class
+    assert type(utc_cron) is ZonedCrontab and utc_cron.zone is None
+    assert utc_cron.tz == ZoneInfo("UTC")
     # 09:00 Paris is 07:00 UTC: 30 min away; 09:00 UTC is 2 h 30 away.
     assert zoned.remaining_estimate(now) == timedelta(minutes=30)
     assert utc_cron.remaining_estimate(now) == timedelta(hours=2, minutes=30)
