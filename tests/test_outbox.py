@@ -92,8 +92,12 @@ def schedulers(zk_server, zk_root) -> Iterator[Schedulers]:
 
 
 def elected(scheduler: R) -> R:
-    """``scheduler`` once its tick says it leads (its takeover comes with the next tick)."""
-    wait_for(lambda: scheduler.tick() == 0.0 and scheduler.is_leader, 20, message="leads")
+    """``scheduler`` once its election says it leads (its takeover comes with the next tick).
+
+    The election runs in its own thread: no tick is needed. (A tick in the condition returned
+    0.0 only on the follower path, so a scheduler elected before its first tick never passed.)
+    """
+    wait_for(lambda: scheduler.is_leader, 20, message="leads")
     return scheduler
 
 

@@ -49,7 +49,7 @@ def make_leader(schedulers) -> Any:
 
 
 def lead(scheduler: Recording) -> Recording:
-    wait_for(lambda: scheduler.tick() == 0.0 and scheduler.is_leader, 20, message="leads")
+    wait_for(lambda: scheduler.is_leader, 20, message="leads")  # see test_outbox.elected
     run_until(scheduler, lambda: scheduler._loaded_generation == scheduler._election.generation)
     return scheduler
 
@@ -258,7 +258,7 @@ def test_a_follower_and_the_watches_of_an_ended_leadership_make_no_request(
     assert first.dynamic_names == {"dyn"}
     counter = ReadCounter(first._zk)
     zk_client.delete(first._election.node)  # "resign": the second leads, the first queues again
-    wait_for(lambda: second.tick() == 0.0 and second.is_leader, 20, message="second leads")
+    wait_for(lambda: second.is_leader, 20, message="second leads")
     run_until(second, lambda: second.dynamic_names == {"dyn"})
     wait_for(lambda: len(contenders(zk_client, zk_root)) == 2, 20, message="first queues")
     counter.reset()
