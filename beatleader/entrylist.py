@@ -217,7 +217,8 @@ def _next_due(
         return next_due(PlannedEntry("", every=sched["every"]), last_run_at, now)
     if "crontab" in sched:
         zone = sched.get("timezone") or (str(app.timezone) if app is not None else "UTC")
-        return next_due(PlannedEntry("", crontab=sched["crontab"], timezone=zone), last_run_at, now)
+        plan = PlannedEntry("", crontab=sched["crontab"], timezone=zone, cron_rules=True)
+        return next_due(plan, last_run_at, now)
     return definition.at()
 
 

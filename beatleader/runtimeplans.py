@@ -38,4 +38,5 @@ def _runtime_plan(name: str, definition: Definition | None) -> PlannedEntry:
     text = "runtime " + definition.describe() + ("" if definition.enabled else " (paused)")
     every = sched.get("every") if definition.enabled else None
     cron = sched.get("crontab") if definition.enabled else None
-    return PlannedEntry(name, definition.task, text, every, cron, sched.get("timezone"))
+    zone = sched.get("timezone")
+    return PlannedEntry(name, definition.task, text, every, cron, zone, cron_rules=True)

@@ -52,6 +52,9 @@ class PlannedEntry:
     every: float | None = None  # seconds, celery interval schedules only
     crontab: str | None = None  # "m h dom mon dow", celery crontab schedules only
     timezone: str | None = None  # the crontab's timezone name
+    #: True: the crontab keeps cron's DST rules (a runtime entry's ``ZonedCrontab``); False:
+    #: celery's crontab (``beat_schedule``). Not published: it says how this process computes.
+    cron_rules: bool = False
 
     def as_json(self) -> dict[str, Any]:
         fields = {
@@ -157,7 +160,7 @@ def next_due(plan: PlannedEntry, last_run_at: str | None, now: datetime) -> date
     if plan.every is not None:
         return None if last is None else last + timedelta(seconds=plan.every)
     if plan.crontab is not None:
-        return _crontab_next(plan.crontab, plan.timezone or "UTC", last or now)
+        return _crontab_next(plan.crontab, plan.timezone or "UTC", last or now, plan.cron_rules)
     return None
 
 
@@ -172,10 +175,14 @@ def parse_time(text: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def _crontab_next(spec: str, tz: str, after: datetime) -> datetime | None:
-    """celery's own crontab arithmetic, in ``tz``; None for a spec it refuses."""
+def _crontab_next(spec: str, tz: str, after: datetime, cron_rules: bool = False) -> datetime | None:
+    """The first run after ``after`` of crontab ``spec`` in ``tz``: celery's arithmetic, or with
+    ``cron_rules`` a runtime entry's (``ZonedCrontab``: cron's DST rules); None for a spec or
+    zone celery refuses."""
     from celery import Celery
     from celery.schedules import crontab
+
+    from beatleader.schedtypes import ZonedCrontab
 
     parts = spec.split()
     if len(parts) != 5:
@@ -183,8 +190,13 @@ def _crontab_next(spec: str, tz: str, after: datetime) -> datetime | None:
     app = Celery("beatleader-status", set_as_current=False)
     app.conf.timezone = tz
     app.conf.enable_utc = True
+    fields = (*parts[:2], parts[4], parts[2], parts[3])
     try:
-        cron = crontab(*parts[:2], parts[4], parts[2], parts[3], app=app)
+        if cron_rules:
+            start = after.astimezone(timezone.utc)
+            zoned = ZonedCrontab(tz, *fields, nowfun=lambda: start, app=app)
+            return start + zoned.remaining_estimate(start)
+        cron = crontab(*fields, app=app)
         last_run, delta, _now = cron.remaining_delta(cron.maybe_make_aware(after))
         return (last_run + delta).astimezone(timezone.utc)  # type: ignore[no-any-return]
     except Exception:  # a spec or timezone celery refuses: no next due time

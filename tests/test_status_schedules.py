@@ -189,3 +189,16 @@ def test_prune_refuses_on_unknown_schedules_and_keeps_a_node_written_meanwhile(
     assert zk.exists(entry_path(root, "two")) is not None
     with pytest.raises(PruneRefused, match="does not exist"):
         plan_prune(zk, root + "-typo")
+
+
+def test_a_runtime_crontab_is_next_due_by_cron_rules_a_static_one_by_celery() -> None:
+    """Paris falls back at 01:00 UTC on 2026-10-25: 02:00 CEST, then 02:00 CET again."""
+    last = "2026-10-25T00:00:00+00:00"  # 02:00 CEST
+    now = datetime(2026, 10, 25, 0, 10, tzinfo=timezone.utc)
+    runtime = PlannedEntry("r", crontab="0 * * * *", timezone="Europe/Paris", cron_rules=True)
+    static = PlannedEntry("s", crontab="0 * * * *", timezone="Europe/Paris")
+    assert next_due(runtime, last, now) == datetime(2026, 10, 25, 1, tzinfo=timezone.utc)
+    assert next_due(static, last, now) == datetime(2026, 10, 25, 2, tzinfo=timezone.utc)
+    quiet = "2026-10-20T00:00:00+00:00"
+    assert next_due(runtime, quiet, now) == next_due(static, quiet, now)
+    assert "cron_rules" not in runtime.as_json()
