@@ -150,7 +150,8 @@ class ChangeCost:
     """One change of one definition, as the leader saw it."""
 
     what: str
-    #: Nodes the leader's client read from the write to the change applied (get/list/exists).
+    #: Nodes the leader's client read from the write to the change applied (get/list/exists),
+    #: but for those under ``election/`` (the PeerWatch's, which come when they come).
     reads: int
     #: Requests of the leader's session in that time (the server's ``lcxid``; None: not read).
     requests: int | None
@@ -249,7 +250,11 @@ def measure_scale(
                 after = _lcxid(server, session)
                 requests = after - before if after is not None and before is not None else None
                 sent = tuple(counter.kinds)
-                changes.append(ChangeCost(what, counter.total, requests, sent, seconds))
+                # the election's own reads (PeerWatch follows election/ on every instance, at
+                # its own times) are not the change's: the runtime's are every other one
+                elected = counter.under(layout.election_path(root))
+                reads = counter.total - len(elected)
+                changes.append(ChangeCost(what, reads, requests, sent, seconds))
         finally:
             scheduler.close()
     return ScaleFigures(
