@@ -9,19 +9,27 @@ request, built the way kazoo builds its own (``kazoo.protocol.serialization.Tran
 sent through ``KazooClient._call``, the path every kazoo request takes.
 
 :func:`read_nodes` is the function callers use (:func:`read_children` lists a folder first): it
-sends the reads of ``paths`` now, in
-batches of :data:`MAX_OPS`, and returns one result per path with kazoo's ``get()`` contract
-(``(data, stat)``, or the error of that node: ``NoNodeError``, ``NoAuthError``, ...). A data
-watch asked for is set by the server with the read, as ``get(path, watch=...)`` sets it, and is
-registered in kazoo's watcher table before the next reply is read, as kazoo registers its own.
+sends the reads of ``paths`` now, in batches of :data:`MAX_OPS`, and returns one result per path
+with kazoo's ``get()`` contract (``(data, stat)``, or that node's error: ``NoNodeError``,
+``NoAuthError``, ...). ZooKeeper sets no watch for a read inside a multi-read, so a data watch
+asked for is set by :class:`SetWatches` (the request clients send after a reconnect), as of the
+zxid this client had seen before the reads: the server fires at once the watch of a node that
+changed since, or is gone, and sets the others. Fewer than :data:`MIN_BATCH` reads are plain
+``get_async`` calls, the watch set with the read.
 
-Guarantees: results are those of plain ``get`` calls, node by node, with the same watches; a
-server without multi-read (older than 3.6) answers the first batch ``UnimplementedError`` and closes
-the connection (the session lives on): that client then reads node by node (pipelined
-``get_async``) for the rest of its life, and only its first batch is sent alone, so nothing
-else is in flight when the connection closes. Not guaranteed: that the reads of different batches
-see one moment of the tree (neither do pipelined gets); that kazoo's private ``_call`` keeps its
-shape in kazoo releases after 2.11 (the fallback is taken if it is missing).
+Guarantees: results are those of plain ``get`` calls, node by node; a watched node's change after
+its read is never missed (it may also fire for a change just before the read: one more read for
+the caller). A server without multi-read (older than 3.6) answers the first batch, sent alone,
+``UnimplementedError`` and closes the connection (the session lives on): that client reads node
+by node (pipelined ``get_async``) for the rest of its life, one WARNING says so, and the reads
+sent right after the refusal may meet the closing connection (``ConnectionLoss``, as after any
+disconnection). A SetWatches the server refuses is logged (ERROR); nobody waits for its reply.
+
+Not guaranteed: that the reads of different batches see one moment of the tree (neither do
+pipelined gets); a bound on a reply's size other than :data:`MAX_OPS` nodes of at most
+ZooKeeper's node size each; that kazoo's private ``_call``, ``_data_watchers`` and ``last_zxid``
+keep their shape after kazoo 2.11 (node-by-node reads are taken if ``_call`` is missing; run
+``tests/test_multiread.py`` on a kazoo upgrade).
 """
 
 from __future__ import annotations
