@@ -65,14 +65,16 @@ R = TypeVar("R", bound=Recording)
 class Schedulers:
     """The in-process schedulers of one test (``Recording`` or a subclass), closed at its end."""
 
-    def __init__(self, hosts: str, root: str) -> None:
-        self.hosts, self.root = hosts, root
+    def __init__(self, hosts: str, root: str, session_timeout: float = 2.0) -> None:
+        self.hosts, self.root, self.session_timeout = hosts, root, session_timeout
         self.made: list[Recording] = []
 
     def make(self, cls: type[R], schedule: dict[str, Any], recorder: Recorder | None = None) -> R:
         """A scheduler of ``cls`` on the app of ``schedule`` (``TEST_SCHEDULE``), not ticked yet."""
         app = make_app({"TEST_SCHEDULE": json.dumps(schedule)}, set_as_current=False)
-        settings = Settings.from_app(app, zk_hosts=self.hosts, path=self.root, session_timeout=2.0)
+        settings = Settings.from_app(
+            app, zk_hosts=self.hosts, path=self.root, session_timeout=self.session_timeout
+        )
         observers = Observers(recorder or Recorder())
         scheduler = cls(app, beatleader_settings=settings, beatleader_observers=observers)
         scheduler.published = []

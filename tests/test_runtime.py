@@ -16,12 +16,10 @@ import pytest
 from kazoo.security import make_digest_acl
 
 from beatleader import layout, multiread
-from beatleader.config import Settings
 from beatleader.layout import EntryState
 from beatleader.runtimewatch import RunRequest
 from beatleader.state import StateStore, Write
 from beatleader.testing.proxy import ZkProxy
-from tests.app import make_app
 from tests.harness import contenders, entry_state, wait_for
 from tests.runtime_support import (
     ReadCounter,
@@ -33,7 +31,7 @@ from tests.runtime_support import (
     requests,
     resume,
 )
-from tests.test_outbox import Recorder, Recording, ids, run_until, schedulers
+from tests.test_outbox import Recorder, Recording, Schedulers, ids, run_until, schedulers
 
 __all__ = ["schedulers"]  # a fixture
 
@@ -299,12 +297,9 @@ def test_after_a_lost_connection_the_watches_are_armed_again_and_nothing_is_miss
 ) -> None:
     put_definition(zk_client, zk_root, "dyn", definition(HOUR, "v1"))
     with ZkProxy(zk_server.hosts) as proxy:
-        app = make_app({"TEST_SCHEDULE": "{}"}, set_as_current=False)
-        settings = Settings.from_app(app, zk_hosts=proxy.hosts, path=zk_root, session_timeout=6.0)
-        scheduler = Recording(app, beatleader_settings=settings)
-        scheduler.published = []
+        made = Schedulers(proxy.hosts, zk_root, session_timeout=6.0)
         try:
-            lead(scheduler)
+            scheduler = lead(made.make(Recording, {}))
             generation = scheduler._election.generation
             proxy.cut()  # same session, new connection: the server forgot this one's watches
             put_definition(zk_client, zk_root, "dyn", definition(HOUR, "v2"))
@@ -313,7 +308,7 @@ def test_after_a_lost_connection_the_watches_are_armed_again_and_nothing_is_miss
             put_definition(zk_client, zk_root, "dyn", definition(HOUR, "v3"))  # a watch again
             run_until(scheduler, lambda: scheduler.schedule["dyn"].args == ["v3"])
         finally:
-            scheduler.close()
+            made.close()
 
 
 def test_a_flood_of_bad_requests_is_deleted_a_batch_per_tick_and_stalls_nothing(
@@ -338,20 +333,13 @@ class OwnSourceOnly(Recording):
 
 
 def test_a_subclass_that_does_not_call_super_dynamic_entries_follows_no_definitions(
-    zk_server, zk_client, zk_root
+    schedulers, zk_client, zk_root
 ) -> None:
     put_definition(zk_client, zk_root, "zk", definition({"every": 0.2}, "zk"))
-    app = make_app({"TEST_SCHEDULE": "{}"}, set_as_current=False)
-    settings = Settings.from_app(app, zk_hosts=zk_server.hosts, path=zk_root, session_timeout=2.0)
-    scheduler = OwnSourceOnly(app, beatleader_settings=settings)
-    scheduler.published = []
-    try:
-        lead(scheduler)
-        put_definition(zk_client, zk_root, "later", definition({"every": 0.2}, "later"))
-        request_run(zk_client, zk_root, "zk")
-        for _ in range(20):
-            time.sleep(min(scheduler.tick(), 0.05))
-        assert scheduler.dynamic_names == frozenset()
-        assert scheduler.published == []
-    finally:
-        scheduler.close()
+    scheduler = lead(schedulers.make(OwnSourceOnly, {}))
+    put_definition(zk_client, zk_root, "later", definition({"every": 0.2}, "later"))
+    request_run(zk_client, zk_root, "zk")
+    for _ in range(20):
+        time.sleep(min(scheduler.tick(), 0.05))
+    assert scheduler.dynamic_names == frozenset()
+    assert scheduler.published == []
