@@ -30,6 +30,7 @@ and other schedule types (solar, custom) have none at all.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 from dataclasses import dataclass
@@ -179,7 +180,6 @@ def _crontab_next(spec: str, tz: str, after: datetime, cron_rules: bool = False)
     """The first run after ``after`` of crontab ``spec`` in ``tz``: celery's arithmetic, or with
     ``cron_rules`` a runtime entry's (``ZonedCrontab``: cron's DST rules); None for a spec or
     zone celery refuses."""
-    from celery import Celery
     from celery.schedules import crontab
 
     from beatleader.schedtypes import ZonedCrontab
@@ -187,9 +187,7 @@ def _crontab_next(spec: str, tz: str, after: datetime, cron_rules: bool = False)
     parts = spec.split()
     if len(parts) != 5:
         return None
-    app = Celery("beatleader-status", set_as_current=False)
-    app.conf.timezone = tz
-    app.conf.enable_utc = True
+    app = _zone_app(tz)
     fields = (*parts[:2], parts[4], parts[2], parts[3])
     try:
         if cron_rules:
@@ -201,3 +199,15 @@ def _crontab_next(spec: str, tz: str, after: datetime, cron_rules: bool = False)
         return (last_run + delta).astimezone(timezone.utc)  # type: ignore[no-any-return]
     except Exception:  # a spec or timezone celery refuses: no next due time
         return None
+
+
+@functools.lru_cache(maxsize=64)
+def _zone_app(tz: str) -> Any:
+    """A celery app whose timezone is ``tz``, for crontab arithmetic only (one per zone: making
+    an app per entry cost half a millisecond, seconds for a status of thousands of entries)."""
+    from celery import Celery
+
+    app = Celery("beatleader-status", set_as_current=False)
+    app.conf.timezone = tz
+    app.conf.enable_utc = True
+    return app
