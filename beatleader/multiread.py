@@ -192,7 +192,7 @@ def read_nodes(
     costs its caller one more read, never a missed change.
     """
     if len(paths) < MIN_BATCH or not _multi_read_usable(client):
-        return [client.get_async(path, watch=watch) for path in paths]
+        return _node_by_node(client, paths, watch)
     seen_zxid = client.last_zxid
     full = [(client.chroot or "") + path for path in paths]
     batches = [full[start : start + MAX_OPS] for start in range(0, len(full), MAX_OPS)]
@@ -200,10 +200,10 @@ def read_nodes(
     if client not in _accepted:
         first = _probe(client, batches.pop(0))
         if first is None:  # refused: this client reads node by node from now on
-            return [client.get_async(path, watch=watch) for path in paths]
+            return _node_by_node(client, paths, watch)
         results.extend(first)
     for batch in batches:
-        results.extend(_send(client, MultiRead(batch), len(batch)))
+        results.extend(_send_reads(client, batch))
     if watch is not None:
         _set_watches(client, full, watch, seen_zxid)
     return results
@@ -230,13 +230,18 @@ def read_children(client: KazooClient, folder: str) -> dict[str, Result]:
     return found
 
 
+def _node_by_node(client: KazooClient, paths: Sequence[str], watch: Watcher | None) -> list[Any]:
+    """A pipelined ``get_async`` per path, the watch set with each read."""
+    return [client.get_async(path, watch=watch) for path in paths]
+
+
 def _multi_read_usable(client: KazooClient) -> bool:
     return client not in _refused and callable(getattr(client, "_call", None))
 
 
 def _probe(client: KazooClient, paths: Sequence[str]) -> list[_BatchResult] | None:
     """The first multi-read of a client, sent alone: None if the server has none."""
-    results = _send(client, MultiRead(paths), len(paths))
+    results = _send_reads(client, paths)
     try:
         results[0].batch.get()
     except UnimplementedError:
@@ -275,7 +280,7 @@ def _set_watches(client: KazooClient, paths: list[str], watch: Watcher, zxid: in
 def _send_watches(client: KazooClient, request: SetWatches) -> None:
     """Send ``request`` without waiting; a refusal is logged (a lost connection ends the
     leadership that asked for the watches, so it is not)."""
-    reply = _send(client, request, 0)[0].batch
+    reply = _send(client, request)
 
     def check(done: IAsyncResult) -> None:
         error = done.exception
@@ -290,8 +295,14 @@ def _send_watches(client: KazooClient, request: SetWatches) -> None:
     reply.rawlink(check)
 
 
-def _send(client: KazooClient, request: Any, count: int) -> list[_BatchResult]:
-    """Queue ``request`` on kazoo's connection; ``count`` results of it, one per operation."""
-    batch = client.handler.async_result()
-    client._call(request, batch)
-    return [_BatchResult(batch, index) for index in range(max(count, 1))]
+def _send_reads(client: KazooClient, paths: Sequence[str]) -> list[_BatchResult]:
+    """One multi-read of ``paths`` (chrooted already): a result per path."""
+    batch = _send(client, MultiRead(paths))
+    return [_BatchResult(batch, index) for index in range(len(paths))]
+
+
+def _send(client: KazooClient, request: Any) -> IAsyncResult:
+    """Queue ``request`` on kazoo's connection; its reply comes in the result."""
+    reply = client.handler.async_result()
+    client._call(request, reply)
+    return reply
