@@ -259,9 +259,10 @@ class Scheduler(RuntimeScheduler):
 
     def server_now(self) -> datetime:
         """Now on ZooKeeper's server clock: the clock every schedule entry runs on."""
-        return datetime.fromtimestamp(self.local_time() + self._clock.offset, self._timezone)
+        return datetime.fromtimestamp(self._server_epoch(), self._timezone)
 
     def _server_epoch(self) -> float:
+        """Now on ZooKeeper's server clock, epoch seconds."""
         return self.local_time() + self._clock.offset
 
     def _on_server_clock(self, entry: beat.ScheduleEntry) -> None:
