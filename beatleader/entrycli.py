@@ -37,6 +37,7 @@ from beatleader.cli import (
     resolve_target,
 )
 from beatleader.config import ConfigError
+from beatleader.defchecks import exc_line
 from beatleader.definitions import DefinitionError
 from beatleader.entries import EntryStore
 from beatleader.entrylist import EntryInfo
@@ -122,7 +123,7 @@ def _json(text: str | None, option: str, kind: type, valid: str) -> Any:
     try:
         value = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise CliError(f"{option} is not JSON ({_first_line(exc)}): give {valid}") from None
+        raise CliError(f"{option} is not JSON ({exc_line(exc)}): give {valid}") from None
     if not isinstance(value, kind):
         raise CliError(f"{option} must be {valid}, not {type(value).__name__}")
     return value
@@ -139,10 +140,6 @@ def _number(text: str | None, option: str, kind: type) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise CliError(f"{option} {text!r} is not a finite number")
     return value
-
-
-def _first_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 @entry_group.command("add")

@@ -33,7 +33,7 @@ from kazoo.exceptions import NoNodeError
 from beatleader import layout
 from beatleader.definitions import Definition
 from beatleader.layout import EntryState
-from beatleader.multiread import read_children, read_nodes
+from beatleader.multiread import list_children, read_children, read_nodes
 from beatleader.schedules import PlannedEntry, describe_entry, next_due, parse_time
 from beatleader.status import read_election, read_schedules
 
@@ -111,7 +111,7 @@ def read_entries(
     static = dict(published)
     for name, spec in beat_schedule.items():
         static[name] = _app_plan(app, name, spec) or static.get(name) or PlannedEntry(name)
-    paused = {layout.unquote_entry_name(c) for c in _children(client, layout.paused_path(root))}
+    paused = {layout.unquote_entry_name(c) for c in list_children(client, layout.paused_path(root))}
     pending = _pending(client, root)
     names = sorted(static.keys() | definitions.keys())
     states = _read_states(client, root, names)
@@ -235,7 +235,9 @@ def _app_plan(app: Any, name: str, spec: Any) -> PlannedEntry | None:
 
 
 def _pending(client: Any, root: str) -> Counter[str]:
-    names = (layout.request_entry_name(c) for c in _children(client, layout.requests_path(root)))
+    names = (
+        layout.request_entry_name(c) for c in list_children(client, layout.requests_path(root))
+    )
     return Counter(n for n in names if n is not None)
 
 
@@ -263,13 +265,6 @@ def _result(call: Any) -> bytes | None:
     except NoNodeError:
         return None
     return bytes(data or b"")
-
-
-def _children(client: Any, path: str) -> list[str]:
-    try:
-        return list(client.get_children(path))
-    except NoNodeError:
-        return []
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -209,16 +209,21 @@ def read_nodes(
     return results
 
 
+def list_children(client: KazooClient, folder: str) -> list[str]:
+    """The children of ``folder``; [] when it does not exist (other errors are raised)."""
+    try:
+        return list(client.get_children(folder))
+    except NoNodeError:
+        return []
+
+
 def read_children(client: KazooClient, folder: str) -> dict[str, Result]:
     """Every child of ``folder``: its name -> ``(data, stat)``, read by :func:`read_nodes`.
 
     A missing folder is empty and a child deleted meanwhile is skipped; any other error (an ACL
     that denies the listing or a read, the connection) is raised, as ``get`` raises it.
     """
-    try:
-        children = client.get_children(folder)
-    except NoNodeError:
-        return {}
+    children = list_children(client, folder)
     found: dict[str, Result] = {}
     paths = [f"{folder}/{child}" for child in children]
     for child, result in zip(children, read_nodes(client, paths), strict=True):

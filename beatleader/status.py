@@ -53,7 +53,7 @@ from beatleader.layout import (
     source_path,
     unquote_entry_name,
 )
-from beatleader.multiread import read_children
+from beatleader.multiread import list_children, read_children
 from beatleader.runtimeplans import RUNTIME_SCHEDULE, read_runtime_plans
 from beatleader.schedules import PlannedEntry, decode_schedule, next_due
 from beatleader.statustypes import Contender, Entry, IgnoredNode, ResignResult, Status
@@ -158,7 +158,7 @@ def read_contenders(client: Any, root: str) -> list[Contender]:
 def read_election(client: Any, root: str) -> tuple[list[Contender], list[IgnoredNode]]:
     """The contenders in queue order, and the children of ``election/`` that are ignored."""
     base = election_path(root)
-    children = _children(client, base)
+    children = list_children(client, base)
     found: dict[str, Contender] = {}
     ignored = []
     for name in sorted(children):
@@ -286,13 +286,6 @@ def wait_for_leader(
         if time.monotonic() >= deadline:
             return None
         time.sleep(POLL_INTERVAL)
-
-
-def _children(client: Any, path: str) -> list[str]:
-    try:
-        return list(client.get_children(path))
-    except NoNodeError:
-        return []
 
 
 def _get(client: Any, path: str) -> tuple[bytes, ZnodeStat] | None:
