@@ -14,6 +14,8 @@ it measures (``tests/runtime_support.measure_scale``):
   read, the requests the server counted for its session (``cons`` ``lcxid``), and the time from
   the write to the change applied (the leader ticking every 5 ms here; a ``celery beat`` loop
   ticks at most ``change_poll_interval`` = 1 s apart).
+
+Its rows and ratios are printed by ``scripts/bench/report.py``.
 """
 
 from __future__ import annotations
@@ -55,52 +57,3 @@ def _scheduler_factory(zk: Any, root: str) -> Any:
         return Scheduler(app, beatleader_settings=settings)
 
     return make
-
-
-def runtime_rows(result: RuntimeResult) -> list[tuple[str, str, str, str]]:
-    """Rows of the benchmark's table (beatleader's column; the baselines have no such part)."""
-    rows = []
-    for f in result.figures:
-        kind = "that have run" if f.with_state else "new"
-        rows += [
-            (
-                f"runtime: takeover, {f.definitions:,} {kind} definitions",
-                f"{f.takeover_s:.2f} s, {f.takeover_reads:,} reads / {f.takeover_requests:,} req",
-                "not measured",
-                "n/a (static schedule)",
-            ),
-            (
-                "  of which definitions / run state",
-                f"{f.definitions_load_s:.2f} s / {f.state_load_s:.2f} s",
-                "not measured",
-                "n/a",
-            ),
-        ]
-        for change in f.changes:
-            requests = "?" if change.requests is None else str(change.requests)
-            rows.append(
-                (
-                    f"  {change.what}: reads / requests / applied",
-                    f"{change.reads} / {requests} / {change.seconds * 1000:,.0f} ms",
-                    "not measured",
-                    "n/a",
-                )
-            )
-    return rows
-
-
-def runtime_ratios(result: RuntimeResult) -> list[str]:
-    lines = []
-    for f in result.figures:
-        kind = "have run" if f.with_state else "new"
-        lines.append(
-            f"runtime takeover ({kind}) / {TAKEOVER_TARGET_S:g} s target = "
-            f"{f.definitions_load_s / TAKEOVER_TARGET_S:.2f} (definitions), "
-            f"{f.takeover_s / TAKEOVER_TARGET_S:.2f} (whole takeover)"
-        )
-        update = next(c for c in f.changes if c.what == "update one")
-        lines.append(
-            f"runtime update ({kind}): reads per change / reads of a full reload = "
-            f"{update.reads} / {f.takeover_reads:,} = {update.reads / f.takeover_reads:.5f}"
-        )
-    return lines

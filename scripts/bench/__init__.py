@@ -1,0 +1,24 @@
+"""The benchmark of ``python3 -m scripts.benchmark`` (the entry point, whose docstring says what
+is measured and how), one module per concern:
+
+``common``
+    the schedulers compared, the entry and its interval, the header names, the clock, progress.
+``analysis``
+    recorded sends, signals and queue samples -> figures (failover latency, largest gap,
+    lateness, duplicates, percentiles, sends/s); pure, unit-tested on literal samples.
+``cluster``
+    the processes: ZooKeeper, Redis, the fleet of ``celery beat``, the sends read back.
+``timeline``
+    failover timeline of a leader-elected cluster (beatleader, redbeat): SIGKILL, SIGTERM.
+``persistent``
+    celery's PersistentScheduler: one alone (lateness), then N at once (duplicates).
+``throughput``
+    many entries on the Redis broker: ``LLEN celery`` samples and the queued messages.
+``report``
+    the table, ratios against PersistentScheduler and redbeat, details, legend, ``--json``.
+``cli``
+    the flags, the order of the phases, the work folder, ``main``.
+
+The runtime entries part is ``scripts/bench_runtime.py`` and the app the beats run is
+``scripts/bench_app.py`` (``celery -A bench_app``), as the report's legend says.
+"""

@@ -1,0 +1,170 @@
+"""The command line: the flags, the order of the phases, the work folder, the exit codes.
+
+``main`` runs every phase (``measure``) or, with ``--only-runtime``, only the runtime entries
+part (``measure_runtime_only``), then prints the report; SIGINT and SIGTERM unwind through the
+cleanups, so every process started is stopped, and the work folder (beat logs) is removed unless
+``--keep`` or an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from scripts.bench.analysis import ThroughputResult
+from scripts.bench.cluster import Context, Fleet, base_env, servers
+from scripts.bench.common import BEATLEADER, INTERVAL_S, PERSISTENT, REDBEAT, progress
+from scripts.bench.persistent import run_persistent
+from scripts.bench.report import Results, dump_json, print_report, print_runtime_report
+from scripts.bench.throughput import run_throughput
+from scripts.bench.timeline import run_timeline
+from scripts.bench_runtime import RuntimeResult, run_runtime
+from tests.harness import ZooKeeperServer
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Failover, lateness and throughput of beatleader vs celery-redbeat vs "
+        "celery's PersistentScheduler, measured now on this machine (see the module docstring). "
+        "Default total runtime: about 10 minutes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--seconds", type=float, default=180, help="length of each failover timeline")
+    add(
+        "--session-timeout",
+        type=float,
+        default=2,
+        help="beatleader session timeout, also used as redbeat_lock_timeout (seconds)",
+    )
+    add("--instances", type=int, default=3, help="beat instances per cluster")
+    add(
+        "--signal-phase",
+        type=float,
+        default=0.5,
+        help="seconds after one of the leader's sends at which it gets SIGKILL/SIGTERM",
+    )
+    add(
+        "--baseline-seconds",
+        type=float,
+        default=30,
+        help="steady run of a single PersistentScheduler",
+    )
+    add(
+        "--dup-seconds",
+        type=float,
+        default=10,
+        help="how long N PersistentSchedulers run together to count duplicates",
+    )
+    add(
+        "--entries",
+        type=int,
+        nargs="+",
+        default=[1000, 4000],
+        help="entry counts (each entry every 1 s) of the throughput phases",
+    )
+    add("--warmup", type=float, default=5, help="throughput warm-up after the first round")
+    add("--throughput-seconds", type=float, default=15, help="throughput measuring window")
+    add("--skip-redbeat", action="store_true", help="do not run the redbeat timeline")
+    add("--skip-throughput", action="store_true", help="do not run the throughput phase")
+    add("--skip-runtime", action="store_true", help="do not run the runtime entries part")
+    add(
+        "--only-runtime",
+        action="store_true",
+        help="run only the runtime entries part (about 30 s) and print its figures",
+    )
+    add(
+        "--runtime-definitions",
+        type=int,
+        default=10_000,
+        help="runtime definitions a leader takes over in the runtime entries part",
+    )
+    add("--json", metavar="PATH", help="also dump raw results as JSON to PATH ('-': stdout)")
+    add("--keep", action="store_true", help="keep the work directory (beat logs) afterwards")
+    args = parser.parse_args(argv)
+    if args.instances < 2:
+        parser.error("--instances must be at least 2 (a failover needs a successor)")
+    if args.seconds < 9:
+        parser.error("--seconds must be at least 9")
+    if not 0 <= args.signal_phase < INTERVAL_S:
+        parser.error(f"--signal-phase must be in [0, {INTERVAL_S:g})")
+    return args
+
+
+def run_all(ctx: Context, load_start: tuple[float, float, float]) -> Results:
+    args = ctx.args
+    beatleader = run_timeline(ctx, "beatleader", BEATLEADER)
+    redbeat = None if args.skip_redbeat else run_timeline(ctx, "redbeat", REDBEAT)
+    persistent = run_persistent(ctx)
+    throughput: list[ThroughputResult] = []
+    if not args.skip_throughput:
+        for entries in args.entries:
+            throughput += [
+                run_throughput(ctx, "beatleader", BEATLEADER, args.instances, entries),
+                run_throughput(ctx, "persistent", PERSISTENT, 1, entries),
+            ]
+    runtime = None if args.skip_runtime else run_runtime(ctx.zk, args.runtime_definitions, progress)
+    return Results(
+        beatleader, redbeat, persistent, throughput, load_start, os.getloadavg(), runtime
+    )
+
+
+def measure(args: argparse.Namespace, workdir: Path) -> Results:
+    """Start the servers and run every phase; every process is gone when this returns."""
+    load_start = os.getloadavg()
+    with servers(workdir) as (zk, rd):
+        fleet = Fleet(workdir, base_env(zk.hosts, rd.url, args))
+        try:
+            return run_all(Context(args, workdir, fleet, rd.url, zk), load_start)
+        finally:
+            fleet.close()
+
+
+def measure_runtime_only(args: argparse.Namespace, workdir: Path) -> RuntimeResult:
+    """The runtime entries part alone, on a ZooKeeper of its own (no Redis, no beat process)."""
+    zk = ZooKeeperServer(workdir / "zookeeper")
+    try:
+        progress("starting ZooKeeper")
+        zk.start(timeout=60)
+        return run_runtime(zk, args.runtime_definitions, progress)
+    finally:
+        zk.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through the cleanups
+    workdir = Path(tempfile.mkdtemp(prefix="beatleader-bench-"))
+    keep = args.keep
+    load_start = os.getloadavg()
+    try:
+        results: Results | RuntimeResult
+        if args.only_runtime:
+            results = measure_runtime_only(args, workdir)
+        else:
+            results = measure(args, workdir)
+    except KeyboardInterrupt:
+        progress("interrupted; every process was stopped")
+        return 130
+    except Exception:
+        keep = True  # the beat logs explain what went wrong
+        raise
+    finally:
+        if keep:
+            progress(f"logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if isinstance(results, RuntimeResult):
+        print_runtime_report(results, load_start)
+    else:
+        print_report(args, results)
+    if args.json:
+        dump_json(args.json, args, results)
+    return 0

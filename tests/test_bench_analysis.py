@@ -1,0 +1,171 @@
+"""scripts/bench/analysis.py on recorded samples: literal sends, signals and queue samples, and
+the figures worked out by hand (the entry is due every 1,000 ms). No process, no server."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from scripts.bench.analysis import (
+    Event,
+    Send,
+    analyse_persistent,
+    analyse_timeline,
+    close_sends,
+    due_lateness,
+    failover,
+    gap_lateness,
+    in_any,
+    late_ms,
+    origin_pid,
+    percentile,
+    repeated_ids,
+    senders,
+    sustained_rate,
+    throughput_result,
+)
+from scripts.bench.report import quantiles, ratio
+
+# A timeline of three instances. Pid 100 leads and gets SIGKILL at 2,505 (500 ms after its send
+# at 2,005); pid 200 republishes the victim's last run "c" (same task id: not a new run) at 4,600
+# and sends the next run "d" at 4,700; it gets SIGTERM at 7,201 and pid 300 sends "g" at 7,700.
+TIMELINE = [
+    Send(0, 100, "a", 0.5),
+    Send(1002, 100, "b", 0.7),
+    Send(2005, 100, "c", 1.0),
+    Send(4600, 200, "c", None),
+    Send(4700, 200, "d", 1700.0),
+    Send(5700, 200, "e", 1.5),
+    Send(6701, 200, "f", 2.5),
+    Send(7700, 300, "g", 0.9),
+    Send(8700, 300, "h", 1.1),
+    Send(9701, 300, "i", 0.8),
+]
+SIGKILL = Event("SIGKILL", 2505, 100)
+SIGTERM = Event("SIGTERM", 7201, 200)
+
+
+def test_crash_failover_skips_the_republished_run() -> None:
+    crash = failover(TIMELINE, SIGKILL)
+    # The first send after the signal by another pid is the republished "c" at 4,600: not new.
+    assert crash.successor == 200
+    assert crash.latency_ms == 4700 - 2505 == 2195
+    # Across: 2,005 (last before) -> 4,600 -> 4,700.
+    assert crash.max_gap_ms == 4600 - 2005 == 2595
+    assert crash.window == (2505, 4700)
+
+
+def test_graceful_handoff_of_one_interval_is_seamless() -> None:
+    handoff = failover(TIMELINE, SIGTERM)
+    assert (handoff.successor, handoff.latency_ms, handoff.max_gap_ms) == (300, 499, 999)
+    assert handoff.window == (7201, 7700)
+
+
+def test_failover_without_a_successor_is_open_ended() -> None:
+    # After the signal only the victim sends, and another pid only a run sent before it.
+    sends = [Send(0, 1, "a", 1.0), Send(1000, 1, "b", 1.0), Send(2000, 2, "b", None)]
+    result = failover(sends, Event("SIGKILL", 1500, 1))
+    assert (result.latency_ms, result.max_gap_ms, result.successor) == (None, None, None)
+    assert result.window == (1500, math.inf)
+    assert due_lateness(sends, [result.window]) == [1.0, 1.0]
+
+
+def test_failover_with_no_send_before_the_signal_has_no_gap() -> None:
+    result = failover([Send(3000, 2, "x", None)], Event("SIGKILL", 1000, 1))
+    assert (result.latency_ms, result.max_gap_ms, result.successor) == (2000, None, 2)
+
+
+def test_timeline_figures_leave_the_failover_windows_out() -> None:
+    result = analyse_timeline("beatleader", (0, 10_000), TIMELINE, [SIGKILL, SIGTERM])
+    assert result.seconds == 10.0
+    # Out: 4,600 (no header), 4,700 and 7,700 (last moments of the two windows, inclusive).
+    assert result.lateness == [0.5, 0.7, 1.0, 1.5, 2.5, 1.1, 0.8]
+    # Same-pid pairs with both sends outside: 0->1,002, 1,002->2,005, 5,700->6,701,
+    # 8,700->9,701 (4,600->4,700 and 4,700->5,700 and 7,700->8,700 touch a window).
+    assert result.gap_lateness == [2, 3, 1, 1]
+    assert result.duplicates == 1  # 4,600 -> 4,700
+    assert result.repeated_task_ids == 1  # "c"
+    assert percentile(result.lateness, 50) == 1.0
+    assert percentile(result.lateness, 99) == 2.5
+
+
+def test_gap_lateness_is_signed_and_per_instance() -> None:
+    sends = [Send(0, 1, "a", None), Send(990, 1, "b", None), Send(2000, 1, "c", None)]
+    sends += [Send(2400, 2, "d", None), Send(3000, 1, "e", None)]
+    assert gap_lateness(sends) == [-10, 10]
+    assert close_sends(sends) == 1  # 2,000 -> 2,400 (different pids count too)
+
+
+def test_duplicates_are_closer_than_half_an_interval_from_any_instance() -> None:
+    # Two PersistentSchedulers out of phase: 10 and 1,499 are duplicates, 2,000 (501 ms after)
+    # and 2,500 (exactly half an interval after) are not.
+    group = [Send(0, 1, "a", None), Send(10, 2, "b", None), Send(1000, 1, "c", None)]
+    group += [Send(1499, 2, "d", None), Send(2000, 1, "e", None), Send(2500, 2, "f", None)]
+    assert close_sends(group) == 2
+    assert senders(group) == 2
+    assert repeated_ids(group) == 0
+    alone = [Send(0, 1, "a", 3.0), Send(1004, 1, "b", 4.0)]
+    result = analyse_persistent(alone, group, 2.5)
+    assert (result.lateness, result.gap_lateness, result.duplicates) == ([3.0, 4.0], [4], 2)
+    assert (result.group_seconds, result.single_sends, result.group_sends) == (2.5, alone, group)
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [5.0, 1.0, 4.0, 2.0, 3.0]
+    assert percentile(values, 50) == 3.0  # rank ceil(2.5) = 3
+    assert percentile(values, 20) == 1.0  # rank 1
+    assert percentile(values, 21) == 2.0  # rank ceil(1.05) = 2
+    assert percentile(values, 99) == 5.0
+    assert percentile(values, 0) == 1.0
+    assert percentile([], 50) is None
+    assert percentile([float(v) for v in range(1, 11)], 90) == 9.0
+
+
+def test_windows_are_inclusive() -> None:
+    assert in_any(10, [(10, 20)]) and in_any(20, [(10, 20)])
+    assert not in_any(9, [(10, 20)]) and not in_any(21, [(10, 20)])
+    assert in_any(10**9, [(0, 5), (7, math.inf)])
+    assert not in_any(6, [(0, 5), (7, math.inf)])
+
+
+def test_headers() -> None:
+    assert origin_pid({"origin": "gen4581@host.example"}) == 4581
+    assert late_ms({"bench_late_ms": "12.5"}) == 12.5
+    assert late_ms({"bench_late_ms": 0}) == 0.0
+    assert late_ms({"bench_sent_ms": 1}) is None
+
+
+def test_throughput_slope_endpoints_and_late_sends() -> None:
+    # A burst of 100 lands just before the last sample: the endpoints say 100/s, the slope 90/s.
+    samples = [(1000, 0), (1500, 50), (2000, 100), (2500, 100), (3000, 200)]
+    sends = {
+        "e0": [(900, 5.0), (1000, 2.0), (2000, 1500.0), (3000, 3.0), (3100, 7.0)],
+        "e1": [(1100, 1001.0), (2600, 1000.0)],
+        "e2": [(1200, 4.0)],
+    }
+    result = throughput_result("beatleader", 3, 50, samples, sends)
+    assert (result.label, result.instances, result.entries) == ("beatleader", 3, 50)
+    assert result.window_s == 2.0
+    # slope = sum dx*dy / sum dx^2 = 225,000 / 2,500,000 per ms.
+    assert result.sends_per_s == pytest.approx(90.0)
+    assert result.endpoint_per_s == 100.0
+    # In [1,000, 3,000] only; e0: 2 periods in 2,000 ms, e1: 1 in 1,500 ms, e2: none.
+    assert result.lateness == [2.0, 1500.0, 3.0, 1001.0, 1000.0, 4.0]
+    assert result.late == 2  # 1,500 and 1,001; 1,000 is not late by more than 1 s
+    assert result.sustained_per_s == pytest.approx(1.0 + 2 / 3)
+    assert result.llen_samples == samples
+
+
+def test_sustained_rate_needs_two_distinct_send_times() -> None:
+    runs = {"same": [(1000, 0.0), (1000, 0.0)], "one": [(1500, 0.0)], "out": [(0, 0.0), (10, 0.0)]}
+    assert sustained_rate(runs, 1000, 2000) == 0.0
+    assert sustained_rate({"e": [(1000, 0.0), (1250, 0.0), (1500, 0.0)]}, 1000, 2000) == 4.0
+
+
+def test_figures_as_the_report_prints_them() -> None:
+    assert quantiles([0.5, 0.7, 1.0, 1.5, 2.5, 1.1, 0.8]) == "1.0 ms / 2.5 ms (n=7)"
+    assert quantiles([2195.0, 40.0]) == "40.0 ms / 2,195 ms (n=2)"
+    assert quantiles([]) == "n/a / n/a (n=0)"
+    assert ratio(2195, 1528) == "1.44"
+    assert ratio(None, 1528) == ratio(0, 1528) == "n/a (a value is missing or <= 0)"
