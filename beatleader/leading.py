@@ -31,7 +31,7 @@ from celery import beat
 from beatleader import layout, sigmask
 from beatleader.layout import EntryState
 from beatleader.planning import Backoff, Pending, Run, lateness_of, utc_iso
-from beatleader.publishing import PublishingScheduler
+from beatleader.publishing import PublishingScheduler, replaced
 from beatleader.state import CommitOutcome, StateStore, StoredState, Write
 
 logger = logging.getLogger("beatleader.scheduler")
@@ -53,9 +53,6 @@ class LeadingScheduler(PublishingScheduler):
         self._init_publishing(session_timeout)
         self._entry_backoff = Backoff(self.entry_retry_first, self.entry_retry_max)
         self._max_seen: dict[str, int] = {}
-
-    def _on_server_clock(self, entry: beat.ScheduleEntry) -> None:
-        raise NotImplementedError
 
     def _probe_clock(self) -> None:
         raise NotImplementedError
@@ -148,9 +145,7 @@ class LeadingScheduler(PublishingScheduler):
                 lateness,
                 grace,
             )
-            return Run(
-                self.Entry(**dict(entry, last_run_at=entry.default_now())), delay, False, lateness
-            )
+            return Run(replaced(entry, last_run_at=entry.default_now()), delay, False, lateness)
         return Run(next(entry), delay, True, lateness)
 
     def _write_for(self, run: Run) -> Write:

@@ -23,7 +23,6 @@ inside ``sigmask.deferred`` (``leading.py``).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import heapq
 import logging
@@ -78,20 +77,38 @@ class PublishingScheduler(beat.Scheduler):  # type: ignore[misc]
         self.observers.problem(kind, detail)
 
     def safe_is_due(self, entry: beat.ScheduleEntry) -> tuple[bool, float]:
-        """``is_due(entry)``; when it raises, logged and "not due, ask again in max_interval".
+        """``is_due(entry)`` as celery's beat reads it, contained to that entry.
 
-        One broken entry must not stop the others (celery before 5.7 let it stop the tick).
+        Every form celery accepts: a ``schedstate`` or any pair whose first item is true or
+        false and whose second is a number of seconds (``int`` or ``float``) or ``None``
+        ("ask again at ``max_interval``", as celery's tick does). Anything else, and any
+        exception, is "not due, ask again in ``max_interval``": logged once per change of what
+        went wrong and counted as a problem (``entry-schedule``), never raised; one broken
+        entry does not stop the others.
         """
+        self._on_server_clock(entry)
+        name = getattr(entry, "name", None)
         try:
             is_due, next_time_to_run = self.is_due(entry)
-        except Exception:
-            logger.exception(
-                "beatleader: cannot tell when %r is due; trying again in %g s",
-                entry.name,
-                self.max_interval,
+            due = bool(is_due)
+            delay = float(self.max_interval if next_time_to_run is None else next_time_to_run)
+            if delay != delay:  # NaN: no time at all
+                raise ValueError(f"is_due returned {next_time_to_run!r} seconds")
+        except Exception as exc:
+            self._report(
+                f"is_due:{name}",
+                "entry-schedule",
+                f"cannot tell when {name!r} is due ({type(exc).__name__}: "
+                f"{_first_line(exc)}); trying again in {self.max_interval:g} s",
             )
             return False, float(self.max_interval)
-        return bool(is_due), float(next_time_to_run)
+        if f"is_due:{name}" in self._reported:
+            del self._reported[f"is_due:{name}"]
+            logger.info("beatleader: %r can tell when it is due again", name)
+        return due, delay
+
+    def _on_server_clock(self, entry: beat.ScheduleEntry) -> None:
+        """Let ``entry``'s schedule see ZooKeeper's clock (``Scheduler``'s); none here."""
 
     # -- the writes of the outbox ---------------------------------------------------------------
 
@@ -113,6 +130,7 @@ class PublishingScheduler(beat.Scheduler):  # type: ignore[misc]
         grace = self.settings.misfire_grace
         if grace is None or pending.entry.last_run_at is None:
             return False
+        self._on_server_clock(pending.entry)
         late = (
             pending.entry.default_now() - maybe_make_aware(pending.entry.last_run_at)
         ).total_seconds()
@@ -175,7 +193,7 @@ class PublishingScheduler(beat.Scheduler):  # type: ignore[misc]
     ) -> str:
         """Publish run ``ordinal`` of ``entry`` with its task id and run headers; raise if not."""
         task_id = self._task_id(entry.name, ordinal, incarnation)
-        message = copy.copy(entry)
+        message = replaced(entry)
         headers = {
             **(entry.options.get("headers") or {}),
             **layout.run_headers(self.settings.path, entry.name, ordinal, incarnation),
@@ -237,3 +255,25 @@ class PublishingScheduler(beat.Scheduler):  # type: ignore[misc]
 
     def _task_id(self, name: str, ordinal: int, incarnation: str | None) -> str:
         return layout.run_task_id(self.settings.path, name, ordinal, incarnation)
+
+
+def replaced(entry: beat.ScheduleEntry, **changes: Any) -> beat.ScheduleEntry:
+    """A copy of ``entry`` with ``changes``, made without calling its class.
+
+    ``copy.copy`` goes through ``__reduce__`` and ``Entry(**dict(entry))`` through ``__init__``;
+    a user's ``Entry`` subclass need match neither (django-celery-beat's ``ModelEntry`` does
+    not). The schedule object is shared, as celery's ``next(entry)`` shares it.
+    """
+    copied = object.__new__(type(entry))
+    copied.__dict__.update(vars(entry))
+    copied.__dict__.update(changes)
+    return copied
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    try:
+        text = str(exc).strip()
+    except Exception:
+        text = ""
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."

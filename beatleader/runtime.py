@@ -44,6 +44,7 @@ from beatleader import layout
 from beatleader.definitions import Definition
 from beatleader.dynamic import DynamicScheduler
 from beatleader.planning import Run
+from beatleader.publishing import replaced
 from beatleader.runtimewatch import DefinitionWatch, Reading, RunRequest
 from beatleader.state import CommitOutcome
 
@@ -193,7 +194,7 @@ class RuntimeScheduler(DynamicScheduler):
             taken.add(entry.name)
             if entry.name in self._outbox or not self._entry_backoff.ready(entry.name, now):
                 continue  # its previous run is not out yet, or its write failed lately
-            extra = self.Entry(**dict(entry, total_run_count=entry.total_run_count + 1))
+            extra = replaced(entry, total_run_count=entry.total_run_count + 1)
             runs.append(Run(extra, 0.0, True, 0.0, request=request.path))
             logger.info(
                 "beatleader: run-now request %s: run %d of %r",
@@ -212,7 +213,7 @@ class RuntimeScheduler(DynamicScheduler):
             return current
         held = self._paused_static.get(name)
         if held is not None:
-            entry = self.Entry(**dict(held))
+            entry = replaced(held)
         else:
             definition = self._definitions.get(name)
             made = self._make_entry(name, definition) if definition is not None else None

@@ -42,7 +42,6 @@ publish "succeeded" into a broker that then loses the message is not republished
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import heapq
 import logging
@@ -74,6 +73,35 @@ from beatleader.trust import make_scheduler_client, start_scheduler_client
 logger = logging.getLogger(__name__)
 
 ZOOKEEPER_ERRORS = CONNECTION_ERRORS
+
+
+def safe_repr(value: Any) -> str:
+    """``repr(value)``, or ``<TypeName>`` when that raises (a user's ``__repr__``)."""
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__qualname__}>"
+
+
+class ServerClockApp:
+    """The celery app as a schedule sees it under beatleader: ``now()`` is ZooKeeper's clock.
+
+    Every other attribute is the app's own (``timezone``, ``conf``, ...). Set as a schedule's
+    ``app`` by :meth:`Scheduler._on_server_clock`, as celery sets the scheduler's app there.
+    """
+
+    def __init__(self, app: Any, now: Any) -> None:
+        self._app = app
+        self._now = now
+
+    def now(self) -> datetime:
+        return self._now()  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._app, name)
+
+    def __repr__(self) -> str:
+        return f"<ServerClockApp of {self._app!r}>"
 
 
 class Scheduler(RuntimeScheduler):
@@ -139,21 +167,35 @@ class Scheduler(RuntimeScheduler):
         self._init_runtime()
         self._error_backoff = Backoff(self.error_retry_delay, self.error_retry_max)
         self._clock = ServerClock()
+        self._clock_app = ServerClockApp(app, self.server_now)
         self._next_probe = 0.0
         super().__init__(app, *args, lazy=lazy, **kwargs)
 
     # -- celery hooks -----------------------------------------------------------------------------
 
     def setup_schedule(self) -> None:
-        self._timezone = self.app.timezone  # read once: a lock-guarded property in celery
-        self.merge_inplace(self.app.conf.beat_schedule)
-        self.install_default_entries(self.schedule)
-        self._freeze_static()
-        if self.settings.metrics_port is not None:  # validated: prometheus_client is installed
-            from beatleader import metrics
+        """Read the static schedule and contend; a second call while open changes nothing.
 
-            with sigmask.blocked_in_new_threads():  # its HTTP server thread, if it starts one
-                metrics.install(self)
+        celery calls it once (from ``__init__``, unless ``lazy``); a call on an open scheduler
+        keeps its session, contender node and schedule (the static schedule is fixed for a
+        scheduler's life: its fingerprint is what instances compare). After :meth:`close` it
+        opens a new session and contends again.
+        """
+        if self._zk is not None and not self._closed:
+            logger.debug("beatleader: setup_schedule on an open scheduler: nothing to do")
+            return
+        if self._zk is None:  # the first time: the static schedule
+            self._timezone = self.app.timezone  # read once: a lock-guarded property in celery
+            self.merge_inplace(self.app.conf.beat_schedule)
+            self.install_default_entries(self.schedule)
+            self._freeze_static()
+            if self.settings.metrics_port is not None:  # validated: prometheus_client is there
+                from beatleader import metrics
+
+                with sigmask.blocked_in_new_threads():  # its HTTP server thread, if it starts one
+                    metrics.install(self)
+        self._closed = False
+        self._loaded_generation = 0
         self._connect()
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
@@ -242,13 +284,20 @@ class Scheduler(RuntimeScheduler):
         return {name: p.ordinal for name in self._outbox.names() if (p := self._outbox.get(name))}
 
     def fingerprint(self) -> str:
-        """A short hash of this instance's schedule; instances that differ have different ones."""
+        """A short hash of this instance's schedule; instances that differ have different ones.
+
+        A part whose ``repr`` raises (a user's schedule class) counts by its type's name; the
+        others hash as they always did, so versions agree on ordinary schedules.
+        """
         digest = hashlib.sha256()
         for name in sorted(self.schedule):
             entry = self.schedule[name]
-            digest.update(
-                repr((name, entry.task, entry.schedule, entry.args, entry.kwargs)).encode()
-            )
+            parts = (name, entry.task, entry.schedule, entry.args, entry.kwargs)
+            try:
+                text = repr(parts)
+            except Exception:
+                text = repr(tuple(safe_repr(part) for part in parts))
+            digest.update(text.encode())
         return digest.hexdigest()[:12]
 
     # -- the one clock ----------------------------------------------------------------------------
@@ -266,11 +315,21 @@ class Scheduler(RuntimeScheduler):
         return self.local_time() + self._clock.offset
 
     def _on_server_clock(self, entry: beat.ScheduleEntry) -> None:
+        """Let ``entry``'s schedule see ZooKeeper's clock, without copying or rebuilding it.
+
+        A schedule asks ``app.now()`` when it has no ``nowfun`` (celery's ``BaseSchedule.now``),
+        and celery itself sets ``schedule.app`` on every entry it makes: this sets it to the app
+        as seen through the server clock (:class:`ServerClockApp`). A schedule with its own
+        ``nowfun`` (or its own ``now``) keeps it, time zone and all. A schedule that refuses the
+        attribute runs on its own clock.
+        """
         schedule = entry.schedule
-        if hasattr(schedule, "nowfun") and schedule.nowfun != self.server_now:
-            schedule = copy.copy(schedule)  # the app's own schedule object stays untouched
-            schedule.nowfun = self.server_now
-            entry.schedule = schedule
+        if schedule is None or getattr(schedule, "_app", None) is self._clock_app:
+            return
+        try:
+            schedule.app = self._clock_app
+        except Exception:  # a schedule class of the user's that has no settable ``app``
+            return
 
     def _probe_clock(self) -> None:
         assert self._store is not None

@@ -89,7 +89,11 @@ def describe_entry(entry: Any) -> PlannedEntry:
     if type(sched) is schedule:  # a subclass may override is_due: no promise about it
         seconds = sched.run_every.total_seconds()
         return PlannedEntry(entry.name, task, f"every {_seconds_text(seconds)}", seconds)
-    return PlannedEntry(entry.name, task, _one_line(repr(sched)))
+    try:
+        text = repr(sched)
+    except Exception:  # a user's schedule class whose __repr__ fails
+        text = f"<{type(sched).__qualname__}>"
+    return PlannedEntry(entry.name, task, _one_line(text))
 
 
 def _seconds_text(seconds: float) -> str:

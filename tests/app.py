@@ -7,7 +7,8 @@ Shaped entirely by environment variables, read when the module is imported:
 ``TEST_REDIS_URL``
     broker URL when there is no ``TEST_BROKER_DIR``; always also ``redbeat_redis_url``.
 ``TEST_SCHEDULE``
-    JSON ``{name: {"every": seconds} | {"crontab": "m h dom mon dow"}, ...}``; optional keys
+    JSON ``{name: {"every": seconds} | {"crontab": "m h dom mon dow"} | {"custom": "Class",
+    "custom_args": [...]}, ...}`` (``custom``: a class of ``tests.user_schedules``); optional keys
     ``"task"`` (default ``tests.app.record``), ``"args"`` (default ``[name]``) and
     ``"options"`` (apply_async options).
 ``TEST_MAX_INTERVAL``
@@ -138,6 +139,10 @@ def parse_schedule(text: str) -> dict[str, dict[str, Any]]:
 
 
 def _schedule(name: str, spec: Mapping[str, Any]) -> schedule | crontab:
+    if "custom" in spec:
+        from tests import user_schedules
+
+        return user_schedules.make(str(spec["custom"]), list(spec.get("custom_args", [])))
     if "every" in spec:
         return schedule(timedelta(seconds=float(spec["every"])))
     if "crontab" in spec:
