@@ -274,3 +274,148 @@ def test_a_schedule_without_nowfun_runs_on_zookeepers_clock(factory) -> None:
     off = abs((last.astimezone(timezone.utc) - datetime.now(timezone.utc)).total_seconds())
     assert off < 60, f"last_run_at {last} is {off:.0f} s off ZooKeeper's (the true) time"
     assert plain.nowfun is None, "the user's schedule object was changed"
+
+
+# -- 6. each public method of celery.beat.Scheduler ----------------------------------------------
+
+
+class _MarkedEntry(beat.ScheduleEntry):  # type: ignore[misc]
+    """A user's own ``Scheduler.Entry`` class."""
+
+
+def test_a_subclass_entry_class_builds_the_static_entries_as_in_celery(factory) -> None:
+    class WithEntry(Recording):
+        Entry = _MarkedEntry
+
+    app = make_app({"TEST_SCHEDULE": json.dumps({ENTRY: every(1)})}, set_as_current=False)
+    settings = Settings.from_app(app, zk_hosts=factory.hosts, path=factory.root, session_timeout=2)
+    scheduler = WithEntry(app, beatleader_settings=settings, beatleader_observers=Observers())
+    scheduler.published = []
+    factory.made.append(scheduler)
+    celery_scheduler = type("CeleryWithEntry", (beat.Scheduler,), {"Entry": _MarkedEntry})(app)
+    assert type(scheduler.schedule[ENTRY]) is type(celery_scheduler.schedule[ENTRY])
+    assert type(scheduler.schedule[ENTRY]) is _MarkedEntry
+    run_until(elected(scheduler), lambda: len(scheduler.published) >= 2)
+
+
+def test_setup_installs_the_entries_celery_beat_installs(factory, tmp_path) -> None:
+    """The entries of celery's default scheduler (``PersistentScheduler``), default ones too.
+
+    (celery's base ``Scheduler.setup_schedule`` installs the default entries *before* merging
+    ``beat_schedule``, which removes them again; the scheduler ``celery beat`` runs keeps them.)
+    """
+    schedule_spec = {ENTRY: every(1), "other": every(5)}
+    scheduler = factory.make(schedule_spec)
+    app = make_app({"TEST_SCHEDULE": json.dumps(schedule_spec)}, set_as_current=False)
+    celery_scheduler = beat.PersistentScheduler(app, schedule_filename=str(tmp_path / "s"))
+    assert sorted(scheduler.schedule) == sorted(celery_scheduler.schedule)
+    assert "celery.backend_cleanup" in scheduler.schedule  # result_expires, no auto-expiry
+    for name, entry in celery_scheduler.schedule.items():
+        ours = scheduler.schedule[name]
+        assert (ours.task, ours.args, ours.kwargs, ours.options, ours.schedule) == (
+            entry.task,
+            entry.args,
+            entry.kwargs,
+            entry.options,
+            entry.schedule,
+        )
+
+
+def test_add_and_update_from_dict_schedule_the_entry_here_and_send_it_fenced(
+    factory, zk_client, zk_root
+) -> None:
+    """celery's ``add``/``update_from_dict``/``merge_inplace`` change this scheduler's schedule.
+
+    beatleader's too: while it leads the entry is sent through the fence and the outbox (run
+    state in ZooKeeper, deterministic task ids); it is not shared with the other instances
+    (``beatleader.entries.add`` is the shared way).
+    """
+    scheduler = elected(factory.make({ENTRY: every(1)}))
+    run_until(scheduler, lambda: len(scheduler.published) >= 1)
+    scheduler.add(
+        name="added", task="tests.app.record", args=["added"], schedule=timedelta(seconds=1)
+    )
+    scheduler.update_from_dict(
+        {"merged": {"task": "tests.app.record", "args": ["merged"], "schedule": 1.0}}
+    )
+    assert isinstance(scheduler.schedule["added"], beat.ScheduleEntry)
+    run_until(
+        scheduler,
+        lambda: all(
+            scheduler._stored.get(name) is not None
+            and scheduler._stored[name].state is not None
+            and scheduler._stored[name].state.total_run_count >= 2  # type: ignore[union-attr]
+            for name in ("added", "merged")
+        ),
+    )
+    assert {"added", "merged"} <= set(zk_client.get_children(f"{zk_root}/entries"))
+
+
+def test_set_schedule_replaces_what_is_sent(factory) -> None:
+    scheduler = elected(factory.make({ENTRY: every(1), "other": every(1)}))
+    run_until(scheduler, lambda: scheduler.schedule["other"].total_run_count >= 1)
+    scheduler.schedule = {ENTRY: scheduler.schedule[ENTRY]}  # celery's set_schedule
+    assert sorted(scheduler.get_schedule()) == [ENTRY]
+    tick_for(scheduler, 1.5)
+    sent = len(scheduler.published)
+    run_until(scheduler, lambda: len(scheduler.published) >= sent + 2)
+    assert "other" not in scheduler.schedule
+
+
+def test_a_scheduler_is_due_override_decides_as_in_celery(factory) -> None:
+    class Holding(Recording):
+        def is_due(self, entry: Any) -> Any:
+            if entry.name == "held":
+                return beat.schedstate(False, 0.2)
+            return super().is_due(entry)
+
+    app = make_app(
+        {"TEST_SCHEDULE": json.dumps({ENTRY: every(1), "held": every(1)})}, set_as_current=False
+    )
+    settings = Settings.from_app(app, zk_hosts=factory.hosts, path=factory.root, session_timeout=2)
+    scheduler = Holding(app, beatleader_settings=settings, beatleader_observers=Observers())
+    scheduler.published = []
+    factory.made.append(scheduler)
+    run_until(elected(scheduler), lambda: scheduler.schedule[ENTRY].total_run_count >= 3)
+    assert scheduler.schedule["held"].total_run_count == 0
+
+
+def test_apply_entry_and_apply_async_send_at_once_as_in_celery(
+    factory, caplog, monkeypatch
+) -> None:
+    """Unchanged: a direct send, outside the fence, a fresh task id, on any instance."""
+    scheduler = factory.make({ENTRY: every(3600)})
+    entry = scheduler.schedule[ENTRY]
+    result = scheduler.apply_async(entry, advance=False)
+    assert result is not None and result.id not in scheduler.published
+    assert scheduler.schedule[ENTRY].total_run_count == 0  # advance=False: as celery
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("broker unreachable (test)")
+
+    monkeypatch.setattr(scheduler, "apply_async", unreachable)
+    celery_log = logging.getLogger("celery.beat")  # celery's loggers may not propagate
+    celery_log.addHandler(caplog.handler)
+    try:
+        scheduler.apply_entry(entry)  # celery logs a send that fails; it never raises
+    finally:
+        celery_log.removeHandler(caplog.handler)
+    assert "Message Error" in caplog.text and "broker unreachable" in caplog.text
+
+
+def test_tick_returns_seconds_at_most_max_interval(factory) -> None:
+    scheduler = factory.make({"hourly": every(3600)}, max_interval=2)
+    follower_or_leader = [scheduler.tick() for _ in range(3)]
+    elected(scheduler)
+    leading = [scheduler.tick() for _ in range(3)]
+    for delay in follower_or_leader + leading:
+        assert isinstance(delay, float) and 0.0 <= delay <= 2.0, delay
+
+
+def test_sync_writes_no_file_and_info_names_zookeeper(factory, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    scheduler = elected(factory.make({ENTRY: every(1)}))
+    run_until(scheduler, lambda: len(scheduler.published) >= 1)
+    scheduler.sync()
+    assert list(tmp_path.iterdir()) == []
+    assert scheduler.info.startswith(f"ZooKeeper {factory.hosts}")
