@@ -4,8 +4,8 @@ Use ``celery -A proj beat -S beatleader.Scheduler`` (or ``-S beatleader``) on ev
 """
 
 from beatleader._version import __version__
+from beatleader.beat.embedded import EmbeddedBeat
+from beatleader.beat.scheduler import Scheduler
 from beatleader.config import ConfigError, Settings
-from beatleader.embedded import EmbeddedBeat
-from beatleader.scheduler import Scheduler
 
 __all__ = ["ConfigError", "EmbeddedBeat", "Scheduler", "Settings", "__version__"]

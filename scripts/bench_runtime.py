@@ -24,8 +24,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from beatleader.beat.scheduler import Scheduler
 from beatleader.config import Settings
-from beatleader.scheduler import Scheduler
 from tests.app import make_app
 from tests.runtime_support import ScaleFigures, measure_scale
 

@@ -35,7 +35,7 @@ from kazoo.exceptions import KazooException
 from kazoo.handlers.threading import KazooTimeoutError
 from topology import NativeTopology, close_all, stop_uninterrupted
 
-from beatleader.status import Contender, read_leader
+from beatleader.ops.status import Contender, read_leader
 from beatleader.testing.localzk import missing_requirements
 
 POLL_INTERVAL = 0.2

@@ -38,7 +38,7 @@ from typing import Any
 
 from celery import Celery, Task
 
-import beatleader.dedup
+import beatleader.worker.guard
 
 APP_NAME = "demo"
 TASK_NAME = "demo_app.tick"

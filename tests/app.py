@@ -44,8 +44,8 @@ from typing import Any
 from celery import Celery, Task
 from celery.schedules import crontab, schedule
 
-from beatleader import dedup
 from beatleader.testing import fstransport
+from beatleader.worker import guard as dedup
 from tests import dedup_tasks
 
 APP_NAME = "beatleader_tests"
@@ -175,7 +175,7 @@ record = app.tasks[RECORD_TASK]
 
 # -- test-only faults in the scheduler ------------------------------------------------------------
 
-from beatleader.scheduler import Scheduler as _BeatleaderScheduler  # noqa: E402
+from beatleader.beat.scheduler import Scheduler as _BeatleaderScheduler  # noqa: E402
 
 
 class FaultScheduler(_BeatleaderScheduler):

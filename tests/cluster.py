@@ -11,7 +11,7 @@ from typing import Any
 
 from kazoo.client import KazooClient
 
-from beatleader import layout
+from beatleader.zk import layout
 from tests.harness import BeatProcess, FilesystemBroker, SentMessage, contenders, wait_for
 
 #: The entry most tests schedule, and the environment giving it to ``tests.app``: one run a

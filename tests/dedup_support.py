@@ -10,7 +10,7 @@ import pytest
 import redis
 from celery import Celery
 
-from beatleader import layout
+from beatleader.zk import layout
 from tests.app import RECORD_TASK, make_app
 from tests.harness import RedisServer, WorkerProcess, read_executions
 

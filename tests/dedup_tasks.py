@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import Celery, Task
 
-from beatleader.dedup import DedupPolicy
+from beatleader.worker.guard import DedupPolicy
 
 SLOW_TASK = "tests.dedup.slow"
 RETRY_TASK = "tests.dedup.retry_once"

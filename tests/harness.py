@@ -24,14 +24,14 @@ from typing import Any, TypeVar
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
-from beatleader import layout
-from beatleader.claimmarkers import decode as decode_object
-from beatleader.client import make_client
 from beatleader.config import Settings
-from beatleader.election import CONTENDER_MARKER, sorted_contenders
+from beatleader.election.leader import CONTENDER_MARKER, sorted_contenders
 from beatleader.testing.localproc import LoggedProcess
 from beatleader.testing.localzk import ZooKeeperServer, free_port
 from beatleader.testing.zkensemble import ZooKeeperEnsemble
+from beatleader.worker.markers import decode as decode_object
+from beatleader.zk import layout
+from beatleader.zk.client import make_client
 
 __all__ = [
     "REPO_ROOT",

@@ -15,10 +15,10 @@ from typing import Any
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
-from beatleader import layout
-from beatleader.definitions import Definition
-from beatleader.layout import EntryState
-from beatleader.multiread import MULTI_READ
+from beatleader.schedules.definitions import Definition
+from beatleader.zk import layout
+from beatleader.zk.layout import EntryState
+from beatleader.zk.multiread import MULTI_READ
 from tests.harness import connected_client, wait_for
 
 RECORD_TASK = "tests.app.record"

@@ -10,8 +10,8 @@ from typing import Any
 
 from kazoo.client import KazooClient
 
-from beatleader import layout
 from beatleader.testing.pki import TestPki
+from beatleader.zk import layout
 from tests.cluster import ENTRY
 from tests.harness import wait_for
 

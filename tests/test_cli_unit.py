@@ -24,16 +24,16 @@ import pytest
 from click.testing import CliRunner, Result
 from kazoo.client import KazooClient
 
-from beatleader.cli import CliError, Target, celery_command, cli, report_resign
+from beatleader.cli.main import CliError, Target, celery_command, cli, report_resign
 from beatleader.config import Settings
-from beatleader.layout import (
+from beatleader.ops.status import read_status, resign_leader, wait_for_leader
+from beatleader.testing.localzk import ZooKeeperServer, free_port
+from beatleader.zk.layout import (
     ContenderInfo,
     EntryState,
     entry_path,
     schedule_path,
 )
-from beatleader.status import read_status, resign_leader, wait_for_leader
-from beatleader.testing.localzk import ZooKeeperServer, free_port
 from tests.harness import connected_client, contender_prefix
 
 REPO = Path(__file__).resolve().parent.parent

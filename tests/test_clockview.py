@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import time
 
-from beatleader import layout
-from beatleader.clockview import clock_note, read_clock
-from beatleader.planning import ServerClock
-from beatleader.state import StateStore
-from beatleader.status import read_status
+from beatleader.beat.planning import ServerClock
+from beatleader.beat.state import StateStore
+from beatleader.ops.status import read_status
+from beatleader.zk import layout
+from beatleader.zk.clocknode import clock_note, read_clock
 from tests.cluster import ENTRY, every, schedule_env, wait_for_messages
 from tests.harness import FilesystemBroker, wait_for
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from celery import Celery
 
-from beatleader import layout
 from beatleader.config import ConfigError, Settings
+from beatleader.zk import layout
 
 
 @pytest.fixture(autouse=True)

@@ -17,8 +17,8 @@ import redis
 from celery import Celery
 from kazoo.client import KazooClient
 
-from beatleader import layout
-from beatleader.claims import ClaimStore, RunKey
+from beatleader.worker.claims import ClaimStore, RunKey
+from beatleader.zk import layout
 from tests.app import RECORD_TASK
 from tests.cluster import run_ids
 from tests.dedup_support import DROPPED, dedup_env, drops, executions_of, publish_run, publisher

@@ -10,8 +10,8 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.handlers.threading import KazooTimeoutError
 
-from beatleader import layout
-from beatleader.claims import ClaimPolicy, ClaimStore, Outcome, RunKey, Verdict
+from beatleader.worker.claims import ClaimPolicy, ClaimStore, Outcome, RunKey, Verdict
+from beatleader.zk import layout
 from tests.harness import ZooKeeperServer, connected_client, wait_for
 
 OWNER = {"task_id": "t", "host": "h", "pid": 1}

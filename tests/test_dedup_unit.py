@@ -9,8 +9,9 @@ import pytest
 from celery import Celery
 from celery.utils.threads import LocalStack
 
-from beatleader import dedup, layout
 from beatleader.config import ConfigError, Settings
+from beatleader.worker import guard as dedup
+from beatleader.zk import layout
 
 ROOT = "/beatleader/unit"
 

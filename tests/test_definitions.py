@@ -15,8 +15,7 @@ import pytest
 from celery import Celery
 from celery.schedules import schedule
 
-from beatleader import layout
-from beatleader.definitions import (
+from beatleader.schedules.definitions import (
     Definition,
     DefinitionError,
     Limits,
@@ -26,7 +25,8 @@ from beatleader.definitions import (
     parse_cron,
     parse_every,
 )
-from beatleader.schedules import describe_entry
+from beatleader.schedules.describe import describe_entry
+from beatleader.zk import layout
 
 UTC = timezone.utc
 

@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from beatleader import layout
 from beatleader.django import DatabaseScheduler
 from beatleader.testing.localpg import LocalPostgres
+from beatleader.zk import layout
 from tests.djangoproj.dburl import database
 from tests.harness import (
     REPO_ROOT,
@@ -482,7 +482,7 @@ def test_a_change_that_bypasses_the_marker_is_read_within_the_full_read_interval
 def test_embedded_beat_runs_the_database_scheduler(
     use_db, zk_server, zk_client, zk_root, broker_dir
 ) -> None:
-    from beatleader.embedded import EmbeddedBeat
+    from beatleader.beat.embedded import EmbeddedBeat
     from tests.app import make_app
 
     use_db("default")
@@ -504,8 +504,8 @@ def test_embedded_beat_runs_the_database_scheduler(
 
 
 def test_a_scheduler_that_is_not_beatleaders_is_refused() -> None:
+    from beatleader.beat.embedded import EmbeddedBeat
     from beatleader.config import ConfigError
-    from beatleader.embedded import EmbeddedBeat
     from tests.app import make_app
 
     app = make_app({}, set_as_current=False)
@@ -516,7 +516,7 @@ def test_a_scheduler_that_is_not_beatleaders_is_refused() -> None:
 def test_a_second_start_with_another_scheduler_reuses_the_running_beat_and_says_so(
     caplog,
 ) -> None:
-    from beatleader.embedded import EmbeddedBeat
+    from beatleader.beat.embedded import EmbeddedBeat
     from tests.app import make_app
 
     app = make_app({}, set_as_current=False)

@@ -21,8 +21,8 @@ import pytest
 from celery import Celery
 from celery.schedules import crontab
 
-from beatleader import schedtypes
-from beatleader.definitions import Definition, ZonedCrontab
+from beatleader.schedules import types as schedtypes
+from beatleader.schedules.definitions import Definition, ZonedCrontab
 
 UTC = timezone.utc
 PARIS, NEW_YORK = "Europe/Paris", "America/New_York"

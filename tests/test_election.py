@@ -9,11 +9,11 @@ from collections.abc import Iterator
 import pytest
 from kazoo.client import KazooClient
 
-from beatleader import layout
-from beatleader.election import CONTENDER_MARKER, LeaderElection, sorted_contenders
-from beatleader.layout import ContenderInfo
+from beatleader.election.leader import CONTENDER_MARKER, LeaderElection, sorted_contenders
 from beatleader.observe import Observer
-from beatleader.status import resign_leader
+from beatleader.ops.status import resign_leader
+from beatleader.zk import layout
+from beatleader.zk.layout import ContenderInfo
 from tests.harness import connected_client, wait_for
 
 

@@ -18,12 +18,13 @@ import pytest
 from kazoo.exceptions import NoAuthError
 from kazoo.security import make_acl, make_digest_acl
 
-from beatleader import entries, layout
+from beatleader import entries
 from beatleader.config import Settings
-from beatleader.definitions import Definition, DefinitionError
-from beatleader.entries import EntryStore
-from beatleader.layout import ContenderInfo, EntryState
-from beatleader.schedules import PlannedEntry, encode_schedule
+from beatleader.entries.api import EntryStore
+from beatleader.schedules.definitions import Definition, DefinitionError
+from beatleader.schedules.describe import PlannedEntry, encode_schedule
+from beatleader.zk import layout
+from beatleader.zk.layout import ContenderInfo, EntryState
 from tests.app import make_app
 from tests.harness import connected_client
 from tests.security import APP_PASSWORD, AUTH

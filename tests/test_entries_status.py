@@ -11,13 +11,13 @@ import subprocess
 import sys
 from typing import Any
 
-from beatleader import layout
-from beatleader.definitions import Definition
-from beatleader.entries import EntryStore
-from beatleader.layout import EntryState
-from beatleader.prune import plan_prune
-from beatleader.schedules import PlannedEntry
-from beatleader.status import read_status
+from beatleader.entries.api import EntryStore
+from beatleader.ops.prune import plan_prune
+from beatleader.ops.status import read_status
+from beatleader.schedules.definitions import Definition
+from beatleader.schedules.describe import PlannedEntry
+from beatleader.zk import layout
+from beatleader.zk.layout import EntryState
 from tests.test_entries_api import publish_instance
 
 LAST = "2026-01-01T00:00:00+00:00"

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from beatleader import layout
-from beatleader.layout import EntryState
+from beatleader.zk import layout
+from beatleader.zk.layout import EntryState
 from tests.security import AUTH
 
 STATIC = "static-tick"

@@ -23,10 +23,10 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError, NoNodeError, NotEmptyError
 
-from beatleader import layout
-from beatleader.contenders import CONTENDER_MARKER
-from beatleader.layout import ContenderInfo
-from beatleader.status import read_contenders, read_status, resign_leader
+from beatleader.election.contenders import CONTENDER_MARKER
+from beatleader.ops.status import read_contenders, read_status, resign_leader
+from beatleader.zk import layout
+from beatleader.zk.layout import ContenderInfo
 from tests.cluster import (
     ENTRY,
     SendingCluster,

@@ -11,8 +11,8 @@ import re
 
 from kazoo.client import KazooClient
 
-from beatleader.election import LeaderElection
-from beatleader.kazoolog import KAZOO_LOGGER, KazooLogFilter, kazoo_logger
+from beatleader.election.leader import LeaderElection
+from beatleader.zk.log import KAZOO_LOGGER, KazooLogFilter, kazoo_logger
 from tests.cluster import ENTRY, every, schedule_env, wait_for_messages
 from tests.harness import FilesystemBroker, free_port, wait_for
 

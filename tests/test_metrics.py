@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from beatleader import ConfigError, EmbeddedBeat, Settings
-from beatleader.metrics import PrometheusObserver, observer_for
+from beatleader.observe.metrics import PrometheusObserver, observer_for
 from tests.cluster import ENTRY, leader_process, now_ms, sender_pid
 from tests.cluster import one_second_env as _one_second_env
 from tests.harness import REPO_ROOT, FilesystemBroker, contenders, free_port, wait_for
@@ -234,10 +234,12 @@ class _Exploding(PrometheusObserver):
 def test_a_failing_metrics_observer_never_breaks_scheduling(
     zk_server, zk_root, broker_dir, caplog, monkeypatch
 ) -> None:
-    import beatleader.metrics
+    import beatleader.observe.metrics
 
     exploding = _Exploding(zk_root, CollectorRegistry())
-    monkeypatch.setattr(beatleader.metrics, "observer_for", lambda path, registry: exploding)
+    monkeypatch.setattr(
+        beatleader.observe.metrics, "observer_for", lambda path, registry: exploding
+    )
     broker = FilesystemBroker(broker_dir)
     with caplog.at_level(logging.ERROR, logger="beatleader.observe"):
         beat = EmbeddedBeat(

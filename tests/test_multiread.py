@@ -13,7 +13,7 @@ from kazoo.exceptions import NoAuthError, NoNodeError
 from kazoo.protocol.states import WatchedEvent
 from kazoo.security import make_digest_acl
 
-from beatleader import multiread
+from beatleader.zk import multiread
 from tests.harness import connected_client, wait_for
 from tests.runtime_support import ReadCounter
 

@@ -19,11 +19,11 @@ from kazoo.client import KazooClient
 from kazoo.security import make_acl
 from kombu.exceptions import OperationalError
 
-from beatleader import layout
+from beatleader.beat.scheduler import Scheduler
 from beatleader.config import Settings
-from beatleader.layout import EntryState
 from beatleader.observe import Observer, Observers
-from beatleader.scheduler import Scheduler
+from beatleader.zk import layout
+from beatleader.zk.layout import EntryState
 from tests.app import make_app
 from tests.harness import entry_state, wait_for
 

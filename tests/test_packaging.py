@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 import beatleader
-from beatleader.cli import celery_command, cli
+from beatleader.cli.main import celery_command, cli
 from tests.harness import REPO_ROOT
 
 _NOT_SOURCE = shutil.ignore_patterns(
@@ -60,7 +60,23 @@ def test_the_wheel_ships_the_package_without_test_tooling(dist: Path) -> None:
         info = f"beatleader-{beatleader.__version__}.dist-info"
         entry_points = wheel.read(f"{info}/entry_points.txt").decode()
     modules = {n for n in names if n.startswith("beatleader/")}
-    assert {"beatleader/py.typed", "beatleader/metrics.py", "beatleader/scheduler.py"} <= modules
+    assert {
+        "beatleader/py.typed",
+        "beatleader/observe/metrics.py",
+        "beatleader/scheduler.py",
+    } <= modules
+    for package in (
+        "beat",
+        "cli",
+        "election",
+        "entries",
+        "observe",
+        "ops",
+        "schedules",
+        "worker",
+        "zk",
+    ):
+        assert f"beatleader/{package}/__init__.py" in modules, package
     assert {"beatleader/django/__init__.py", "beatleader/django/scheduler.py"} <= modules
     assert not [n for n in names if n.startswith(("beatleader/testing", "tests/", "scripts/"))]
     assert f"{info}/licenses/LICENSE" in names

@@ -6,10 +6,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from beatleader import layout
-from beatleader.layout import EntryState
-from beatleader.planning import Backoff, Marks, Outbox, Pending, ServerClock, continuation
-from beatleader.state import StoredState
+from beatleader.beat.planning import Backoff, Marks, Outbox, Pending, ServerClock, continuation
+from beatleader.beat.state import StoredState
+from beatleader.zk import layout
+from beatleader.zk.layout import EntryState
 
 T0 = datetime(2026, 5, 1, 12, 0, 0, tzinfo=timezone.utc).timestamp()
 

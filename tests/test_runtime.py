@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from kazoo.security import make_digest_acl
 
-from beatleader import layout, multiread
-from beatleader.layout import EntryState
-from beatleader.runtimewatch import RunRequest
-from beatleader.state import StateStore, Write
+from beatleader.beat.runtimewatch import RunRequest
+from beatleader.beat.state import StateStore, Write
 from beatleader.testing.proxy import ZkProxy
+from beatleader.zk import layout, multiread
+from beatleader.zk.layout import EntryState
 from tests.harness import contenders, entry_state, wait_for
 from tests.runtime_support import (
     ReadCounter,

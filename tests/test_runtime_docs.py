@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from beatleader import layout
+from beatleader.zk import layout
 from tests.harness import REPO_ROOT
 
 DOC = REPO_ROOT / "docs" / "runtime-entries.md"

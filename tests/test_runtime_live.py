@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 from kazoo.client import KazooClient
 
-from beatleader import layout
-from beatleader.entries import EntryStore
+from beatleader.entries.api import EntryStore
+from beatleader.zk import layout
 from tests.app import RECORD_TASK, make_app
 from tests.cluster import every, schedule_env
 from tests.harness import contenders, entry_state, read_executions, wait_for

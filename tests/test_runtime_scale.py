@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from beatleader.beat.scheduler import Scheduler
 from beatleader.config import Settings
 from beatleader.observe import Observers
-from beatleader.scheduler import Scheduler
 from tests.app import make_app
 from tests.runtime_support import measure_scale
 

@@ -19,11 +19,12 @@ from celery import Celery
 from kazoo.exceptions import NoAuthError, NoNodeError
 from kazoo.security import make_acl, make_digest_acl
 
-from beatleader import EmbeddedBeat, layout
-from beatleader.client import Trouble, make_client, tls_context
+from beatleader import EmbeddedBeat
 from beatleader.config import ConfigError, Settings, TlsSettings
 from beatleader.testing.pki import TestPki
 from beatleader.testing.securezk import SecureZooKeeperServer, ServerTls
+from beatleader.zk import layout
+from beatleader.zk.client import Trouble, make_client, tls_context
 from tests.cluster import ENTRY, every, schedule_env
 from tests.harness import FilesystemBroker, connected_client, leader, wait_for
 from tests.security import (

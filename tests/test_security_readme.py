@@ -20,7 +20,6 @@ import pytest
 import yaml
 from kazoo.security import make_acl, make_digest_acl
 
-from beatleader import layout
 from beatleader.config import Settings
 from beatleader.testing.localzk import free_port
 from beatleader.testing.pki import Issued
@@ -30,6 +29,7 @@ from beatleader.testing.securezk import (
     ServerTls,
     jaas_server_section,
 )
+from beatleader.zk import layout
 from tests.cluster import ENTRY, every, schedule_env
 from tests.harness import REPO_ROOT, FilesystemBroker, connected_client, wait_for
 from tests.test_deployment import compose_command

@@ -8,8 +8,8 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.security import make_acl
 
-from beatleader.layout import EntryState, entry_path
-from beatleader.state import StateStore, Write
+from beatleader.beat.state import StateStore, Write
+from beatleader.zk.layout import EntryState, entry_path
 from tests.harness import contender_prefix
 
 

@@ -14,12 +14,12 @@ from datetime import datetime, timezone
 import pytest
 from kazoo.client import KazooClient
 
-from beatleader.layout import ContenderInfo, EntryState, election_path, entry_path, schedule_path
+from beatleader.election.peers import APP_MISMATCH, SCHEDULE_MISMATCH, PeerWatch
 from beatleader.observe import Observer
-from beatleader.peers import APP_MISMATCH, SCHEDULE_MISMATCH, PeerWatch
-from beatleader.prune import PruneRefused, plan_prune, prune
-from beatleader.schedules import PlannedEntry, decode_schedule, encode_schedule, next_due
-from beatleader.status import read_status
+from beatleader.ops.prune import PruneRefused, plan_prune, prune
+from beatleader.ops.status import read_status
+from beatleader.schedules.describe import PlannedEntry, decode_schedule, encode_schedule, next_due
+from beatleader.zk.layout import ContenderInfo, EntryState, election_path, entry_path, schedule_path
 from tests.harness import connected_client, contender_prefix, wait_for
 
 

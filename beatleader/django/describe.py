@@ -20,8 +20,8 @@ from typing import Any
 
 from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
 
-from beatleader import layout
-from beatleader.schedules import describe_entry, encode_schedule
+from beatleader.schedules.describe import describe_entry, encode_schedule
+from beatleader.zk import layout
 
 logger = logging.getLogger("beatleader.django")
 

@@ -47,12 +47,12 @@ from typing import Any
 from celery import beat
 from celery.utils.time import maybe_make_aware
 
+from beatleader.beat.scheduler import Scheduler
+from beatleader.beat.state import StoredState
 from beatleader.django.describe import publish_rows
 from beatleader.django.rows import RowEntry
 from beatleader.django.sync import DatabaseSync, RunRecord
 from beatleader.observe import Observer
-from beatleader.scheduler import Scheduler
-from beatleader.state import StoredState
 
 
 class DatabaseScheduler(Scheduler):

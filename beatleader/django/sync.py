@@ -32,16 +32,15 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from celery import Celery, beat
+
+from beatleader.beat.planning import Backoff
 from beatleader.django.rows import RowEntry, read_rows
-from beatleader.planning import Backoff
-
-if TYPE_CHECKING:
-    from beatleader.django.scheduler import DatabaseScheduler
 
 logger = logging.getLogger("beatleader.django")
 
@@ -83,10 +82,33 @@ class Health:
             logger.warning("beatleader: the database answers again")
 
 
+class RowsHost(Protocol):
+    """What the sync thread needs of its scheduler (``DatabaseScheduler`` is one).
+
+    A protocol rather than an import, so that this module sits below the scheduler that runs it.
+    """
+
+    app: Celery
+    db_retry_first: float
+    db_retry_max: float
+    change_check_interval: float
+    full_read_interval: float
+    takeover_read_timeout: float
+
+    @property
+    def static_names(self) -> frozenset[str]: ...
+
+    def has_taken_over(self) -> bool: ...
+
+    def describe_rows(self, entries: list[Any]) -> bool: ...
+
+    def update_entries(self, changes: Mapping[str, beat.ScheduleEntry | None]) -> None: ...
+
+
 class DatabaseSync:
     """The ``beatleader-django`` thread of one :class:`DatabaseScheduler`; see the module doc."""
 
-    def __init__(self, scheduler: DatabaseScheduler) -> None:
+    def __init__(self, scheduler: RowsHost) -> None:
         self.scheduler = scheduler
         self.health = Health()
         self._backoff = Backoff(scheduler.db_retry_first, scheduler.db_retry_max)

@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Celery
 
-from beatleader import dedup
+from beatleader.worker import guard as dedup
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "beatsite.settings")
 

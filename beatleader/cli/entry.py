@@ -1,0 +1,255 @@
+"""``beatleader entry ...``: change the schedule while beat runs (also ``celery -A proj beatleader
+entry ...``).
+
+Subcommands: ``add``, ``update``, ``remove``, ``pause``, ``resume``, ``run``, ``list``; each
+takes the connection flags of the other commands (``--zk-hosts``, ``--path``, ``-A``,
+``--zk-auth``, ``--zk-tls*``; ``cli.connection_options``). The work is done by
+:class:`beatleader.entries.api.EntryStore`; this module parses options and prints.
+
+Guarantees: exit 0 on success; 2 on bad input (an unknown entry, an unparsable schedule or JSON,
+a name a static entry has, a task the ``-A`` app does not know without ``--force``, bad settings,
+``list`` of a root path that does not exist) or when ZooKeeper is unreachable or refuses
+(``NoAuthError``), always with one line ``beatleader: ...`` on stderr and never a traceback.
+Option values are parsed here, not by click, so that a bad number is such a line too. Text from
+ZooKeeper is printed escaped (``render.cell``).
+
+Not guaranteed: that the leader has applied the change when the command returns (it does within
+about a second when one leads; ``entry list`` shows the stored definitions, not the leader's
+memory).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+
+from beatleader.cli.connect import (
+    EXIT_UNREACHABLE,
+    CliError,
+    connect,
+    connection_options,
+    missing_path,
+    resolve_target,
+)
+from beatleader.config import ConfigError
+from beatleader.entries.api import EntryStore
+from beatleader.entries.listing import EntryInfo
+from beatleader.ops.render import cell, table
+from beatleader.schedules.checks import exc_line
+from beatleader.schedules.definitions import DefinitionError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def schedule_options(func: F) -> F:
+    """The options of ``add`` and ``update`` (all strings: parsed and checked by us)."""
+    decorators = [
+        click.option("--task", help="Task name, e.g. proj.tasks.report."),
+        click.option("--every", help="Interval: 30s, 90m, 2h, 1d (seconds without a unit)."),
+        click.option("--cron", help="Crontab 'minute hour day-of-month month day-of-week'."),
+        click.option("--timezone", help="IANA time zone of --cron (default: the app's)."),
+        click.option("--at", help="One run at this ISO 8601 time with offset, then done."),
+        click.option("--args", help="JSON list of positional arguments."),
+        click.option("--kwargs", help="JSON object of keyword arguments."),
+        click.option("--queue", help="Queue to send to."),
+        click.option("--priority", help="Message priority (integer 0-255)."),
+        click.option("--expires", help="Seconds after which an unstarted run is discarded."),
+        click.option("--force", is_flag=True, help="Accept a task the -A app does not know."),
+    ]
+    for decorate in reversed(decorators):
+        func = decorate(func)
+    return func
+
+
+@click.group("entry")
+def entry_group() -> None:
+    """Change the schedule at runtime: runtime entries, pause/resume, run now."""
+
+
+@contextmanager
+def entry_store(
+    ctx: click.Context, options: dict[str, Any], must_exist: bool = False
+) -> Iterator[EntryStore]:
+    """An EntryStore on a started client; bad input becomes a one-line exit 2.
+
+    ``must_exist``: a root path that does not exist is an error (a typo), as for ``status``.
+    """
+    target = resolve_target(ctx, **options)
+    with connect(target) as client:
+        if must_exist and client.exists(target.settings.path) is None:
+            raise CliError(missing_path(client, target))
+        try:
+            yield EntryStore(client, target.settings.path, target.app)
+        except (DefinitionError, ConfigError) as exc:
+            raise CliError(str(exc), EXIT_UNREACHABLE) from None
+
+
+def _spec(values: dict[str, Any]) -> dict[str, Any]:
+    """The EntryStore keyword arguments of the add/update options (None: not given)."""
+    return {
+        "task": values["task"],
+        "every": values["every"],
+        "cron": values["cron"],
+        "timezone": values["timezone"],
+        "at": values["at"],
+        "args": _json(values["args"], "--args", list, "a JSON list, e.g. '[1, \"a\"]'"),
+        "kwargs": _json(values["kwargs"], "--kwargs", dict, "a JSON object, e.g. '{\"k\": 1}'"),
+        "queue": values["queue"],
+        "priority": _number(values["priority"], "--priority", int),
+        "expires": _number(values["expires"], "--expires", float),
+        "force": values["force"],
+    }
+
+
+_SPEC_NAMES = (
+    "task", "every", "cron", "timezone", "at", "args", "kwargs", "queue", "priority", "expires",
+    "force",
+)  # fmt: skip
+
+
+def _split(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    spec = {k: options.pop(k) for k in _SPEC_NAMES}
+    return _spec(spec), options
+
+
+def _json(text: str | None, option: str, kind: type, valid: str) -> Any:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise CliError(f"{option} is not JSON ({exc_line(exc)}): give {valid}") from None
+    if not isinstance(value, kind):
+        raise CliError(f"{option} must be {valid}, not {type(value).__name__}")
+    return value
+
+
+def _number(text: str | None, option: str, kind: type) -> Any:
+    if text is None:
+        return None
+    try:
+        value = kind(text)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise CliError(f"{option} {text!r} is not {what}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CliError(f"{option} {text!r} is not a finite number")
+    return value
+
+
+@entry_group.command("add")
+@click.argument("name")
+@schedule_options
+@connection_options
+@click.pass_context
+def add_command(ctx: click.Context, /, name: str, **options: Any) -> None:
+    """Define runtime entry NAME: --task and one of --every, --cron, --at."""
+    spec, connection = _split(options)
+    if not spec["task"]:
+        raise CliError("entry add needs --task (the task name, e.g. proj.tasks.report)")
+    args = spec.pop("args")
+    kwargs = spec.pop("kwargs")
+    with entry_store(ctx, connection) as store:
+        definition = store.add(name, args=args or (), kwargs=kwargs or {}, **spec)
+    click.echo(f"added {cell(name)}: {definition.describe()}, task {cell(definition.task)}")
+
+
+@entry_group.command("update")
+@click.argument("name")
+@schedule_options
+@connection_options
+@click.pass_context
+def update_command(ctx: click.Context, /, name: str, **options: Any) -> None:
+    """Change the given fields of runtime entry NAME (others stay as they are)."""
+    spec, connection = _split(options)
+    if all(value in (None, False) for value in spec.values()):
+        raise CliError("entry update needs an option to change (--task, --every, --cron, ...)")
+    with entry_store(ctx, connection) as store:
+        definition = store.update(name, **spec)
+    click.echo(f"updated {cell(name)}: {definition.describe()}, task {cell(definition.task)}")
+
+
+@entry_group.command("remove")
+@click.argument("name")
+@connection_options
+@click.pass_context
+def remove_command(ctx: click.Context, /, name: str, **options: Any) -> None:
+    """Delete runtime entry NAME (its run state stays until 'beatleader prune')."""
+    with entry_store(ctx, options) as store:
+        store.remove(name)
+    click.echo(f"removed {cell(name)}")
+
+
+@entry_group.command("pause")
+@click.argument("name")
+@connection_options
+@click.pass_context
+def pause_command(ctx: click.Context, /, name: str, **options: Any) -> None:
+    """Stop scheduling NAME (a runtime or a static beat_schedule entry) until resumed."""
+    with entry_store(ctx, options) as store:
+        source = store.pause(name)
+    click.echo(f"paused {cell(name)} ({source})")
+
+
+@entry_group.command("resume")
+@click.argument("name")
+@connection_options
+@click.pass_context
+def resume_command(ctx: click.Context, /, name: str, **options: Any) -> None:
+    """Schedule NAME again."""
+    with entry_store(ctx, options) as store:
+        source = store.resume(name)
+    click.echo(f"resumed {cell(name)} ({source})")
+
+
+@entry_group.command("run")
+@click.argument("name")
+@connection_options
+@click.pass_context
+def run_command(ctx: click.Context, /, name: str, **options: Any) -> None:
+    """Run NAME once now, besides its schedule (the leader sends it, with its own task id)."""
+    with entry_store(ctx, options) as store:
+        path = store.run(name)
+    click.echo(f"requested a run of {cell(name)}: {cell(path)}")
+
+
+@entry_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list (every field).")
+@connection_options
+@click.pass_context
+def list_command(ctx: click.Context, /, as_json: bool, **options: Any) -> None:
+    """Every static and runtime entry: source, state, schedule, task, next due time."""
+    with entry_store(ctx, options, must_exist=True) as store:
+        found = store.list_entries()
+    if as_json:
+        click.echo(json.dumps([e.as_dict() for e in found], indent=2))
+    else:
+        click.echo(render_entries(found))
+
+
+def render_entries(found: list[EntryInfo]) -> str:
+    """The table of ``entry list`` (times UTC); problems listed below it."""
+    if not found:
+        return "(no entries)"
+    headers = ["NAME", "SOURCE", "STATE", "SCHEDULE", "TASK", "NEXT DUE", "RUNS", "PENDING"]
+    rows = [
+        [
+            e.name,
+            e.source,
+            e.state,
+            e.schedule,
+            e.task,
+            e.next_due,
+            e.total_run_count,
+            e.pending_runs or "",
+        ]
+        for e in found
+    ]
+    lines = [table(headers, rows)]
+    lines += [f"! {cell(e.name)}: {cell(e.problem)}" for e in found if e.problem]
+    return "\n".join(lines)

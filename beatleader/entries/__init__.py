@@ -1,0 +1,34 @@
+"""Change the schedule while beat runs: ``beatleader.entries.add/update/remove/pause/resume/run``.
+
+The Python API of runtime entries (``api``), their arguments (``spec``) and the listing of every
+entry, static and runtime (``listing``). It stands on :mod:`beatleader.ops` (the listing reads
+status), :mod:`beatleader.schedules` and :mod:`beatleader.zk`; :mod:`beatleader.cli` stands on it.
+"""
+
+from beatleader.entries.api import (
+    DefinitionError,
+    EntryInfo,
+    EntryStore,
+    add,
+    list_entries,
+    pause,
+    remove,
+    resume,
+    run,
+    store,
+    update,
+)
+
+__all__ = [
+    "DefinitionError",
+    "EntryInfo",
+    "EntryStore",
+    "add",
+    "list_entries",
+    "pause",
+    "remove",
+    "resume",
+    "run",
+    "store",
+    "update",
+]

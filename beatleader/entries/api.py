@@ -1,0 +1,390 @@
+"""Change the schedule while beat runs: add, update, remove, pause, resume and run entries.
+
+The write side of runtime entries (the leader applies them; ``runtime.py``). Each operation is a
+function taking a Celery app (or, without one, :class:`~beatleader.config.Settings`)::
+
+    from beatleader import entries
+    entries.add(app, "report", task="proj.tasks.report", every="30s", kwargs={"to": "ops"})
+    entries.pause(app, "report")
+    entries.run(app, "nightly")          # a static beat_schedule entry: one extra run now
+    for item in entries.list_entries(app): print(item.name, item.state, item.next_due)
+
+Each call connects, acts and disconnects (one client, made by
+:func:`beatleader.zk.client.make_client`, so auth, TLS and ACLs are the scheduler's). A web app that
+changes many entries may keep one :class:`EntryStore` on its own started client instead.
+
+Guarantees:
+
+* Every input is validated before anything is written (:mod:`beatleader.schedules.definitions`); a
+bad one raises :class:`~beatleader.schedules.definitions.DefinitionError` with one line naming the
+  argument: an unknown entry, an unparsable schedule, a name taken by a static entry (the app's
+  ``beat_schedule``, or a running instance's published schedule), a task the app does not know
+  (unless ``force=True``), an ``update`` of a static entry, ``pause`` of something unknown.
+* Every node is created with the client's default ACL (with auth set, only its identity may
+  write); an update is a versioned write, so two concurrent updates do not lose one silently
+  (the second is retried on the fresh definition, :attr:`EntryPolicy.update_attempts` times).
+* ``run`` creates one sequential request node and returns its path; the leader consumes it once
+  (in the fenced commit of that run).
+
+Not guaranteed: that the leader has applied a change when the call returns (it does within about
+a second, when one leads); ZooKeeper errors (unreachable, ``NoAuthError``) propagate as kazoo's
+exceptions; the static names known without an app are only those published by running
+instances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from datetime import datetime
+from typing import Any
+
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+
+from beatleader.config import Settings
+from beatleader.entries.listing import EntryInfo, published_names, read_entries
+from beatleader.entries.spec import (
+    changed_by,
+    json_list,
+    json_object,
+    note,
+    options_of,
+    schedule_of,
+    utc_now,
+)
+from beatleader.schedules.definitions import Definition, DefinitionError, check_name, parse_timezone
+from beatleader.zk import layout
+from beatleader.zk.client import make_client
+from beatleader.zk.trust import start_client
+
+__all__ = [
+    "DefinitionError",
+    "EntryInfo",
+    "EntryStore",
+    "add",
+    "list_entries",
+    "pause",
+    "remove",
+    "resume",
+    "run",
+    "store",
+    "update",
+]
+
+
+class EntryPolicy:
+    """Tunables of the API."""
+
+    #: Seconds to reach ZooKeeper before giving up (``KazooTimeoutError``).
+    connect_timeout = 10.0
+    #: Versioned writes tried before a concurrently changed definition is an error.
+    update_attempts = 5
+
+
+class EntryStore:
+    """The operations on one app's root, on a started client (see the module docstring)."""
+
+    def __init__(self, client: Any, root: str, app: Any = None) -> None:
+        self.client = client
+        self.root = root
+        self.app = app
+
+    # -- what exists --------------------------------------------------------------------------
+
+    def static_names(self) -> frozenset[str]:
+        """The app's ``beat_schedule`` names and those every running instance published.
+
+        (Instances publish their static schedule only, so a runtime definition that has one of
+        these names is ignored by the leader: the static entry wins.)
+        """
+        names = set(_beat_schedule(self.app)) | published_names(self.client, self.root)
+        return frozenset(names)
+
+    def get(self, name: str) -> tuple[Definition, int] | None:
+        """The runtime definition of ``name`` and its node version; None when there is none.
+
+        A node whose data is not a valid definition raises DefinitionError (``remove`` it).
+        """
+        try:
+            data, stat = self.client.get(layout.definition_path(self.root, name))
+        except NoNodeError:
+            return None
+        definition, problem = Definition.parse(bytes(data or b""))
+        if definition is None:
+            raise DefinitionError(f"runtime entry {name!r} is invalid ({problem}); remove it")
+        return definition, int(stat.version)
+
+    def _check_schedule(self, definition: Definition) -> None:
+        """With an app: the schedule can be built (a solar one needs ``ephem``)."""
+        if self.app is not None:
+            definition.celery_schedule(self.app)  # DefinitionError when it cannot
+
+    def _check_task(self, task: str, force: bool) -> None:
+        if force or self.app is None:
+            return
+        if task not in _known_tasks(self.app):
+            raise DefinitionError(
+                f"task {task!r} is not registered in app {self.app.main!r}; "
+                "check the name, or pass force=True (--force) to add it anyway"
+            )
+
+    def _unknown(self, name: str, verb: str) -> DefinitionError:
+        if name in self.static_names():
+            return DefinitionError(
+                f"cannot {verb} {name!r}: it is a static beat_schedule entry "
+                "(change it in the code; pause, resume and run work on it)"
+            )
+        return DefinitionError(f"cannot {verb} {name!r}: no such entry (see 'entry list')")
+
+    # -- operations -----------------------------------------------------------------------------
+
+    def add(
+        self,
+        name: str,
+        *,
+        task: str,
+        every: str | float | None = None,
+        cron: str | None = None,
+        at: str | datetime | None = None,
+        solar: tuple[str, float, float] | None = None,
+        timezone: str | None = None,
+        args: list[Any] | tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        expires: float | None = None,
+        enabled: bool = True,
+        force: bool = False,
+    ) -> Definition:
+        """Define a new runtime entry; DefinitionError if ``name`` exists or clashes."""
+        name = check_name(name)
+        schedule = schedule_of(every, cron, at, solar, timezone)
+        if schedule is None:
+            raise DefinitionError("give a schedule: --every, --cron or --at")
+        definition = Definition(
+            task=task,
+            schedule=schedule,
+            args=tuple(json_list(args)),
+            kwargs=dict(json_object(kwargs or {})),
+            options=options_of(queue, priority, expires, {}),
+            enabled=enabled,
+            changed_by=changed_by(),
+            changed_at=utc_now(),
+        ).validated()
+        if name in self.static_names():
+            raise DefinitionError(
+                f"cannot add {name!r}: a static beat_schedule entry has that name "
+                "(static entries win; choose another name)"
+            )
+        self._check_task(definition.task, force)
+        self._check_schedule(definition)
+        path = layout.definition_path(self.root, name)
+        try:
+            self.client.create(path, definition.encode(), makepath=True)
+        except NodeExistsError:
+            raise DefinitionError(
+                f"cannot add {name!r}: a runtime entry of that name exists (use update)"
+            ) from None
+        return definition
+
+    def update(
+        self,
+        name: str,
+        *,
+        task: str | None = None,
+        every: str | float | None = None,
+        cron: str | None = None,
+        at: str | datetime | None = None,
+        solar: tuple[str, float, float] | None = None,
+        timezone: str | None = None,
+        args: list[Any] | tuple[Any, ...] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        expires: float | None = None,
+        force: bool = False,
+    ) -> Definition:
+        """Change the given fields of a runtime entry (None: unchanged)."""
+        rezone = timezone is not None and (every, cron, at, solar) == (None, None, None, None)
+        schedule = None if rezone else schedule_of(every, cron, at, solar, timezone)
+        if task is not None:
+            self._check_task(task, force)
+
+        def change(old: Definition) -> Definition:
+            new_schedule = old.schedule if schedule is None else schedule
+            if rezone:
+                new_schedule = _rezoned(name, old, str(timezone))
+            return Definition(
+                task=old.task if task is None else task,
+                schedule=new_schedule,
+                args=old.args if args is None else tuple(json_list(args)),
+                kwargs=old.kwargs if kwargs is None else dict(json_object(kwargs)),
+                options=options_of(queue, priority, expires, old.options),
+                enabled=old.enabled,
+                changed_by=changed_by(),
+                changed_at=utc_now(),
+            )
+
+        return self._rewrite(name, "update", change)
+
+    def remove(self, name: str) -> None:
+        """Delete a runtime entry's definition (its run state stays until ``prune``)."""
+        name = check_name(name)
+        try:
+            self.client.delete(layout.definition_path(self.root, name))
+        except NoNodeError:
+            raise self._unknown(name, "remove") from None
+
+    def pause(self, name: str) -> str:
+        """Stop scheduling ``name`` (runtime: enabled false; static: a paused/ marker)."""
+        return self._set_enabled(name, False)
+
+    def resume(self, name: str) -> str:
+        """Schedule ``name`` again."""
+        return self._set_enabled(name, True)
+
+    def _set_enabled(self, name: str, enabled: bool) -> str:
+        verb = "resume" if enabled else "pause"
+        name = check_name(name)
+        if name in self.static_names():  # a static entry wins its name: it is what runs
+            self._mark_paused(name, not enabled)
+            return "static"
+        if not self._exists(layout.definition_path(self.root, name)):
+            raise DefinitionError(f"cannot {verb} {name!r}: no such entry (see 'entry list')")
+        self._rewrite(name, verb, lambda old: _with_enabled(old, enabled))
+        return "runtime"
+
+    def _mark_paused(self, name: str, paused: bool) -> None:
+        marker = layout.paused_entry_path(self.root, name)
+        if paused:
+            with suppress(NodeExistsError):  # already paused
+                self.client.create(marker, note(), makepath=True)
+        else:
+            with suppress(NoNodeError):  # not paused: nothing to do
+                self.client.delete(marker)
+
+    def run(self, name: str) -> str:
+        """Request one extra run of ``name`` now; returns the request node's path."""
+        name = check_name(name)
+        runtime = self._exists(layout.definition_path(self.root, name))
+        if not runtime and name not in self.static_names():
+            raise DefinitionError(f"cannot run {name!r}: no such entry (see 'entry list')")
+        prefix = layout.request_prefix(self.root, name)
+        return str(self.client.create(prefix, note(), sequence=True, makepath=True))
+
+    def list_entries(self) -> list[EntryInfo]:
+        """Every static and runtime entry (see :func:`beatleader.entries.listing.read_entries`)."""
+        return read_entries(self.client, self.root, _beat_schedule(self.app), self.app)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _exists(self, path: str) -> bool:
+        return self.client.exists(path) is not None
+
+    def _rewrite(
+        self, name: str, verb: str, change: Callable[[Definition], Definition]
+    ) -> Definition:
+        name = check_name(name)
+        path = layout.definition_path(self.root, name)
+        for _attempt in range(EntryPolicy.update_attempts):
+            found = self.get(name)
+            if found is None:
+                raise self._unknown(name, verb)
+            new = change(found[0]).validated()
+            self._check_schedule(new)
+            try:
+                self.client.set(path, new.encode(), version=found[1])
+            except BadVersionError:
+                continue  # changed meanwhile: apply the change to the new definition
+            except NoNodeError:
+                raise self._unknown(name, verb) from None
+            return new
+        raise DefinitionError(f"cannot {verb} {name!r}: it kept changing meanwhile; try again")
+
+
+def _rezoned(name: str, old: Definition, zone: str) -> dict[str, Any]:
+    if "crontab" not in old.schedule:
+        raise DefinitionError(f"--timezone applies to --cron only; {name!r} is {old.describe()}")
+    return {"crontab": old.schedule["crontab"], "timezone": parse_timezone(zone)}
+
+
+def _with_enabled(old: Definition, enabled: bool) -> Definition:
+    return Definition(
+        old.task,
+        old.schedule,
+        old.args,
+        old.kwargs,
+        old.options,
+        enabled,
+        changed_by(),
+        utc_now(),
+    )
+
+
+def _beat_schedule(app: Any) -> dict[str, Any]:
+    if app is None:
+        return {}
+    schedule = app.conf.beat_schedule or {}
+    return dict(schedule) if isinstance(schedule, Mapping) else {}
+
+
+def _known_tasks(app: Any) -> frozenset[str]:
+    """The task names ``app`` registers, its ``imports``/``include`` modules loaded."""
+    with suppress(Exception):  # an import error is the app's own business, not this check's
+        app.loader.import_default_modules()
+    return frozenset(app.tasks.keys())
+
+
+# -- the functions: one connection per call --------------------------------------------------
+
+
+@contextmanager
+def store(app_or_settings: Any, timeout: float | None = None) -> Iterator[EntryStore]:
+    """An :class:`EntryStore` on a new started client, stopped on exit."""
+    if isinstance(app_or_settings, Settings):
+        settings, app = app_or_settings, None
+    else:
+        settings, app = Settings.from_app(app_or_settings), app_or_settings
+    client = make_client(settings)
+    try:
+        start_client(client, settings, timeout or EntryPolicy.connect_timeout)
+        yield EntryStore(client, settings.path, app)
+    finally:
+        client.stop()
+        client.close()
+
+
+def add(app: Any, name: str, **spec: Any) -> Definition:
+    """Define runtime entry ``name`` (``task=``, one of ``every=``/``cron=``/``at=``, ...)."""
+    with store(app) as entries:
+        return entries.add(name, **spec)
+
+
+def update(app: Any, name: str, **changes: Any) -> Definition:
+    with store(app) as entries:
+        return entries.update(name, **changes)
+
+
+def remove(app: Any, name: str) -> None:
+    with store(app) as entries:
+        entries.remove(name)
+
+
+def pause(app: Any, name: str) -> str:
+    with store(app) as entries:
+        return entries.pause(name)
+
+
+def resume(app: Any, name: str) -> str:
+    with store(app) as entries:
+        return entries.resume(name)
+
+
+def run(app: Any, name: str) -> str:
+    with store(app) as entries:
+        return entries.run(name)
+
+
+def list_entries(app: Any) -> list[EntryInfo]:
+    with store(app) as entries:
+        return entries.list_entries()
