@@ -254,6 +254,9 @@ def test_a_follower_and_the_watches_of_an_ended_leadership_make_no_request(
     first = lead(make_leader({}))
     second = make_leader({})
     assert first.dynamic_names == {"dyn"}
+    # the second queues behind the first before the first resigns: else the first, queueing
+    # again at once, could be first again (a race of the test, seen under load)
+    wait_for(lambda: len(contenders(zk_client, zk_root)) == 2, 20, message="second queues")
     counter = ReadCounter(first._zk)
     zk_client.delete(first._election.node)  # "resign": the second leads, the first queues again
     wait_for(lambda: second.is_leader, 20, message="second leads")
