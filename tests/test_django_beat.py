@@ -331,8 +331,12 @@ def test_sqlite_rows_beside_static_entries_clocked_one_off_status_and_a_kill(
     rows = each_run_once(zk_client, zk_root, execution_log, "row")
     assert row("row").total_run_count == rows
     assert entry_state(zk_client, zk_root, "static") is not None
-    # beat_schedule entries stay out of the database; the row named like one is not run
-    assert _row_names() == {"static", "row", "clocked", "nightly"}
+    # beat_schedule entries stay out of the database; the row named like one is not run;
+    # celery.backend_cleanup is a row, as django-celery-beat installs it (result_expires is set)
+    assert _row_names() == {"static", "row", "clocked", "nightly", "celery.backend_cleanup"}
+    cleanup = row("celery.backend_cleanup")
+    assert (cleanup.task, cleanup.enabled) == ("celery.backend_cleanup", True)
+    assert (cleanup.crontab.minute, cleanup.crontab.hour) == ("0", "4")
     assert executed(execution_log, "copied") == 0
     assert row("static").total_run_count == 0
 

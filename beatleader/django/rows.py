@@ -62,11 +62,19 @@ class RowEntry(beat.ScheduleEntry):  # type: ignore[misc]
     """
 
     def __init__(
-        self, *args: Any, row: RowInfo | None = None, base: int | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        row: RowInfo | None = None,
+        base: int | None = None,
+        model_entry: Any = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.row = row
         self.base = base
+        #: The row converted by the scheduler's own ``Entry`` class (a ``ModelEntry`` subclass)
+        #: when that class overrides ``is_due`` or ``save``; else None. See :meth:`is_due`.
+        self.model_entry = model_entry
 
     @property
     def finished(self) -> bool:
@@ -82,10 +90,19 @@ class RowEntry(beat.ScheduleEntry):  # type: ignore[misc]
         return bool(self.row is not None and self.row.expires and now >= self.row.expires)
 
     def is_due(self) -> Any:
-        """``ModelEntry.is_due`` without its database writes (see the module docstring)."""
+        """``ModelEntry.is_due`` without its database writes (see the module docstring).
+
+        With a ``model_entry`` whose class overrides ``is_due``, that override decides: it sees
+        this entry's run state (``last_run_at``; ``total_run_count`` counted from the last arming
+        for a one-off row, as django-celery-beat resets it), and its database writes (a
+        ``_disable`` or ``save`` from within ``is_due``) stay in memory: the leader writes the
+        row itself, from the database thread.
+        """
         row = self.row
         if row is None:
             return super().is_due()
+        if self.model_entry is not None and overrides(type(self.model_entry), "is_due"):
+            return self._model_is_due(row)
         now = maybe_make_aware(self.default_now())
         if self.finished or self.expired(now):
             return schedules.schedstate(False, NEVER)
@@ -95,26 +112,62 @@ class RowEntry(beat.ScheduleEntry):  # type: ignore[misc]
         last = maybe_make_aware(self.last_run_at).astimezone(self.app.timezone)
         return self.schedule.is_due(last)
 
+    def _model_is_due(self, row: RowInfo) -> Any:
+        entry = self.model_entry
+        model = entry.model
+        runs = self.total_run_count - (self.base or 0) if row.one_off else self.total_run_count
+        entry.last_run_at = model.last_run_at = self.last_run_at
+        entry.total_run_count = model.total_run_count = runs
+        model.enabled = True  # read enabled; a disable by an earlier call stayed in memory
+        entry._quiet = True
+        try:
+            return entry.is_due()
+        finally:
+            entry._quiet = False
 
-def read_rows(app: Any, skip: frozenset[str]) -> tuple[dict[str, RowEntry], dict[str, str]]:
-    """Every enabled row not named in ``skip``: (name -> entry, name -> why it is unusable)."""
-    from django_celery_beat.models import PeriodicTask
 
+def overrides(cls: type, name: str) -> bool:
+    """``cls`` (a ``ModelEntry`` subclass) has its own ``name``, not django-celery-beat's."""
+    from django_celery_beat.schedulers import ModelEntry
+
+    own = getattr(cls, "converted_class", cls)  # a converter: the class it converts with
+    return getattr(own, name, None) is not getattr(ModelEntry, name)
+
+
+def enabled_rows(model_class: Any = None) -> Any:
+    """The enabled ``PeriodicTask`` rows (of ``model_class``), schedules in the same query."""
+    if model_class is None:
+        from django_celery_beat.models import PeriodicTask
+
+        model_class = PeriodicTask
+    return model_class._default_manager.filter(enabled=True).select_related(*SCHEDULE_FIELDS)
+
+
+def read_rows(
+    app: Any, skip: frozenset[str], model_class: Any = None, entry_class: Any = None
+) -> tuple[dict[str, RowEntry], dict[str, str]]:
+    """Every enabled row not named in ``skip``: (name -> entry, name -> why it is unusable).
+
+    ``model_class`` is the scheduler's ``Model`` (default ``PeriodicTask``), ``entry_class`` its
+    row ``Entry`` (default django-celery-beat's ``ModelEntry``).
+    """
     entries: dict[str, RowEntry] = {}
     bad: dict[str, str] = {}
-    rows = PeriodicTask.objects.filter(enabled=True).select_related(*SCHEDULE_FIELDS)
-    for model in rows:
+    for model in enabled_rows(model_class):
         if model.name in skip:
             continue
         try:
-            entries[model.name] = row_entry(model, app)
+            entries[model.name] = row_entry(model, app, entry_class)
         except Exception as exc:  # one unusable row must not hide the others
             bad[model.name] = str(exc) or type(exc).__name__
     return entries, bad
 
 
-def row_entry(model: Any, app: Any) -> RowEntry:
-    """The :class:`RowEntry` of one ``PeriodicTask``; :class:`BadRow` when it cannot run."""
+def model_entry(model: Any, app: Any, entry_class: Any = None) -> Any:
+    """One row converted by ``entry_class`` (a ``ModelEntry``), refusing instead of writing.
+
+    :class:`BadRow` when it cannot run (django-celery-beat would disable it).
+    """
     if model.scheduler is None:
         raise BadRow("it has no interval, crontab, solar or clocked schedule")
     for field in ("args", "kwargs"):
@@ -122,7 +175,13 @@ def row_entry(model: Any, app: Any) -> RowEntry:
             json.loads(getattr(model, field) or ("[]" if field == "args" else "{}"))
         except ValueError as exc:
             raise BadRow(f"its {field} are not JSON ({exc})") from None
-    converted = _converter()(model, app=app)
+    return converter(entry_class)(model, app=app)
+
+
+def row_entry(model: Any, app: Any, entry_class: Any = None) -> RowEntry:
+    """The :class:`RowEntry` of one ``PeriodicTask``; :class:`BadRow` when it cannot run."""
+    converted = model_entry(model, app, entry_class)
+    custom = overrides(type(converted), "is_due") or overrides(type(converted), "save")
     info = RowInfo(
         pk=model.pk,
         one_off=bool(model.one_off),
@@ -143,6 +202,7 @@ def row_entry(model: Any, app: Any) -> RowEntry:
         total_run_count=info.db_count,
         app=app,
         row=info,
+        model_entry=converted if custom else None,
     )
 
 
@@ -172,18 +232,43 @@ def _signature(model: Any, converted: Any) -> str:
     return repr(parts)
 
 
-def _converter() -> type:
-    """django-celery-beat's ``ModelEntry``, made to refuse instead of disabling the row."""
-    global _CONVERTER
-    if _CONVERTER is None:
+def converter(entry_class: Any = None) -> type:
+    """``entry_class`` (default ``ModelEntry``), made to refuse a row instead of disabling it.
+
+    Built once per class. After conversion, ``_disable`` only changes the model in memory, and
+    ``save`` does nothing while ``_quiet`` (inside :meth:`RowEntry.is_due`, on the beat thread).
+    """
+    if entry_class is None:
         from django_celery_beat.schedulers import ModelEntry
 
-        class _Converter(ModelEntry):  # type: ignore[misc]
-            def _disable(self, model: Any) -> None:
+        entry_class = ModelEntry
+    found = _CONVERTERS.get(entry_class)
+    if found is not None:
+        return found
+
+    class _Converter(entry_class):  # type: ignore[misc]
+        converted_class = entry_class
+        _reading = True
+        _quiet = False
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._reading = False
+
+        def _disable(self, model: Any) -> None:
+            if self._reading:
                 raise BadRow("django-celery-beat would disable it")
+            model.no_changes = True
+            model.enabled = False
 
-        _CONVERTER = _Converter
-    return _CONVERTER
+        def save(self, *args: Any, **kwargs: Any) -> None:
+            if not self._quiet:
+                super().save(*args, **kwargs)
+
+    _Converter.__name__ = _Converter.__qualname__ = entry_class.__name__
+    _Converter.__module__ = entry_class.__module__
+    _CONVERTERS[entry_class] = _Converter
+    return _Converter
 
 
-_CONVERTER: type | None = None
+_CONVERTERS: dict[type, type] = {}

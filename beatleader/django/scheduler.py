@@ -40,25 +40,59 @@ one-off row edited after its run and before the leader wrote that run back is ar
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Mapping
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
-from celery import beat
+from celery import beat, schedules
 from celery.utils.time import maybe_make_aware
 
 from beatleader.beat.scheduler import Scheduler
 from beatleader.beat.state import StoredState
 from beatleader.django.describe import publish_rows
-from beatleader.django.rows import RowEntry
+from beatleader.django.rows import RowEntry, enabled_rows, model_entry, overrides
 from beatleader.django.sync import DatabaseSync, RunRecord
 from beatleader.observe import Observer
+
+logger = logging.getLogger("beatleader.django")
+
+#: celery's default entry, a row here as in django-celery-beat (``install_default_entries``).
+BACKEND_CLEANUP = "celery.backend_cleanup"
+
+
+class _DjangoModel:
+    """A class attribute that is django-celery-beat's model ``name``, imported when read.
+
+    django-celery-beat's scheduler has ``Model = PeriodicTask`` and ``Changes = PeriodicTasks``;
+    reading them here needs Django set up, as importing django-celery-beat's scheduler does. A
+    subclass may set its own (a proxy model, say), as with django-celery-beat's.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        from django_celery_beat import models
+
+        return getattr(models, self.name)
 
 
 class DatabaseScheduler(Scheduler):
     """:class:`beatleader.Scheduler` over django-celery-beat's tables; see the module doc."""
 
-    Entry = RowEntry
+    #: The class of the row entries. beatleader's :class:`RowEntry` (the default) converts each
+    #: row with django-celery-beat's ``ModelEntry``; a ``ModelEntry`` subclass here converts the
+    #: rows with it, and its own ``is_due`` and ``save`` are used (see ``docs/django.md``).
+    #: Static (``beat_schedule``) entries are :attr:`static_entry_class` either way.
+    Entry: Any = RowEntry
+    #: The class of the static entries when :attr:`Entry` is a ``ModelEntry`` subclass.
+    static_entry_class: type[beat.ScheduleEntry] = RowEntry
+    #: The rows' model and change marker (django-celery-beat's ``PeriodicTask``, ``PeriodicTasks``).
+    Model: Any = _DjangoModel("PeriodicTask")
+    Changes: Any = _DjangoModel("PeriodicTasks")
 
     #: Seconds between two checks of django-celery-beat's change marker while leading.
     change_check_interval = 5.0
@@ -75,18 +109,135 @@ class DatabaseScheduler(Scheduler):
     db_stop_timeout = 3.0
 
     _db: DatabaseSync | None = None
+    _recorder: _RunRecorder | None = None
+    _view: tuple[float, Mapping[str, beat.ScheduleEntry]] | None = None
+    _tick_thread: threading.Thread | None = None
+    #: Rows created by the leader at takeover when missing (``install_default_entries``).
+    default_rows: Mapping[str, Mapping[str, Any]] = {}
 
     def setup_schedule(self) -> None:
+        """As :meth:`beatleader.Scheduler.setup_schedule`; one database thread per session."""
         ensure_django()
+        self.row_entry_class = self._row_entry_class()
+        self._tick_thread = threading.current_thread()
+        if self._db is not None and not self._closed:
+            return super().setup_schedule()  # open: nothing to do, as there
+        if self._recorder is None:
+            self._recorder = _RunRecorder(self)
+            self.observers.add(self._recorder)
         self._db = DatabaseSync(self)
-        self.observers.add(_RunRecorder(self))
         super().setup_schedule()
         self._db.start()
 
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        self._tick_thread = threading.current_thread()
+        return super().tick(*args, **kwargs)
+
     def close(self) -> None:
-        if self._db is not None:
+        if self._db is not None and not self._closed:
             self._db.stop(self.db_stop_timeout)  # while still leading: writes what is queued
         super().close()
+
+    def _row_entry_class(self) -> Any:
+        from django_celery_beat.schedulers import ModelEntry
+
+        entry = self.Entry
+        if isinstance(entry, type) and issubclass(entry, ModelEntry):
+            return entry
+        if isinstance(entry, type) and issubclass(entry, RowEntry):
+            return ModelEntry
+        raise SystemExit(
+            f"beatleader: {type(self).__name__}.Entry must be django_celery_beat's ModelEntry "
+            f"or a subclass (it converts the rows), or beatleader's RowEntry; it is {entry!r}"
+        )
+
+    # -- celery's entry hooks: static entries are plain entries whatever ``Entry`` is ----------
+
+    def _entry_class(self) -> type[beat.ScheduleEntry]:
+        entry = self.Entry
+        if isinstance(entry, type) and issubclass(entry, RowEntry):
+            return entry
+        return self.static_entry_class
+
+    def _maybe_entry(self, name: str, entry: Any) -> Any:
+        cls = self._entry_class()
+        if isinstance(entry, cls):
+            entry.scheduler = self
+            return entry
+        return cls(**dict(entry, name=name, app=self.app))
+
+    def add(self, **kwargs: Any) -> Any:
+        entry = self._entry_class()(app=self.app, **kwargs)
+        self.data[entry.name] = entry
+        return entry
+
+    def update_from_dict(self, mapping: Mapping[str, Any]) -> None:
+        self.data.update({name: self._maybe_entry(name, entry) for name, entry in mapping.items()})
+
+    def merge_inplace(self, b: Mapping[str, Any]) -> None:
+        schedule = self.data
+        for key in set(schedule) - set(b):
+            schedule.pop(key, None)
+        for key, entry in b.items():
+            if key in schedule:
+                schedule[key].update(self._maybe_entry(key, entry))
+            else:
+                schedule[key] = self._maybe_entry(key, entry)
+
+    def install_default_entries(self, data: Mapping[str, Any]) -> None:
+        """celery's default entries become rows, as django-celery-beat installs them.
+
+        ``celery.backend_cleanup`` (when ``result_expires`` is set) is created by the leader at
+        takeover as a ``PeriodicTask`` row if no row of that name exists; an existing row (edited
+        or disabled in the admin) is left as it is. django-celery-beat's scheduler writes its
+        task, schedule and options over the row at every start; see docs/compatibility.md.
+        A static entry of that name keeps it static (no row is created).
+        """
+        rows: dict[str, Mapping[str, Any]] = {}
+        if self.app.conf.result_expires and BACKEND_CLEANUP not in data:
+            rows[BACKEND_CLEANUP] = {
+                "task": BACKEND_CLEANUP,
+                "schedule": schedules.crontab("0", "4", "*"),
+                "options": {"expire_seconds": 12 * 3600},
+            }
+        self.default_rows = rows
+
+    # -- reading the rows from outside the beat ------------------------------------------------
+
+    def get_schedule(self) -> Mapping[str, beat.ScheduleEntry]:
+        """The live schedule while leading or on the beat's own thread; else a read-only view.
+
+        On a follower (or a scheduler that never ran), from any thread but the beat's: the
+        static entries and the enabled rows, read from the database on demand (at most once per
+        :attr:`change_check_interval`), as django-celery-beat's ``schedule`` shows them.
+        """
+        election = self._election
+        leading = election is not None and election.is_leader
+        if leading or threading.current_thread() is self._tick_thread:
+            live: Mapping[str, beat.ScheduleEntry] = self.data
+            return live
+        now = time.monotonic()
+        if self._view is None or now - self._view[0] >= self.change_check_interval:
+            self._view = now, MappingProxyType({**self.all_as_schedule(), **self.data})
+        return self._view[1]
+
+    schedule = property(get_schedule, beat.Scheduler.set_schedule)
+
+    def all_as_schedule(self) -> dict[str, Any]:
+        """Every enabled row as an entry of :attr:`Entry`'s row class (reads the database).
+
+        As django-celery-beat's: a row that cannot be converted is left out; nothing is written.
+        Rows named like a static entry are included (the schedule ignores them).
+        """
+        ensure_django()
+        entry_class = self._row_entry_class()
+        found: dict[str, Any] = {}
+        for model in enabled_rows(self.Model):
+            try:
+                found[model.name] = model_entry(model, self.app, entry_class)
+            except Exception:
+                logger.debug("beatleader: row %r left out", model.name, exc_info=True)
+        return found
 
     # -- for the database thread -----------------------------------------------------------------
 
@@ -164,8 +315,11 @@ class _RunRecorder(Observer):
         found = self.scheduler.schedule.get(entry)
         db = self.scheduler._db
         if isinstance(found, RowEntry) and found.row is not None and db is not None:
-            row = found.row
-            db.record(RunRecord(row.pk, found.total_run_count, found.last_run_at, row.one_off))
+            row, saver = found.row, found.model_entry
+            if saver is not None and not overrides(type(saver), "save"):
+                saver = None
+            run = RunRecord(row.pk, found.total_run_count, found.last_run_at, row.one_off, saver)
+            db.record(run)
 
 
 def _not_before(moment: datetime | None, other: datetime | None) -> bool:

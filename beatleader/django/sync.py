@@ -29,11 +29,12 @@ writes its older run count back, which the next run corrects.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -53,6 +54,9 @@ class RunRecord:
     ordinal: int
     last_run_at: datetime | None
     disable: bool
+    #: The row's converted entry when the scheduler's ``Entry`` overrides ``save``: the write
+    #: goes through that ``save`` (compared by identity: a record per run).
+    entry: Any = field(default=None, compare=False)
 
 
 class Health:
@@ -89,6 +93,14 @@ class RowsHost(Protocol):
     """
 
     app: Celery
+    #: django-celery-beat's ``PeriodicTask`` and ``PeriodicTasks`` (or the scheduler's own).
+    Model: Any
+    Changes: Any
+    #: The row entry class (django-celery-beat's ``ModelEntry`` or a subclass).
+    row_entry_class: Any
+    #: Rows the leader creates at takeover when no row of that name exists (name -> entry
+    #: fields, as celery's ``install_default_entries`` gives them).
+    default_rows: Mapping[str, Mapping[str, Any]]
     db_retry_first: float
     db_retry_max: float
     change_check_interval: float
@@ -159,6 +171,7 @@ class DatabaseSync:
             from django.db import close_old_connections
 
             close_old_connections()
+            self._create_default_rows()
             marker, entries = self._read()
         except Exception as exc:
             self._failed("reading the schedule at takeover", exc)
@@ -247,14 +260,31 @@ class DatabaseSync:
         self.health.failed(doing, exc, retry)
         _close_connection()  # Django opens a new one on the next query
 
-    def _flush_writes(self) -> None:
-        from django_celery_beat.models import PeriodicTask, PeriodicTasks
+    def _create_default_rows(self) -> None:
+        """Create each default row that does not exist (an existing one is left as it is)."""
+        host = self.scheduler
+        manager = host.Model._default_manager
+        for name, fields in host.default_rows.items():
+            if manager.filter(name=name).exists():
+                continue
+            values = host.row_entry_class._unpack_fields(**fields)
+            _, created = manager.get_or_create(name=name, defaults=values)
+            if created:
+                logger.info(
+                    "beatleader: created the periodic task %r (celery's default entry, as "
+                    "django-celery-beat installs it); edit or disable that row to change it",
+                    name,
+                )
 
+    def _flush_writes(self) -> None:
+        manager = self.scheduler.Model._default_manager
         with self._writes_lock:
             writes = list(self._writes.values())
         disabled = False
         for run in writes:
-            rows = PeriodicTask.objects.filter(pk=run.pk, total_run_count__lt=run.ordinal)
+            if run.entry is not None:
+                self._save_through_entry(run)
+            rows = manager.filter(pk=run.pk, total_run_count__lt=run.ordinal)
             if run.disable:  # as django-celery-beat's save() of a disabled row: no last run
                 updated = rows.update(enabled=False, last_run_at=None, total_run_count=run.ordinal)
                 disabled = disabled or updated > 0
@@ -263,19 +293,30 @@ class DatabaseSync:
             with self._writes_lock:
                 if self._writes.get(run.pk) == run:
                     del self._writes[run.pk]
+            if run.entry is not None and run.disable:  # the entry's save does not disable
+                disabled = manager.filter(pk=run.pk).update(enabled=False) > 0 or disabled
         if disabled:
-            PeriodicTasks.update_changed()  # other readers (an old-style beat) see it too
+            self.scheduler.Changes.update_changed()  # other readers (an old-style beat) too
+
+    def _save_through_entry(self, run: RunRecord) -> None:
+        """The scheduler's ``Entry.save`` writes the run, as django-celery-beat's sync does."""
+        entry = copy.copy(run.entry)
+        entry.model = model = copy.copy(run.entry.model)
+        model.last_run_at = None if run.disable else run.last_run_at
+        model.total_run_count = run.ordinal
+        model.no_changes = True
+        entry.last_run_at, entry.total_run_count = model.last_run_at, run.ordinal
+        entry._quiet = False
+        entry.save()
 
     def _check_changes(self) -> None:
         now = time.monotonic()
         if now < self._next_check and not self._full_read:
             return
         self._next_check = now + self.scheduler.change_check_interval
-        from django_celery_beat.models import PeriodicTasks
-
         if now >= self._next_full_read:  # changes that bypassed the marker (a queryset update)
             self._full_read = True
-        if not self._full_read and PeriodicTasks.last_change() == self._marker:
+        if not self._full_read and self.scheduler.Changes.last_change() == self._marker:
             return
         with self._read_lock:
             marker, entries = self._read()
@@ -293,10 +334,9 @@ class DatabaseSync:
                 self.scheduler.update_entries(changes)
 
     def _read(self) -> tuple[Any, dict[str, RowEntry]]:
-        from django_celery_beat.models import PeriodicTasks
-
-        marker = PeriodicTasks.last_change()  # before the rows: a change in between is seen next
-        entries, bad = read_rows(self.scheduler.app, self.scheduler.static_names)
+        host = self.scheduler
+        marker = host.Changes.last_change()  # before the rows: a change in between is seen next
+        entries, bad = read_rows(host.app, host.static_names, host.Model, host.row_entry_class)
         for name, why in bad.items():
             if self._bad.get(name) != why:
                 logger.error("beatleader: periodic task %r is not scheduled: %s", name, why)
