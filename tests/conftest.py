@@ -15,6 +15,7 @@ import pytest
 from kazoo.client import KazooClient
 
 from tests.cluster import SendingCluster, start_sending_cluster
+from tests.django_support import Databases, configured_django, use
 from tests.harness import (
     BeatProcess,
     CeleryProcess,
@@ -148,3 +149,19 @@ def sending_cluster(
 ) -> SendingCluster:
     """Three beats on a 1 s entry (``tests.cluster.ENTRY``) whose leader has sent twice."""
     return start_sending_cluster(beats, zk_client, zk_root, broker_dir)
+
+
+@pytest.fixture(scope="session")
+def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Databases]:
+    """Django in this process over PostgreSQL (``pg``) and SQLite (``default``), migrated once."""
+    with configured_django(tmp_path_factory.mktemp("db")) as found:
+        yield found
+
+
+@pytest.fixture
+def use_db(databases: Databases) -> Iterator[Callable[[str], str]]:
+    """``use_db(alias)``: empty that database's periodic tasks; returns its URL."""
+    from django.db import connections
+
+    yield lambda alias: use(databases, alias)
+    connections.close_all()

@@ -25,6 +25,13 @@ django-celery-beat's own ``ModelEntry`` (``rows.py``).
   (their state only in ZooKeeper); they are not copied into the database (django-celery-beat's
   scheduler does that), and a row named like one of them is ignored (it is usually the copy
   django-celery-beat's scheduler made).
+* **Extension points** as django-celery-beat's scheduler has them: ``Entry`` (a ``ModelEntry``
+  subclass converts the rows; its ``is_due`` decides, its ``save`` writes each run back, on the
+  database thread), ``Model`` and ``Changes``. celery's default entry ``celery.backend_cleanup``
+  is a row, created by the leader at takeover when no row of that name exists (an edited or
+  disabled one is left alone). On an instance that does not lead, ``schedule`` and
+  ``all_as_schedule()`` read outside the beat's own methods are a read-only view of the rows
+  (read on demand); inside ``tick`` a follower reads nothing.
 * **Status.** The leader publishes the rows' descriptions under ``sources/django``
   (``describe.py``), which ``beatleader status`` lists with the static entries.
 
@@ -39,10 +46,11 @@ one-off row edited after its run and before the leader wrote that run back is ar
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
@@ -111,7 +119,8 @@ class DatabaseScheduler(Scheduler):
     _db: DatabaseSync | None = None
     _recorder: _RunRecorder | None = None
     _view: tuple[float, Mapping[str, beat.ScheduleEntry]] | None = None
-    _tick_thread: threading.Thread | None = None
+    #: Per thread: how deep inside the beat's own methods (setup, tick, close) it is.
+    _inside: threading.local
     #: Rows created by the leader at takeover when missing (``install_default_entries``).
     default_rows: Mapping[str, Mapping[str, Any]] = {}
 
@@ -119,24 +128,41 @@ class DatabaseScheduler(Scheduler):
         """As :meth:`beatleader.Scheduler.setup_schedule`; one database thread per session."""
         ensure_django()
         self.row_entry_class = self._row_entry_class()
-        self._tick_thread = threading.current_thread()
-        if self._db is not None and not self._closed:
-            return super().setup_schedule()  # open: nothing to do, as there
-        if self._recorder is None:
-            self._recorder = _RunRecorder(self)
-            self.observers.add(self._recorder)
-        self._db = DatabaseSync(self)
-        super().setup_schedule()
-        self._db.start()
+        with self._own():
+            if self._db is not None and not self._closed:
+                return super().setup_schedule()  # open: nothing to do, as there
+            if self._recorder is None:
+                self._recorder = _RunRecorder(self)
+                self.observers.add(self._recorder)
+            self._db = DatabaseSync(self)
+            super().setup_schedule()
+            self._db.start()
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
-        self._tick_thread = threading.current_thread()
-        return super().tick(*args, **kwargs)
+        with self._own():
+            return super().tick(*args, **kwargs)
 
     def close(self) -> None:
-        if self._db is not None and not self._closed:
-            self._db.stop(self.db_stop_timeout)  # while still leading: writes what is queued
-        super().close()
+        with self._own():
+            if self._db is not None and not self._closed:
+                self._db.stop(self.db_stop_timeout)  # while still leading: writes what is queued
+            super().close()
+
+    def sync(self) -> None:
+        with self._own():
+            super().sync()
+
+    @contextlib.contextmanager
+    def _own(self) -> Iterator[None]:
+        """Inside the beat's own methods ``schedule`` is the live schedule (no database read)."""
+        inside = self.__dict__.get("_inside")
+        if inside is None:
+            inside = self.__dict__.setdefault("_inside", threading.local())
+        inside.depth = getattr(inside, "depth", 0) + 1
+        try:
+            yield
+        finally:
+            inside.depth -= 1
 
     def _row_entry_class(self) -> Any:
         from django_celery_beat.schedulers import ModelEntry
@@ -205,15 +231,17 @@ class DatabaseScheduler(Scheduler):
     # -- reading the rows from outside the beat ------------------------------------------------
 
     def get_schedule(self) -> Mapping[str, beat.ScheduleEntry]:
-        """The live schedule while leading or on the beat's own thread; else a read-only view.
+        """The live schedule while leading or inside the beat's own methods; else a read-only view.
 
-        On a follower (or a scheduler that never ran), from any thread but the beat's: the
+        On a follower (or a scheduler that never ran), outside ``setup_schedule``/``tick``/
+        ``sync``/``close``: the
         static entries and the enabled rows, read from the database on demand (at most once per
         :attr:`change_check_interval`), as django-celery-beat's ``schedule`` shows them.
         """
         election = self._election
         leading = election is not None and election.is_leader
-        if leading or threading.current_thread() is self._tick_thread:
+        inside = self.__dict__.get("_inside")
+        if leading or (inside is not None and getattr(inside, "depth", 0) > 0):
             live: Mapping[str, beat.ScheduleEntry] = self.data
             return live
         now = time.monotonic()

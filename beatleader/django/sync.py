@@ -41,6 +41,7 @@ from typing import Any, Protocol
 from celery import Celery, beat
 
 from beatleader.beat.planning import Backoff
+from beatleader.beat.publishing import replaced
 from beatleader.django.rows import RowEntry, read_rows
 
 logger = logging.getLogger("beatleader.django")
@@ -300,8 +301,8 @@ class DatabaseSync:
 
     def _save_through_entry(self, run: RunRecord) -> None:
         """The scheduler's ``Entry.save`` writes the run, as django-celery-beat's sync does."""
-        entry = copy.copy(run.entry)
-        entry.model = model = copy.copy(run.entry.model)
+        model = copy.copy(run.entry.model)  # a Django model copies; a user's Entry may not
+        entry = replaced(run.entry, model=model)
         model.last_run_at = None if run.disable else run.last_run_at
         model.total_run_count = run.ordinal
         model.no_changes = True
