@@ -99,7 +99,7 @@ class EmbeddedBeat:
     ) -> None:
         self.app = app
         self.settings = Settings.from_app(app, **overrides)
-        self._scheduler_cls = _embedded_class(scheduler_cls)
+        self._scheduler_cls = _scheduler_class(scheduler_cls)
         self._metrics: PrometheusObserver | None = None
         if metrics_registry is not None:
             self._metrics = _metrics_observer(self.settings.path, metrics_registry)
@@ -124,8 +124,8 @@ class EmbeddedBeat:
                     logger.warning(
                         "beatleader: the beat already running for %s uses %s, not %s; reusing it",
                         self._key[2],
-                        _requested(running._scheduler_cls).__name__,
-                        _requested(self._scheduler_cls).__name__,
+                        running._scheduler_cls.__name__,
+                        self._scheduler_cls.__name__,
                     )
                 self._twin = running
                 return running
@@ -217,10 +217,10 @@ class _Runner:
         settings: Settings,
         restart_delay: float,
         metrics: PrometheusObserver | None = None,
-        scheduler_cls: type[_EmbeddedScheduler] | None = None,
+        scheduler_cls: type[Scheduler] | None = None,
     ) -> None:
         self.pid = os.getpid()
-        self._scheduler_cls = scheduler_cls or _EmbeddedScheduler
+        self._scheduler_cls = scheduler_cls or Scheduler
         self._metrics = metrics
         self._app = app
         self._settings = settings
@@ -292,11 +292,17 @@ class _Runner:
 
 
 class _Service(beat.Service):  # type: ignore[misc]
-    """celery's beat loop over an :class:`_EmbeddedScheduler`, stoppable from any thread at once."""
+    """celery's beat loop over a scheduler, stoppable from any thread at once.
+
+    The scheduler is of the class asked for, unchanged (no subclass is made): this runner only
+    owns the loop's sleep. celery's loop sleeps in ``time.sleep`` for what ``tick`` returns; here
+    the instance's ``tick`` waits that long on the stop event instead and returns 0, so that
+    ``stop()`` wakes a leader between ticks at once (a follower is woken by ``close``).
+    """
 
     #: Built in ``__init__``. This shadows celery's lazy ``scheduler`` property, whose lock is
     #: shared by every Service and could be inherited locked across a fork.
-    scheduler: _EmbeddedScheduler | None = None
+    scheduler: Scheduler | None = None
 
     def __init__(
         self,
@@ -304,19 +310,25 @@ class _Service(beat.Service):  # type: ignore[misc]
         settings: Settings,
         stopping: threading.Event,
         metrics: PrometheusObserver | None = None,
-        scheduler_cls: type[_EmbeddedScheduler] | None = None,
+        scheduler_cls: type[Scheduler] | None = None,
     ) -> None:
-        cls = scheduler_cls or _EmbeddedScheduler
+        cls = scheduler_cls or Scheduler
         super().__init__(app, scheduler_cls=cls)
-        self.scheduler = cls(
+        self.scheduler = scheduler = cls(
             app,
             max_interval=self.max_interval,
             beatleader_settings=settings,
             beatleader_observers=Observers() if metrics is None else Observers(metrics),
-            stopping=stopping,
         )
+        tick = scheduler.tick
+
+        def tick_then_wait(*args: Any, **kwargs: Any) -> float:
+            stopping.wait(tick(*args, **kwargs))
+            return 0.0
+
+        scheduler.tick = tick_then_wait  # type: ignore[method-assign]
         if metrics is not None:
-            metrics.watch(self.scheduler)
+            metrics.watch(scheduler)
 
     def shutdown(self) -> None:
         """End the loop and release leadership now, even while a tick is waiting."""
@@ -325,22 +337,10 @@ class _Service(beat.Service):  # type: ignore[misc]
             self.scheduler.close()
 
 
-class _EmbeddedScheduler(Scheduler):
-    """:class:`Scheduler` that sleeps between ticks itself, on an event ``stop`` sets."""
-
-    def __init__(self, app: Any, *args: Any, stopping: threading.Event, **kwargs: Any) -> None:
-        self._stopping = stopping
-        super().__init__(app, *args, **kwargs)
-
-    def tick(self, *args: Any, **kwargs: Any) -> float:
-        self._stopping.wait(super().tick(*args, **kwargs))
-        return 0.0
-
-
-def _embedded_class(wanted: type[Scheduler] | str | None) -> type[_EmbeddedScheduler]:
-    """The embedded variant of ``wanted`` (a :class:`Scheduler` subclass or its dotted name)."""
-    if wanted is None or wanted is Scheduler:
-        return _EmbeddedScheduler
+def _scheduler_class(wanted: type[Scheduler] | str | None) -> type[Scheduler]:
+    """``wanted`` (a :class:`Scheduler` subclass or its dotted name) as a class, checked."""
+    if wanted is None:
+        return Scheduler
     cls: Any = wanted
     if isinstance(wanted, str):
         from kombu.utils.imports import symbol_by_name
@@ -354,14 +354,7 @@ def _embedded_class(wanted: type[Scheduler] | str | None) -> type[_EmbeddedSched
             f"scheduler_cls must be beatleader.Scheduler or a subclass of it "
             f"(e.g. beatleader.django.DatabaseScheduler), not {wanted!r}"
         )
-    if issubclass(cls, _EmbeddedScheduler):
-        return cls
-    return type(f"Embedded{cls.__name__}", (_EmbeddedScheduler, cls), {})
-
-
-def _requested(cls: type[_EmbeddedScheduler]) -> type:
-    """The scheduler class asked for, behind its embedded variant."""
-    return next(c for c in cls.__mro__ if not issubclass(c, _EmbeddedScheduler))
+    return cls
 
 
 def _metrics_observer(path: str, registry: Any) -> PrometheusObserver:
