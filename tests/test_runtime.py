@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from kazoo.security import make_digest_acl
 
-from beatleader.beat.runtimewatch import RunRequest
+from beatleader.beat.sources.runtimewatch import RunRequest
 from beatleader.beat.state import StateStore, Write
 from beatleader.testing.proxy import ZkProxy
 from beatleader.zk import layout, multiread
@@ -271,7 +271,7 @@ def test_a_follower_and_the_watches_of_an_ended_leadership_make_no_request(
     folders = [f(zk_root) for f in (layout.definitions_path, layout.paused_path)]
     assert counter.under(*folders, layout.requests_path(zk_root)) == []
     assert counter.total == 0, counter.paths  # the follower made no request at all
-    watch = first._watch  # its watches fired (armed by its leadership) and marked nothing
+    watch = first.runtime._watch  # its watches fired (armed by its leadership) and marked nothing
     assert not (watch._changed or watch._requests_changed or watch._paused_changed)
     assert second.published == ids(zk_root, "dyn", 1, client=zk_client)
 

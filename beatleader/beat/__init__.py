@@ -2,8 +2,8 @@
 
 ``scheduler`` is celery's hooks, the session and the takeover; ``leading`` plans, commits and
 publishes (the tick's leader half), ``publishing`` is the outbox after a commit, ``state`` the
-fenced batched commit and the takeover read, ``planning`` the pure decisions, ``dynamic`` and
-``runtime`` the entries that change while beat runs (``runtimewatch`` reads them), ``sigmask``
+fenced batched commit and the takeover read, ``planning`` the pure decisions, ``dynamic`` the
+entries that change while beat runs, from the ``sources`` (runtime definitions, rows), ``sigmask``
 keeps signals out of the gap between commit and publish, ``embedded`` runs it inside a web server.
 
 May import: :mod:`beatleader.election`, :mod:`beatleader.schedules`, :mod:`beatleader.zk`,

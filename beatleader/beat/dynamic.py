@@ -2,14 +2,16 @@
 
 The static schedule is the app's ``beat_schedule`` (plus celery's default entries), fixed when
 the scheduler starts; its fingerprint is what instances compare (``peers.py``). *Dynamic* entries
-come from a source every instance shares (runtime definitions in ZooKeeper, a database): a
-subclass or a source object
+come from the scheduler's **sources** (``beat/sources/``: runtime definitions in ZooKeeper, a
+database), one object each, built from :attr:`DynamicScheduler.source_classes`:
 
-- returns all of them from :meth:`DynamicScheduler.dynamic_entries`, called by the leader at each
-  takeover (after the run state is loaded), and
-- reports later changes with :meth:`DynamicScheduler.update_entries` (from any thread: a
-  ZooKeeper watch, a poller); the leader's tick applies them, at most ``change_poll_interval``
-  seconds later, without a ZooKeeper read except the run state of an entry it did not have.
+- at each takeover the leader asks each source to ``prefetch`` (before the run state is read),
+  then :meth:`DynamicScheduler.dynamic_entries` gathers every source's ``read_all`` (a subclass may
+  override it: what it returns is the dynamic schedule), and
+- later changes are reported with :meth:`DynamicScheduler.update_entries` (from any thread: a
+  ZooKeeper watch read by a source's ``poll`` on the tick, a poller thread); the leader's tick
+  applies them, at most ``change_poll_interval`` seconds later, without a ZooKeeper read except
+  the run state of an entry it did not have.
 
 Guarantees: a changed entry keeps its run state (``last_run_at``, ``total_run_count``), so a
 change does not re-run it or restart its ordinals; an entry added while leading continues from
@@ -34,11 +36,14 @@ from __future__ import annotations
 import heapq
 import logging
 import threading
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, ClassVar
 
 from celery import beat
 
 from beatleader.beat.leading import LeadingScheduler
+from beatleader.beat.sources import EntrySource
+from beatleader.beat.sources.runtime import RuntimeSource
 from beatleader.beat.state import StoredState
 
 logger = logging.getLogger("beatleader.scheduler")
@@ -81,6 +86,9 @@ class DynamicScheduler(LeadingScheduler):
     #: Longest sleep of a leader's tick, so that changes reported by :meth:`update_entries` apply
     #: within it (a local check: no ZooKeeper request).
     change_poll_interval = 1.0
+    #: The entry sources, each built with the scheduler (``beat/sources/``); later ones win a
+    #: name both define. A subclass adds its own: ``(*Scheduler.source_classes, MySource)``.
+    source_classes: ClassVar[tuple[Callable[[Any], EntrySource], ...]] = (RuntimeSource,)
 
     _static_names: frozenset[str]
     _dynamic_names: set[str]
@@ -92,15 +100,32 @@ class DynamicScheduler(LeadingScheduler):
         self._static_names = frozenset()
         self._dynamic_names = set()
         self._paused_static = {}
-
-    def _continue(self, entry: beat.ScheduleEntry, stored: StoredState) -> None:
-        raise NotImplementedError
+        #: Which source each dynamic entry came from (a source that cannot say keeps its own).
+        self._source_of: dict[str, int] = {}
+        self.sources: list[EntrySource] = [make(self) for make in self.source_classes]
+        runtime = [s for s in self.sources if isinstance(s, RuntimeSource)]
+        #: The runtime entries' source (None in a subclass without one).
+        self.runtime: RuntimeSource | None = runtime[0] if runtime else None
 
     # -- the hooks ----------------------------------------------------------------------------
 
     def dynamic_entries(self) -> Mapping[str, beat.ScheduleEntry]:
-        """Every dynamic entry now, by name; read by the leader at each takeover. Default: none."""
-        return {}
+        """Every dynamic entry now, by name; read by the leader at each takeover.
+
+        Each source's ``read_all``, later sources winning a name; a source that cannot say
+        (None) keeps the entries it gave before.
+        """
+        found: dict[str, beat.ScheduleEntry] = {}
+        owners: dict[str, int] = {}
+        for number, source in enumerate(self.sources):
+            entries = source.read_all()
+            if entries is None:
+                kept = [n for n, o in self._source_of.items() if o == number]
+                entries = {n: self.schedule[n] for n in kept if n in self.schedule}
+            found.update(entries)
+            owners.update(dict.fromkeys(entries, number))
+        self._source_of = owners
+        return found
 
     def update_entries(self, changes: Mapping[str, beat.ScheduleEntry | None]) -> None:
         """Report changed entries (an entry: add or replace; None: remove); thread-safe."""
@@ -116,6 +141,21 @@ class DynamicScheduler(LeadingScheduler):
         return frozenset(self._dynamic_names)
 
     @property
+    def static_names(self) -> frozenset[str]:
+        """Names of the static (``beat_schedule``) entries, fixed at setup."""
+        return self._static_names
+
+    @property
+    def runtime_definitions(self) -> dict[str, Any]:
+        """The valid runtime definitions this leader knows now, by entry name (a copy)."""
+        return dict(self.runtime.definitions) if self.runtime is not None else {}
+
+    @property
+    def run_requests(self) -> list[Any]:
+        """The run-now requests this leader has not consumed yet, oldest first (a copy)."""
+        return list(self.runtime.requests) if self.runtime is not None else []
+
+    @property
     def paused_names(self) -> frozenset[str]:
         """Names of the static entries this leader holds paused now."""
         return frozenset(self._paused_static)
@@ -127,7 +167,9 @@ class DynamicScheduler(LeadingScheduler):
         self._static_names = frozenset(self.schedule)
 
     def _prefetch_dynamic(self, generation: int) -> None:
-        """At takeover, before the run state is read: a source may start its reads here."""
+        """At takeover, before the run state is read: each source may start its reads here."""
+        for source in self.sources:
+            source.prefetch(generation)
 
     def _load_dynamic(self, stored: dict[str, StoredState]) -> None:
         """At takeover: the full read replaces every dynamic entry and every queued change."""
@@ -148,7 +190,9 @@ class DynamicScheduler(LeadingScheduler):
             )
 
     def _apply_changes(self) -> None:
-        """Between takeovers: apply what :meth:`update_entries` queued."""
+        """Between takeovers: each source polls, then what :meth:`update_entries` queued applies."""
+        for source in self.sources:
+            source.poll()
         changes = self._changes.take()
         if changes:
             self._apply(changes, None)
@@ -235,6 +279,7 @@ class DynamicScheduler(LeadingScheduler):
             heapq.heappush(self._heap, beat.event_t(when, 5, entry))
 
     def _load_one(self, name: str) -> StoredState | None:
+        """The stored run state of one entry (one read), adopted."""
         assert self._store is not None
         found = self._store.load_one(name)
         if found is not None:

@@ -27,10 +27,13 @@ import time
 from typing import Any
 
 from celery import beat
+from kazoo.client import KazooClient
 
 from beatleader.beat import sigmask
 from beatleader.beat.planning import Backoff, Pending, Run, lateness_of, utc_iso
 from beatleader.beat.publishing import PublishingScheduler, replaced
+from beatleader.beat.sources.runtime import RuntimeSource
+from beatleader.beat.sources.runtimewatch import RunRequest
 from beatleader.beat.state import CommitOutcome, StateStore, StoredState, Write
 from beatleader.zk import layout
 from beatleader.zk.layout import EntryState
@@ -44,8 +47,17 @@ class LeadingScheduler(PublishingScheduler):
     #: First and longest delay before writing again an entry whose write ZooKeeper refused.
     entry_retry_first = 1.0
     entry_retry_max = 60.0
+    #: Most run-now requests naming no entry deleted in one tick (a flood cannot stall it).
+    discard_per_tick = 50
+    #: Seconds (ZooKeeper's clock, from the request's creation) a run-now request naming no entry
+    #: this leader knows is kept before it is deleted: in a rolling deploy, an instance of the new
+    #: version may have the entry and lead next. A request whose node name is malformed: none.
+    unknown_request_grace = 600.0
 
     _store: StateStore | None
+    _zk: KazooClient | None
+    _paused_static: dict[str, beat.ScheduleEntry]
+    runtime: RuntimeSource | None
     _loaded_generation: int
     _next_probe: float
     old_schedulers: dict[str, Any] | None
@@ -54,9 +66,21 @@ class LeadingScheduler(PublishingScheduler):
         self._init_publishing(session_timeout)
         self._entry_backoff = Backoff(self.entry_retry_first, self.entry_retry_max)
         self._max_seen: dict[str, int] = {}
+        #: request node -> its creation time (epoch s), for the requests naming no entry here.
+        self._unknown_since: dict[str, float] = {}
 
     def _probe_clock(self) -> None:
         raise NotImplementedError
+
+    def _continue(self, entry: beat.ScheduleEntry, stored: StoredState) -> None:
+        raise NotImplementedError
+
+    def _load_one(self, name: str) -> StoredState | None:
+        raise NotImplementedError
+
+    def _server_epoch(self) -> float:
+        """Now on ZooKeeper's clock, epoch seconds (``Scheduler`` applies its measured offset)."""
+        return time.time()
 
     def _see(self, name: str, ordinal: int) -> None:
         if ordinal > self._max_seen.get(name, 0):
@@ -93,8 +117,120 @@ class LeadingScheduler(PublishingScheduler):
         return self._time_to_next()
 
     def _requested_runs(self, planned: set[str]) -> list[Run]:
-        """Extra runs asked for now (``runtime.py``), of entries not in ``planned``; none here."""
-        return []
+        """One extra run per requested entry not planned, not in the outbox, not backing off."""
+        runtime = self.runtime
+        if runtime is None or not runtime.requests:
+            return []
+        listed = {request.node for request in runtime.requests}
+        self._unknown_since = {n: t for n, t in self._unknown_since.items() if n in listed}
+        runs: list[Run] = []
+        unknown: list[RunRequest] = []
+        taken = set(planned)
+        now = time.monotonic()
+        for request in runtime.requests:
+            name = request.name
+            if name is not None and name in taken:
+                continue  # one run per entry and commit: this one waits for the next tick
+            entry = self._requested_entry(name) if name is not None else None
+            if entry is None:
+                unknown.append(request)
+                continue
+            taken.add(entry.name)
+            if entry.name in self._outbox or not self._entry_backoff.ready(entry.name, now):
+                continue  # its previous run is not out yet, or its write failed lately
+            extra = replaced(entry, total_run_count=entry.total_run_count + 1)
+            runs.append(Run(extra, 0.0, True, 0.0, request=request.path))
+            logger.info(
+                "beatleader: run-now request %s: run %d of %r",
+                request.node,
+                extra.total_run_count,
+                entry.name,
+            )
+        if unknown:
+            self._discard_requests(unknown, now)
+        return runs
+
+    def _requested_entry(self, name: str) -> beat.ScheduleEntry | None:
+        """The entry ``name`` as of its latest run: scheduled, paused or disabled; else None."""
+        current = self.schedule.get(name)
+        if current is not None:
+            return current
+        held = self._paused_static.get(name)
+        if held is not None:
+            entry = replaced(held)
+        else:
+            runtime = self.runtime
+            definition = runtime.definitions.get(name) if runtime is not None else None
+            made = runtime.make_entry(name, definition) if runtime and definition else None
+            if made is None:
+                return None
+            entry = made
+        self._on_server_clock(entry)
+        if name in self._outbox:
+            return entry  # held until that run is out (the caller checks)
+        found = self._stored.get(name) or self._load_one(name)
+        if found is not None:
+            self._continue(entry, found)  # a committed, unpublished run goes to the outbox
+        return entry
+
+    def _expired(self, request: RunRequest) -> bool:
+        """Whether ``request``, which names no entry here, has outlived its grace.
+
+        Its creation time costs one read, once; a request gone meanwhile is forgotten.
+        """
+        if request.name is None:
+            return True
+        since = self._unknown_since.get(request.node)
+        if since is None:
+            assert self._zk is not None
+            stat = self._zk.exists(request.path)
+            if stat is None:
+                if self.runtime is not None:
+                    self.runtime.forget_requests([request.path])
+                return False
+            since = self._unknown_since[request.node] = stat.ctime / 1000.0
+            logger.info(
+                "beatleader: run-now request %s names %r, which is no static or runtime entry "
+                "here; kept %g s from its creation for an instance that has it (a rolling "
+                "deploy), then deleted",
+                request.node,
+                request.name,
+                self.unknown_request_grace,
+            )
+        return self._server_epoch() - since >= self.unknown_request_grace
+
+    def _discard_requests(self, requests: list[RunRequest], now: float) -> None:
+        """Report and delete (fenced) requests that name no entry, once their grace is over."""
+        election, store = self._election, self._store
+        assert election is not None and store is not None
+        fence = election.node
+        due = [r for r in requests if self._entry_backoff.ready(("request", r.node), now)]
+        due = [r for r in due if self._expired(r)][: self.discard_per_tick]
+        if fence is None or not due:
+            return
+        for request in due:
+            if request.name is None:
+                why = f"is not named <entry>{layout.REQUEST_MARKER}<sequence>"
+            else:
+                why = (
+                    f"names {request.name!r}, which is no static or runtime entry here "
+                    f"(kept {self.unknown_request_grace:g} s)"
+                )
+            self._report(
+                f"request:{request.node}",
+                "run-request",
+                f"run-now request {request.node!r} {why}; deleted without a run",
+            )
+        gone, lost = store.discard(fence, [r.path for r in due])
+        if lost:
+            election.step_down("the fence failed: own contender node is gone")
+        for request in due:
+            if request.path not in gone and not lost:
+                self._entry_backoff.failed(("request", request.node), now)
+        if self.runtime is not None:
+            self.runtime.forget_requests(gone)
+        for path in gone:
+            self._unknown_since.pop(path.rsplit("/", 1)[1], None)
 
     def _pop_due(self) -> list[tuple[beat.ScheduleEntry, float]]:
         """Every heap event whose time has come and whose entry agrees it is due."""
@@ -256,6 +392,7 @@ class LeadingScheduler(PublishingScheduler):
     def _after_commit(self, outcome: CommitOutcome, runs: list[Run]) -> None:
         """What a commit that was not wholly fine means for leadership, state and entries."""
         assert self._election is not None
+        self._requests_settled(outcome, runs)
         if outcome.lost_leadership:
             self._election.step_down("the fence failed: own contender node is gone")
             return
@@ -287,3 +424,22 @@ class LeadingScheduler(PublishingScheduler):
                 len(outcome.uncertain),
             )
             self._loaded_generation = 0
+
+    def _requests_settled(self, outcome: CommitOutcome, runs: list[Run]) -> None:
+        """Run-now requests whose run committed (or that were gone) are no longer pending."""
+        done: set[str] = set()
+        for run in runs:
+            name = run.entry.name
+            if run.request is None:
+                continue
+            if name in outcome.committed:
+                done.add(run.request)
+            elif name in outcome.gone:
+                done.add(run.request)
+                logger.info(
+                    "beatleader: run-now request %s was gone before its run committed "
+                    "(consumed or withdrawn); not run",
+                    run.request,
+                )
+        if done and self.runtime is not None:
+            self.runtime.forget_requests(done)

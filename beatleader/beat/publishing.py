@@ -76,6 +76,10 @@ class PublishingScheduler(beat.Scheduler):  # type: ignore[misc]
         logger.log(level, "beatleader: %s", detail)
         self.observers.problem(kind, detail)
 
+    def _resolved(self, key: str) -> None:
+        """What was reported under ``key`` is fine again: report it again if it breaks again."""
+        self._reported.pop(key, None)
+
     def safe_is_due(self, entry: beat.ScheduleEntry) -> tuple[bool, float]:
         """``is_due(entry)`` as celery's beat reads it, contained to that entry.
 

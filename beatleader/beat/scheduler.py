@@ -58,8 +58,8 @@ from kazoo.exceptions import KazooException
 
 from beatleader._version import __version__
 from beatleader.beat import sigmask
+from beatleader.beat.dynamic import DynamicScheduler
 from beatleader.beat.planning import Backoff, Pending, ServerClock, continuation
-from beatleader.beat.runtime import RuntimeScheduler
 from beatleader.beat.state import CONNECTION_ERRORS, SESSION_ERRORS, StateStore, StoredState
 from beatleader.config import ConfigError, Settings
 from beatleader.election.leader import LeaderElection
@@ -105,7 +105,7 @@ class ServerClockApp:
         return f"<ServerClockApp of {self._app!r}>"
 
 
-class Scheduler(RuntimeScheduler):
+class Scheduler(DynamicScheduler):
     """A celery beat scheduler that sends only while this instance leads; see the module doc."""
 
     #: Seconds to wait after a ZooKeeper error in the leader's tick (doubling up to the next).
@@ -165,7 +165,6 @@ class Scheduler(RuntimeScheduler):
         self._lead_lock = threading.RLock()
         self._init_leading(self.settings.session_timeout)
         self._init_dynamic()
-        self._init_runtime()
         self._error_backoff = Backoff(self.error_retry_delay, self.error_retry_max)
         self._clock = ServerClock()
         self._clock_app = ServerClockApp(app, self.server_now)
@@ -270,6 +269,18 @@ class Scheduler(RuntimeScheduler):
     @property
     def is_leader(self) -> bool:
         return self._election is not None and self._election.is_leader
+
+    @property
+    def zk_client(self) -> KazooClient | None:
+        """This scheduler's ZooKeeper client (None before ``setup_schedule``)."""
+        return self._zk
+
+    def leading_generation(self) -> int | None:
+        """The election generation while this instance leads, None otherwise."""
+        election = self._election
+        if election is None or not election.is_leader:
+            return None
+        return election.generation
 
     @property
     def zk_connected(self) -> bool:

@@ -88,6 +88,28 @@ class _DjangoModel:
         return getattr(models, self.name)
 
 
+class RowsSource:
+    """django-celery-beat's enabled rows as an entry source (``beat/sources/``).
+
+    ``read_all`` at takeover is the database thread's full read (None when the database cannot
+    say: the rows scheduled before are kept). Changes while leading come from that thread
+    (``sync.py``, through ``update_entries``): ``poll`` has nothing to do.
+    """
+
+    def __init__(self, scheduler: DatabaseScheduler) -> None:
+        self.scheduler = scheduler
+
+    def prefetch(self, generation: int) -> None:
+        pass
+
+    def read_all(self) -> Mapping[str, beat.ScheduleEntry] | None:
+        db = self.scheduler._db
+        return db.read_all() if db is not None else {}
+
+    def poll(self) -> None:
+        pass
+
+
 class DatabaseScheduler(Scheduler):
     """:class:`beatleader.Scheduler` over django-celery-beat's tables; see the module doc."""
 
@@ -116,6 +138,8 @@ class DatabaseScheduler(Scheduler):
     #: Seconds ``close`` waits for the database thread to write the queued run state.
     db_stop_timeout = 3.0
 
+    #: The runtime entries' source and the rows' (the rows win a name both define).
+    source_classes = (*Scheduler.source_classes, RowsSource)
     _db: DatabaseSync | None = None
     _recorder: _RunRecorder | None = None
     _view: tuple[float, Mapping[str, beat.ScheduleEntry]] | None = None
@@ -269,10 +293,6 @@ class DatabaseScheduler(Scheduler):
 
     # -- for the database thread -----------------------------------------------------------------
 
-    @property
-    def static_names(self) -> frozenset[str]:
-        return self._static_names
-
     def has_taken_over(self) -> bool:
         """Leading, with this leadership's state loaded (the database is this leader's now)."""
         election = self._election
@@ -298,13 +318,6 @@ class DatabaseScheduler(Scheduler):
         return True
 
     # -- the dynamic seam -------------------------------------------------------------------------
-
-    def dynamic_entries(self) -> Mapping[str, beat.ScheduleEntry]:
-        """The rows, beside any other source's entries (``super()``); the rows win a clash."""
-        rows = self._db.read_all() if self._db is not None else {}
-        if rows is None:  # the database cannot say: keep what we have, read all later
-            return {name: self.schedule[name] for name in self.dynamic_names}
-        return {**super().dynamic_entries(), **rows}
 
     def _put_entry(
         self,

@@ -101,6 +101,11 @@ class DefinitionWatch:
         self._changed: set[str] = set()
 
     @property
+    def client(self) -> KazooClient:
+        """The client (session) whose watches this reads with."""
+        return self._client
+
+    @property
     def armed(self) -> int | None:
         """The generation whose :meth:`load` armed the watches (None before the first)."""
         return self._armed
