@@ -6,6 +6,9 @@ Shaped entirely by environment variables, read when the module is imported:
     kombu filesystem transport in that folder (consumed messages are kept in ``processed/``).
 ``TEST_REDIS_URL``
     broker URL when there is no ``TEST_BROKER_DIR``; always also ``redbeat_redis_url``.
+``TEST_BROKER_URL``
+    any other broker URL (e.g. ``amqp://`` of ``tests.rabbitmq``), when there is no
+    ``TEST_BROKER_DIR``; it takes precedence over ``TEST_REDIS_URL`` as the broker.
 ``TEST_SCHEDULE``
     JSON ``{name: {"every": seconds} | {"crontab": "m h dom mon dow"} | {"custom": "Class",
     "custom_args": [...]}, ...}`` (``custom``: a class of ``tests.user_schedules``); optional keys
@@ -84,6 +87,7 @@ def build_config(environ: Mapping[str, str]) -> dict[str, Any]:
     }
     broker_dir = environ.get("TEST_BROKER_DIR")
     redis_url = environ.get("TEST_REDIS_URL")
+    broker_url = environ.get("TEST_BROKER_URL")
     if broker_dir:
         folder = Path(broker_dir)
         fstransport.register()  # kombu's filesystem transport, with atomic puts
@@ -97,6 +101,8 @@ def build_config(environ: Mapping[str, str]) -> dict[str, Any]:
             "polling_interval": FILESYSTEM_POLLING_INTERVAL,
         }
         (folder / "processed").mkdir(parents=True, exist_ok=True)
+    elif broker_url:
+        conf["broker_url"] = broker_url
     elif redis_url:
         conf["broker_url"] = redis_url
     if redis_url:
