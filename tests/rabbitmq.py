@@ -31,7 +31,6 @@ import os
 import secrets
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -231,10 +230,3 @@ class RabbitMQServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-@pytest.fixture(scope="module")
-def rabbitmq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQServer]:
-    """A RabbitMQ node for the test module; a test may restart it (it comes back on its port)."""
-    with RabbitMQServer(tmp_path_factory.mktemp("rabbitmq")) as server:
-        yield server
