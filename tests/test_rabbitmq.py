@@ -7,9 +7,11 @@ the shared test ZooKeeper (session timeout 2 s, see conftest), one worker runs w
 after a crash or a failed publish); the guard makes execution exactly once: every run ordinal up
 to the last committed one must have executed once, none twice, none missing.
 
-The broker-restart test publishes with confirms (``TEST_CONFIRM_PUBLISH``): without them a
-publish written into a connection the broker is closing is lost silently ("a run whose publish
-succeeded into a broker that then loses the message is not republished", beatleader.scheduler).
+The broker-restart test publishes with confirms (``TEST_CONFIRM_PUBLISH``). RabbitMQ resets its
+connections when it stops, so a later publish raises and the run stays in the outbox even without
+confirms (3 of 3 runs of this test passed so); but a publish written in the instant before the
+reset would be lost silently ("a run whose publish succeeded into a broker that then loses the
+message is not republished", beatleader.scheduler), and confirms close that race.
 """
 
 from __future__ import annotations
