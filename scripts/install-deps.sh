@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install what beatleader's demo and tests need on a Debian machine: ZooKeeper, Redis, Java,
+# Install what beatleader's demo and tests need on a Debian machine: ZooKeeper, Redis, RabbitMQ, Java,
 # PostgreSQL (its server binaries; the tests run their own throwaway cluster),
 # docker-compose (only to validate docker-compose.yml; no engine needed) and this package with
 # its dev extra. Safe to run again: it installs only what is missing.
@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 missing=()
 [ -x /usr/share/zookeeper/bin/zkServer.sh ] || missing+=(zookeeper)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)  # tests/test_rabbitmq.py starts its own node
 command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)  # the django-celery-beat tests start their own PostgreSQL cluster

@@ -6,6 +6,7 @@
 # (default 2, one test file each at a time: most tests wait on real processes, not on the CPU;
 # 1 runs serially). The exit status is the first failure's.
 set -euo pipefail
+export BEATLEADER_REQUIRE_RABBITMQ=1  # tests/test_rabbitmq.py fails instead of skipping without RabbitMQ
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 ruff check beatleader tests scripts examples

@@ -6,6 +6,16 @@ Shaped entirely by environment variables, read when the module is imported:
     kombu filesystem transport in that folder (consumed messages are kept in ``processed/``).
 ``TEST_REDIS_URL``
     broker URL when there is no ``TEST_BROKER_DIR``; always also ``redbeat_redis_url``.
+``TEST_BROKER_URL``
+    any other broker URL (e.g. ``amqp://`` of ``tests.rabbitmq``), when there is no
+    ``TEST_BROKER_DIR``; it takes precedence over ``TEST_REDIS_URL`` as the broker.
+``TEST_QUEUE``
+    ``task_default_queue`` (celery's default ``celery``): beats send to it and workers consume
+    it, so tests sharing one broker (e.g. one RabbitMQ for a module) do not see each other's
+    messages.
+``TEST_CONFIRM_PUBLISH``
+    when set, ``broker_transport_options["confirm_publish"]`` (py-amqp waits for RabbitMQ's
+    publisher confirm, so a publish the broker did not take raises instead of vanishing).
 ``TEST_SCHEDULE``
     JSON ``{name: {"every": seconds} | {"crontab": "m h dom mon dow"} | {"custom": "Class",
     "custom_args": [...]}, ...}`` (``custom``: a class of ``tests.user_schedules``); optional keys
@@ -84,6 +94,7 @@ def build_config(environ: Mapping[str, str]) -> dict[str, Any]:
     }
     broker_dir = environ.get("TEST_BROKER_DIR")
     redis_url = environ.get("TEST_REDIS_URL")
+    broker_url = environ.get("TEST_BROKER_URL")
     if broker_dir:
         folder = Path(broker_dir)
         fstransport.register()  # kombu's filesystem transport, with atomic puts
@@ -97,10 +108,14 @@ def build_config(environ: Mapping[str, str]) -> dict[str, Any]:
             "polling_interval": FILESYSTEM_POLLING_INTERVAL,
         }
         (folder / "processed").mkdir(parents=True, exist_ok=True)
+    elif broker_url:
+        conf["broker_url"] = broker_url
     elif redis_url:
         conf["broker_url"] = redis_url
     if redis_url:
         conf["redbeat_redis_url"] = redis_url
+    if environ.get("TEST_QUEUE"):
+        conf["task_default_queue"] = environ["TEST_QUEUE"]
     if environ.get("TEST_ACKS_LATE"):
         conf["task_acks_late"] = True
     if environ.get("TEST_VISIBILITY_TIMEOUT"):
@@ -109,6 +124,8 @@ def build_config(environ: Mapping[str, str]) -> dict[str, Any]:
             "unacked_restore_interval": 1,
             "unacked_restore_throttle": 1,
         }
+    if environ.get("TEST_CONFIRM_PUBLISH"):
+        conf.setdefault("broker_transport_options", {})["confirm_publish"] = True
     if environ.get("TEST_MAX_INTERVAL"):
         conf["beat_max_loop_interval"] = float(environ["TEST_MAX_INTERVAL"])
     if environ.get("TEST_RESULT_DIR"):
