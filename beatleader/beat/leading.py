@@ -27,14 +27,13 @@ import time
 from typing import Any
 
 from celery import beat
-from kazoo.client import KazooClient
 
 from beatleader.beat import sigmask
 from beatleader.beat.planning import Backoff, Pending, Run, lateness_of, utc_iso
 from beatleader.beat.publishing import PublishingScheduler, replaced
 from beatleader.beat.sources.runtime import RuntimeSource
 from beatleader.beat.sources.runtimewatch import RunRequest
-from beatleader.beat.state import CommitOutcome, StateStore, StoredState, Write
+from beatleader.beat.state import CommitOutcome, StoredState, Write
 from beatleader.zk import layout
 from beatleader.zk.layout import EntryState
 
@@ -54,8 +53,6 @@ class LeadingScheduler(PublishingScheduler):
     #: version may have the entry and lead next. A request whose node name is malformed: none.
     unknown_request_grace = 600.0
 
-    _store: StateStore | None
-    _zk: KazooClient | None
     _paused_static: dict[str, beat.ScheduleEntry]
     runtime: RuntimeSource | None
     _loaded_generation: int

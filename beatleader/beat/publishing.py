@@ -31,10 +31,12 @@ from typing import Any
 
 from celery import beat
 from celery.utils.time import maybe_make_aware
+from kazoo.client import KazooClient
 from kombu.exceptions import OperationalError
 
+from beatleader.beat.leadership import Leadership
 from beatleader.beat.planning import Backoff, Marks, Outbox, Pending
-from beatleader.beat.state import StoredState, Write
+from beatleader.beat.state import StateStore, StoredState, Write
 from beatleader.config import Settings
 from beatleader.election.leader import LeaderElection
 from beatleader.observe import Observers
@@ -57,7 +59,9 @@ class PublishingScheduler(beat.Scheduler):  # type: ignore[misc]
 
     settings: Settings
     observers: Observers
-    _election: LeaderElection | None
+    #: This session's leadership (None before the first ``setup_schedule``; kept, closed, after
+    #: ``close`` until the next one).
+    leadership: Leadership | None = None
     _stored: dict[str, StoredState]
     _heap: list[Any] | None
 
@@ -67,6 +71,18 @@ class PublishingScheduler(beat.Scheduler):  # type: ignore[misc]
         self._marks = Marks(self.mark_delay)
         self._broker_backoff = Backoff(self.publish_retry_first, self.publish_retry_max)
         self._reported: dict[str, str] = {}
+
+    @property
+    def _election(self) -> LeaderElection | None:
+        return self.leadership.election if self.leadership is not None else None
+
+    @property
+    def _store(self) -> StateStore | None:
+        return self.leadership.store if self.leadership is not None else None
+
+    @property
+    def _zk(self) -> KazooClient | None:
+        return self.leadership.client if self.leadership is not None else None
 
     def _report(self, key: str, kind: str, detail: str, level: int = logging.ERROR) -> None:
         """Log ``detail`` and tell the observers, once per change of ``detail`` under ``key``."""

@@ -41,7 +41,6 @@ publish "succeeded" into a broker that then loses the message is not republished
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import heapq
 import logging
@@ -59,17 +58,15 @@ from kazoo.exceptions import KazooException
 from beatleader._version import __version__
 from beatleader.beat import sigmask
 from beatleader.beat.dynamic import DynamicScheduler
+from beatleader.beat.leadership import Leadership
 from beatleader.beat.planning import Backoff, Pending, ServerClock, continuation
-from beatleader.beat.state import CONNECTION_ERRORS, SESSION_ERRORS, StateStore, StoredState
+from beatleader.beat.state import CONNECTION_ERRORS, SESSION_ERRORS, StoredState
 from beatleader.config import ConfigError, Settings
-from beatleader.election.leader import LeaderElection
-from beatleader.election.peers import PeerWatch
 from beatleader.observe import Observers
 from beatleader.schedules.describe import publish_schedule
 from beatleader.zk import layout
 from beatleader.zk.clocknode import clock_note
 from beatleader.zk.layout import ContenderInfo
-from beatleader.zk.trust import make_scheduler_client, start_scheduler_client
 
 logger = logging.getLogger("beatleader.scheduler")
 
@@ -152,10 +149,7 @@ class Scheduler(DynamicScheduler):
             raise SystemExit(f"beatleader: {exc}") from None
         #: Hooks for metrics and logs (:mod:`beatleader.observe`); add yours with ``.add()``.
         self.observers = beatleader_observers or Observers()
-        self._zk: KazooClient | None = None
-        self._election: LeaderElection | None = None
-        self._peers: PeerWatch | None = None
-        self._store: StateStore | None = None
+        self.leadership = None
         self._stored: dict[str, StoredState] = {}
         self._loaded_generation = 0
         self._owner_pid = os.getpid()
@@ -181,10 +175,10 @@ class Scheduler(DynamicScheduler):
         scheduler's life: its fingerprint is what instances compare). After :meth:`close` it
         opens a new session and contends again.
         """
-        if self._zk is not None and not self._closed:
+        if self.leadership is not None and not self._closed:
             logger.debug("beatleader: setup_schedule on an open scheduler: nothing to do")
             return
-        if self._zk is None:  # the first time: the static schedule
+        if self.leadership is None:  # the first time: the static schedule
             self._timezone = self.app.timezone  # read once: a lock-guarded property in celery
             self.merge_inplace(self.app.conf.beat_schedule)
             self.install_default_entries(self.schedule)
@@ -375,7 +369,6 @@ class Scheduler(DynamicScheduler):
 
     def _connect(self) -> None:
         settings = self.settings
-        self._zk = make_scheduler_client(settings)  # SystemExit on unusable TLS files
         info = ContenderInfo(
             identity=settings.identity,
             host=socket.gethostname(),
@@ -385,40 +378,17 @@ class Scheduler(DynamicScheduler):
             fingerprint=self.fingerprint(),
             app=self.app.main if isinstance(self.app.main, str) else None,
         )
-        self._store = StateStore(self._zk, settings.path)
-        client, fingerprint, entries = self._zk, info.fingerprint, list(self.schedule.values())
-        election_path = layout.election_path(settings.path)
-        self._election = election = LeaderElection(
-            self._zk,
-            election_path,
-            info.encode(),
-            prepare=lambda: publish_schedule(client, settings.path, fingerprint, entries),
-            observer=self.observers,
-        )
-        self._peers = PeerWatch(
-            self._zk, election_path, info, self.observers, lambda: election.node
-        )
-        with sigmask.blocked_in_new_threads():  # kazoo's, the election's, the peer watch's
-            start_scheduler_client(self._zk, settings)  # SystemExit on bad credentials or TLS
-            self._election.start()
-            self._peers.start()
-        logger.info("beatleader: contending for %s as %s", settings.path, settings.identity)
+        fingerprint, entries = info.fingerprint, list(self.schedule.values())
+
+        def describe(client: KazooClient) -> None:
+            publish_schedule(client, settings.path, fingerprint, entries)
+
+        self.leadership = Leadership(settings, self.observers, info, describe)
+        self.leadership.open()
 
     def _disconnect(self) -> None:
-        election, client = self._election, self._zk
-        if election is None or client is None:
-            return
-        election.stop()
-        if self._peers is not None:
-            self._peers.stop()
-        with contextlib.suppress(*ZOOKEEPER_ERRORS):
-            client.stop()  # ends the session: the contender node vanishes, the next one leads
-        client.close()
-        self.observers.connection_changed("CLOSED")  # the election's listener is gone by now
-        election.join(self.close_timeout)
-        if self._peers is not None:
-            self._peers.join(self.close_timeout)
-        logger.info("beatleader: released leadership and closed the ZooKeeper session")
+        if self.leadership is not None:
+            self.leadership.close(self.close_timeout)
 
     def _flush_marks(self) -> None:
         """On close: write every pending mark (fenced), so a graceful handoff republishes none."""
