@@ -3,8 +3,9 @@
 :class:`LeadingScheduler` is the base of :class:`beatleader.Scheduler`, which adds the celery hooks,
 the ZooKeeper session, the takeover and the clock; the algorithm and its guarantees are described
 in ``scheduler.py``'s docstring, the pure decisions (outbox, marks, backoff) in ``planning.py``.
-What becomes of a committed run (publish, renew, give up, mark) is its base's,
-:class:`beatleader.beat.publishing.PublishingScheduler`.
+What becomes of a committed run (publish, renew, give up, mark) is its part's,
+:class:`beatleader.beat.publishing.Publisher`; ``publish_run`` (one message) stays here, the
+override point for a subclass.
 
 Guarantees kept here: a run is put in the outbox only once its state (``published=false``) has
 committed; a commit and the publishes after it run with SIGTERM/SIGINT held; each batch of writes
@@ -27,21 +28,35 @@ import time
 from typing import Any
 
 from celery import beat
+from kazoo.client import KazooClient
 
 from beatleader.beat import sigmask
+from beatleader.beat.leadership import Leadership
 from beatleader.beat.planning import Backoff, Pending, Run, lateness_of, utc_iso
-from beatleader.beat.publishing import PublishingScheduler, replaced
+from beatleader.beat.publishing import Publisher, first_line, replaced
 from beatleader.beat.sources.runtime import RuntimeSource
 from beatleader.beat.sources.runtimewatch import RunRequest
-from beatleader.beat.state import CommitOutcome, StoredState, Write
+from beatleader.beat.state import CommitOutcome, StateStore, StoredState, Write
+from beatleader.config import Settings
+from beatleader.election.leader import LeaderElection
+from beatleader.observe import Observers
 from beatleader.zk import layout
 from beatleader.zk.layout import EntryState
 
 logger = logging.getLogger("beatleader.scheduler")
 
 
-class LeadingScheduler(PublishingScheduler):
+class LeadingScheduler(beat.Scheduler):  # type: ignore[misc]
     """Steps 3 to 6 of the tick; :class:`beatleader.Scheduler` is the class to use."""
+
+    #: A committed run is published only within this fraction of the session timeout after its
+    #: commit (monotonic clock); later it is committed again first, or left to the successor.
+    publish_window_fraction = 0.5
+    #: First and longest delay between publish attempts of a run the broker refused.
+    publish_retry_first = 0.25
+    publish_retry_max = 5.0
+    #: Seconds a published run's mark waits for its entry's next commit to carry it.
+    mark_delay = 1.5
 
     #: First and longest delay before writing again an entry whose write ZooKeeper refused.
     entry_retry_first = 1.0
@@ -59,12 +74,85 @@ class LeadingScheduler(PublishingScheduler):
     _next_probe: float
     old_schedulers: dict[str, Any] | None
 
+    settings: Settings
+    observers: Observers
+    _stored: dict[str, StoredState]
+    _heap: list[Any] | None
+    #: This session's leadership (None before the first ``setup_schedule``; kept, closed, after
+    #: ``close`` until the next one).
+    leadership: Leadership | None = None
+
     def _init_leading(self, session_timeout: float) -> None:
-        self._init_publishing(session_timeout)
+        window = session_timeout * self.publish_window_fraction
+        retry = (self.publish_retry_first, self.publish_retry_max)
+        #: The outbox's part: publish, renew, give up, mark (``publishing.py``).
+        self.publisher = Publisher(self, window, retry, self.mark_delay)
+        self._outbox = self.publisher.outbox
+        self._marks = self.publisher.marks
+        self._broker_backoff = self.publisher.broker_backoff
+        self._reported: dict[str, str] = {}
         self._entry_backoff = Backoff(self.entry_retry_first, self.entry_retry_max)
         self._max_seen: dict[str, int] = {}
         #: request node -> its creation time (epoch s), for the requests naming no entry here.
         self._unknown_since: dict[str, float] = {}
+
+    @property
+    def _election(self) -> LeaderElection | None:
+        return self.leadership.election if self.leadership is not None else None
+
+    @property
+    def _store(self) -> StateStore | None:
+        return self.leadership.store if self.leadership is not None else None
+
+    @property
+    def _zk(self) -> KazooClient | None:
+        return self.leadership.client if self.leadership is not None else None
+
+    def _report(self, key: str, kind: str, detail: str, level: int = logging.ERROR) -> None:
+        """Log ``detail`` and tell the observers, once per change of ``detail`` under ``key``."""
+        if self._reported.get(key) == detail:
+            return
+        self._reported[key] = detail
+        logger.log(level, "beatleader: %s", detail)
+        self.observers.problem(kind, detail)
+
+    def _resolved(self, key: str) -> None:
+        """What was reported under ``key`` is fine again: report it again if it breaks again."""
+        self._reported.pop(key, None)
+
+    def safe_is_due(self, entry: beat.ScheduleEntry) -> tuple[bool, float]:
+        """``is_due(entry)`` as celery's beat reads it, contained to that entry.
+
+        Every form celery accepts: a ``schedstate`` or any pair whose first item is true or
+        false and whose second is a number of seconds (``int`` or ``float``) or ``None``
+        ("ask again at ``max_interval``", as celery's tick does). Anything else, and any
+        exception, is "not due, ask again in ``max_interval``": logged once per change of what
+        went wrong and counted as a problem (``entry-schedule``), never raised; one broken
+        entry does not stop the others.
+        """
+        self._on_server_clock(entry)
+        name = getattr(entry, "name", None)
+        try:
+            is_due, next_time_to_run = self.is_due(entry)
+            due = bool(is_due)
+            delay = float(self.max_interval if next_time_to_run is None else next_time_to_run)
+            if delay != delay:  # NaN: no time at all
+                raise ValueError(f"is_due returned {next_time_to_run!r} seconds")
+        except Exception as exc:
+            self._report(
+                f"is_due:{name}",
+                "entry-schedule",
+                f"cannot tell when {name!r} is due ({type(exc).__name__}: "
+                f"{first_line(exc)}); trying again in {self.max_interval:g} s",
+            )
+            return False, float(self.max_interval)
+        if f"is_due:{name}" in self._reported:
+            del self._reported[f"is_due:{name}"]
+            logger.info("beatleader: %r can tell when it is due again", name)
+        return due, delay
+
+    def _on_server_clock(self, entry: beat.ScheduleEntry) -> None:
+        """Let ``entry``'s schedule see ZooKeeper's clock (``Scheduler``'s); none here."""
 
     def _probe_clock(self) -> None:
         raise NotImplementedError
@@ -318,11 +406,11 @@ class LeadingScheduler(PublishingScheduler):
             self._election.step_down("no contender node")
             return
         planned = {run.entry.name for run in runs}
-        extra = [self._renew_write(p, self._too_late(p)) for p in renewals]
+        extra = [self.publisher.renew_write(p, self.publisher.too_late(p)) for p in renewals]
         for pending, write in zip(renewals, extra, strict=True):
             if write is None:  # nothing to renew from: never spin on it
                 self._outbox.failed(pending.name, time.monotonic())
-        extra += [self._mark_write(n, o) for n, o in marks if n not in planned]
+        extra += [self.publisher.mark_write(n, o) for n, o in marks if n not in planned]
         writes = [self._write_for(run) for run in runs] + [w for w in extra if w is not None]
         runs_by_name = {run.entry.name: run for run in runs}
         renewing = {p.name: p for p in renewals}
@@ -338,7 +426,7 @@ class LeadingScheduler(PublishingScheduler):
                     if write.name in runs_by_name:
                         self._settle(runs_by_name[write.name], outcome.started)
                     elif write.name in renewing:
-                        self._renewed(renewing[write.name], write, outcome.started)
+                        self.publisher.renewed(renewing[write.name], write, outcome.started)
                     else:
                         self._marks.discard(write.name)
                 self._publish_outbox()
@@ -440,3 +528,25 @@ class LeadingScheduler(PublishingScheduler):
                 )
         if done and self.runtime is not None:
             self.runtime.forget_requests(done)
+
+    def _publish_outbox(self) -> None:
+        """Publish what the outbox may publish now (a hook: tests pause a beat here)."""
+        self.publisher.publish_outbox()
+
+    def publish_run(
+        self, entry: beat.ScheduleEntry, ordinal: int, incarnation: str | None = None
+    ) -> str:
+        """Publish run ``ordinal`` of ``entry`` with its task id and run headers; raise if not."""
+        task_id = self._task_id(entry.name, ordinal, incarnation)
+        message = replaced(entry)
+        headers = {
+            **(entry.options.get("headers") or {}),
+            **layout.run_headers(self.settings.path, entry.name, ordinal, incarnation),
+        }
+        message.options = {**entry.options, "task_id": task_id, "headers": headers}
+        logger.info("Scheduler: Sending due task %s (%s)", entry.name, entry.task)
+        self.apply_async(message, producer=self.producer, advance=False)
+        return task_id
+
+    def _task_id(self, name: str, ordinal: int, incarnation: str | None) -> str:
+        return layout.run_task_id(self.settings.path, name, ordinal, incarnation)

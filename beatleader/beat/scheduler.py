@@ -396,7 +396,7 @@ class Scheduler(DynamicScheduler):
         if not self._marks or election is None or store is None or not election.is_leader:
             return
         fence = election.node
-        writes = [self._mark_write(n, o) for n, o in self._marks.items()]
+        writes = [self.publisher.mark_write(n, o) for n, o in self._marks.items()]
         try:
             if fence is not None:
                 store.commit(fence, [w for w in writes if w is not None])
