@@ -19,7 +19,7 @@ broker connection error stops the pass and backs off the broker, any other error
 Not guaranteed: exactly-once publication: a publish whose mark was never committed (a crash, a
 lost commit) is published again by this leader or its successor, with the same task id
 (``dedup.py`` makes the workers execute it once). Signals are not held here: the caller publishes
-inside ``sigmask.deferred`` (``leading.py``).
+inside ``sigmask.deferred`` (``scheduler.py``).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ reports to its scheduler through the source protocol (``beat/sources/__init__.py
   ``pause_static``.
 * **Run-now requests** (``requests/<name>__run__<seq>``) are kept in :attr:`RuntimeSource.requests`
   for the scheduler, which plans one extra run each and consumes the request in that run's fenced
-  commit (``beat/leading.py``).
+  commit (``beat/scheduler.py``).
 
 Guarantees: a malformed, hostile or unreadable definition node is reported once (kind
 ``definition``, ``Observer.problem``) and ignored: the entry it would define is not scheduled, as a
