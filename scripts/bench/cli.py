@@ -1,7 +1,8 @@
 """The command line: the flags, the order of the phases, the work folder, the exit codes.
 
-``main`` runs every phase (``measure``) or, with ``--only-runtime``, only the runtime entries
-part (``measure_runtime_only``), then prints the report; SIGINT and SIGTERM unwind through the
+``main`` runs every phase (``measure``), or with ``--only-runtime`` only the runtime entries
+part (``measure_runtime_only``), or with ``--before REF`` beatleader at REF beside this tree
+(``compare.py``), then prints the report; SIGINT and SIGTERM unwind through the
 cleanups, so every process started is stopped, and the work folder (beat logs) is removed unless
 ``--keep`` or an error.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 from scripts.bench.analysis import ThroughputResult
 from scripts.bench.cluster import Context, Fleet, base_env, servers
 from scripts.bench.common import BEATLEADER, INTERVAL_S, PERSISTENT, REDBEAT, progress
+from scripts.bench.compare import measure_compare, print_compare
 from scripts.bench.persistent import run_persistent
 from scripts.bench.report import Results, dump_json, print_report, print_runtime_report
 from scripts.bench.throughput import run_throughput
@@ -85,6 +87,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=10_000,
         help="runtime definitions a leader takes over in the runtime entries part",
     )
+    add(
+        "--before",
+        metavar="REF",
+        help="compare with beatleader at this git ref instead: its timeline and throughput "
+        "beside this tree's, in one run (scripts/bench/compare.py); no redbeat, no baseline",
+    )
     add("--json", metavar="PATH", help="also dump raw results as JSON to PATH ('-': stdout)")
     add("--keep", action="store_true", help="keep the work directory (beat logs) afterwards")
     args = parser.parse_args(argv)
@@ -146,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_start = os.getloadavg()
     try:
         results: Results | RuntimeResult
+        if args.before:
+            sides = measure_compare(args, workdir)
+            print_compare(args, *sides)
+            return 0
         if args.only_runtime:
             results = measure_runtime_only(args, workdir)
         else:

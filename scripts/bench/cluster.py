@@ -36,22 +36,31 @@ class Beat(LoggedProcess):
     """One ``celery -A bench_app beat -S <scheduler>`` subprocess logging to a file."""
 
     def __init__(
-        self, name: str, workdir: Path, env: Mapping[str, str], scheduler: str, loglevel: str
+        self,
+        name: str,
+        workdir: Path,
+        env: Mapping[str, str],
+        scheduler: str,
+        loglevel: str,
+        root: Path = REPO_ROOT,
     ) -> None:
+        """``root``: the source tree the beat runs (its folder, first on ``sys.path``)."""
         args = [
             *(sys.executable, "-m", "celery", "-A", "bench_app", "beat", "-S", scheduler),
             f"--loglevel={loglevel}",
             *("--schedule", str(workdir / f"{name}.db")),
         ]
-        super().__init__(args, workdir / f"{name}.log", cwd=REPO_ROOT, env=env, name=name)
+        super().__init__(args, workdir / f"{name}.log", cwd=root, env=env, name=name)
 
 
 class Fleet:
     """Every beat the benchmark starts, so that all of them are killed whatever happens."""
 
-    def __init__(self, workdir: Path, base_env: Mapping[str, str]) -> None:
+    def __init__(self, workdir: Path, base_env: Mapping[str, str], root: Path = REPO_ROOT) -> None:
+        """``root``: the source tree the beats run (another checkout: ``--before``)."""
         self.workdir = workdir
         self.base_env = dict(base_env)
+        self.root = root
         self.beats: list[Beat] = []
 
     def start(
@@ -59,7 +68,9 @@ class Fleet:
     ) -> list[Beat]:
         names = [f"{label}-{len(self.beats) + i + 1}" for i in range(count)]
         merged = {**self.base_env, **env}
-        started = [Beat(name, self.workdir, merged, scheduler, loglevel) for name in names]
+        started = [
+            Beat(name, self.workdir, merged, scheduler, loglevel, self.root) for name in names
+        ]
         self.beats.extend(started)
         return started
 
@@ -77,13 +88,15 @@ def stop_all(beats: Sequence[Beat]) -> None:
         beat.stop()
 
 
-def base_env(zk_hosts: str, redis_url: str, args: argparse.Namespace) -> dict[str, str]:
-    """The environment of every beat: servers, timeouts, bench_app on the path."""
+def base_env(
+    zk_hosts: str, redis_url: str, args: argparse.Namespace, root: Path = REPO_ROOT
+) -> dict[str, str]:
+    """The environment of every beat: servers, timeouts, bench_app and ``root`` on the path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TEST_", "BEATLEADER_"))}
     python_path = [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []
     return {
         **env,
-        "PYTHONPATH": os.pathsep.join([str(SCRIPTS_DIR), str(REPO_ROOT), *python_path]),
+        "PYTHONPATH": os.pathsep.join([str(root), str(SCRIPTS_DIR), *python_path]),
         "BEATLEADER_ZK_HOSTS": zk_hosts,
         "BEATLEADER_SESSION_TIMEOUT": f"{args.session_timeout:g}",
         "BENCH_REDBEAT_LOCK_TIMEOUT": f"{args.session_timeout:g}",
