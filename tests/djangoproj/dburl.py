@@ -11,10 +11,16 @@ def database(url: str) -> dict[str, Any]:
     """``postgresql://user@host:port/name`` or ``sqlite:////absolute/path`` as Django wants it."""
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
+        options: dict[str, Any] = {"timeout": 30}
+        if _django_version() >= (5, 1):
+            # several processes write one file (the leader, the test, the admin): a deferred
+            # transaction that turns into a write fails at once with "database is locked"
+            # whatever the timeout; IMMEDIATE takes the lock at BEGIN and waits for it
+            options["transaction_mode"] = "IMMEDIATE"
         return {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": parts.path or ":memory:",
-            "OPTIONS": {"timeout": 30},
+            "OPTIONS": options,
         }
     if parts.scheme in ("postgres", "postgresql"):
         return {
@@ -28,3 +34,9 @@ def database(url: str) -> dict[str, Any]:
             "OPTIONS": {"connect_timeout": 5, "application_name": f"pid-{os.getpid()}"},
         }
     raise ValueError(f"TEST_DATABASE_URL must be postgresql://... or sqlite:///..., not {url!r}")
+
+
+def _django_version() -> tuple[int, ...]:
+    import django
+
+    return tuple(django.VERSION[:2])
