@@ -168,8 +168,9 @@ def test_an_entry_subclass_converts_the_rows_and_its_is_due_and_save_are_used(ma
     scheduler = make(Custom, static={"every": 1})  # starts: no "unexpected keyword 'task'"
     assert isinstance(scheduler.all_as_schedule()["free"], held)
 
-    def written() -> bool:
-        return any(name == "free" and count >= 2 for name, count in held.saved)
+    def written() -> bool:  # save() records before it writes: wait for the row too
+        saved = any(name == "free" and count >= 2 for name, count in held.saved)
+        return saved and row("free").total_run_count >= 2
 
     wait_for(ticking(scheduler, written), 30, message="free ran twice, written through save")
     assert row("free").total_run_count >= 2
