@@ -230,9 +230,6 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         retry = (self.publish_retry_first, self.publish_retry_max)
         #: The outbox's part: publish, renew, give up, mark (``publishing.py``).
         self.publisher = Publisher(self, window, retry, self.mark_delay)
-        self._outbox = self.publisher.outbox
-        self._marks = self.publisher.marks
-        self._broker_backoff = self.publisher.broker_backoff
         self._reported: dict[str, str] = {}
         self._entry_backoff = Backoff(self.entry_retry_first, self.entry_retry_max)
         self._max_seen: dict[str, int] = {}
@@ -356,18 +353,18 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._probe_clock()
         self._prefetch_dynamic(generation)  # its reads overlap those of the run state
         stored = self._store.load()
-        self._outbox.clear()
+        self.publisher.outbox.clear()
         self._stored = stored
         for name, entry in self.schedule.items():
             self._on_server_clock(entry)
             if name in stored:
                 self._continue(entry, stored[name])
         self._load_dynamic(stored)
-        for name, ordinal in self._marks.items():
+        for name, ordinal in self.publisher.marks.items():
             found = stored.get(name)
             state = found.state if found is not None else None
             if state is None or state.published or state.total_run_count != ordinal:
-                self._marks.discard(name)
+                self.publisher.marks.discard(name)
         self._heap = None
         self._loaded_generation = generation
         logger.info(
@@ -375,7 +372,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             "publish again",
             sum(name in stored for name in self.schedule),
             len(self.schedule),
-            len(self._outbox),
+            len(self.publisher.outbox),
         )
 
     def _continue(self, entry: beat.ScheduleEntry, stored: StoredState) -> None:
@@ -388,8 +385,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             entry.last_run_at = found.last_run_at.astimezone(self.app.timezone)
         entry.total_run_count = found.total_run_count
         self._see(name, found.total_run_count)
-        if not found.published and self._marks.get(name) != found.total_run_count:
-            self._outbox.add(
+        if not found.published and self.publisher.marks.get(name) != found.total_run_count:
+            self.publisher.outbox.add(
                 Pending(name, found.total_run_count, entry, incarnation=found.incarnation)
             )
 
@@ -411,18 +408,18 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self._probe_clock()
         runs = [self._plan(entry, delay) for entry, delay in self._pop_due()]
         runs += self._requested_runs({run.entry.name for run in runs})
-        broker_ready = self._broker_backoff.ready("broker", now)
-        renewals = self._outbox.to_renew(now) if broker_ready else []
+        broker_ready = self.publisher.broker_backoff.ready("broker", now)
+        renewals = self.publisher.outbox.to_renew(now) if broker_ready else []
         marks = [
             (name, ordinal)
-            for name, ordinal in self._marks.ripe(now)
+            for name, ordinal in self.publisher.marks.ripe(now)
             if self._entry_backoff.ready(name, now)
         ]
         if runs or renewals or marks:
             if any(run.send for run in runs):
                 _ = self.producer  # connect to the broker before committing, not in the gap
             self._commit_and_publish(runs, renewals, marks)
-        elif broker_ready and len(self._outbox):
+        elif broker_ready and len(self.publisher.outbox):
             with sigmask.deferred():
                 self._publish_outbox()
         return self._time_to_next()
@@ -436,7 +433,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         popped: set[str] = set()
         while heap and heap[0][0] <= self._when(heap[0][2], 0):
             entry = heapq.heappop(heap)[2]
-            if self.schedule.get(entry.name) is not entry or entry.name in self._outbox:
+            if self.schedule.get(entry.name) is not entry or entry.name in self.publisher.outbox:
                 continue  # a stale event, or held until its run is out (then queued again)
             if entry.name in popped:
                 continue  # a second event of the same entry: one run per entry and tick
@@ -457,11 +454,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if self._heap:
             when, _, entry = self._heap[0]
             waits.append(max(when - self._when(entry, 0), 0.0))
-        outbox = self._outbox.next_attempt(now)
+        outbox = self.publisher.outbox.next_attempt(now)
         if outbox is not None:
-            broker = (self._broker_backoff.not_before("broker") or now) - now
+            broker = (self.publisher.broker_backoff.not_before("broker") or now) - now
             waits.append(max(outbox, broker, 0.0))
-        marks = self._marks.next_ripe(now)
+        marks = self.publisher.marks.next_ripe(now)
         if marks is not None:
             waits.append(marks)
         return min(waits)
@@ -519,7 +516,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         extra = [self.publisher.renew_write(p, self.publisher.too_late(p)) for p in renewals]
         for pending, write in zip(renewals, extra, strict=True):
             if write is None:  # nothing to renew from: never spin on it
-                self._outbox.failed(pending.name, time.monotonic())
+                self.publisher.outbox.failed(pending.name, time.monotonic())
         extra += [self.publisher.mark_write(n, o) for n, o in marks if n not in planned]
         writes = [self._write_for(run) for run in runs] + [w for w in extra if w is not None]
         runs_by_name = {run.entry.name: run for run in runs}
@@ -538,7 +535,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                     elif write.name in renewing:
                         self.publisher.renewed(renewing[write.name], write, outcome.started)
                     else:
-                        self._marks.discard(write.name)
+                        self.publisher.marks.discard(write.name)
                 self._publish_outbox()
             total.merge(outcome)
             if outcome.lost_leadership or outcome.error:
@@ -568,7 +565,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         entry = run.entry
         if run.request is None or entry.name in self.schedule:  # a paused entry stays paused
             self.schedule[entry.name] = entry
-        self._marks.discard(entry.name)  # the new state supersedes the previous run's mark
+        self.publisher.marks.discard(entry.name)  # the new state supersedes the previous run's mark
         self._see(entry.name, entry.total_run_count)
         if run.send:
             ordinal = entry.total_run_count
@@ -578,7 +575,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             pending = Pending(
                 entry.name, ordinal, entry, run.lateness, committed_at, delay, incarnation
             )
-            self._outbox.add(pending)
+            self.publisher.outbox.add(pending)
             return
         self.observers.skipped(entry.name, run.lateness)
         assert self._heap is not None
@@ -604,8 +601,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             if name in by_name and by_name[name].request is None and self._heap is not None:
                 entry = self.schedule[name]  # unchanged: the run was not committed
                 heapq.heappush(self._heap, beat.event_t(self._when(entry, delay), 5, entry))
-            elif name in self._outbox:
-                self._outbox.failed(name, now)
+            elif name in self.publisher.outbox:
+                self.publisher.outbox.failed(name, now)
         if outcome.conflicts:
             for name in outcome.conflicts:
                 self._entry_backoff.failed(name, now)  # a writer racing us cannot spin the tick
@@ -664,7 +661,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 unknown.append(request)
                 continue
             taken.add(entry.name)
-            if entry.name in self._outbox or not self._entry_backoff.ready(entry.name, now):
+            if entry.name in self.publisher.outbox or not self._entry_backoff.ready(
+                entry.name, now
+            ):
                 continue  # its previous run is not out yet, or its write failed lately
             extra = replaced(entry, total_run_count=entry.total_run_count + 1)
             runs.append(Run(extra, 0.0, True, 0.0, request=request.path))
@@ -694,7 +693,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 return None
             entry = made
         self._on_server_clock(entry)
-        if name in self._outbox:
+        if name in self.publisher.outbox:
             return entry  # held until that run is out (the caller checks)
         found = self._stored.get(name) or self._load_one(name)
         if found is not None:
@@ -1103,10 +1102,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _flush_marks(self) -> None:
         """On close: write every pending mark (fenced), so a graceful handoff republishes none."""
         election, store = self._election, self._store
-        if not self._marks or election is None or store is None or not election.is_leader:
+        if not self.publisher.marks or election is None or store is None or not election.is_leader:
             return
         fence = election.node
-        writes = [self.publisher.mark_write(n, o) for n, o in self._marks.items()]
+        writes = [self.publisher.mark_write(n, o) for n, o in self.publisher.marks.items()]
         try:
             if fence is not None:
                 store.commit(fence, [w for w in writes if w is not None])
@@ -1150,7 +1149,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     def unpublished(self) -> dict[str, int]:
         """Entry name -> ordinal of every committed run not yet published by this leader."""
-        return {name: p.ordinal for name in self._outbox.names() if (p := self._outbox.get(name))}
+        return {
+            name: p.ordinal
+            for name in self.publisher.outbox.names()
+            if (p := self.publisher.outbox.get(name))
+        }
 
     def fingerprint(self) -> str:
         """A short hash of this instance's schedule; instances that differ have different ones.

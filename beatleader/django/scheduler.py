@@ -314,7 +314,7 @@ class DatabaseScheduler(Scheduler):
         except Exception as exc:
             self._report("django:describe", "describe", f"cannot publish the rows ({exc!r})")
             return False
-        self._reported.pop("django:describe", None)
+        self._resolved("django:describe")
         return True
 
     # -- the dynamic seam -------------------------------------------------------------------------
