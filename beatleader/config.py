@@ -27,6 +27,9 @@ DEFAULT_SESSION_TIMEOUT = 10.0
 SESSION_TIMEOUT_RANGE = (0.2, 3600.0)
 #: Seconds a worker's "run done" marker is kept (``dedup.install``); exceed any redelivery delay.
 DEFAULT_DEDUP_RETENTION = 3 * 3600.0
+DEFAULT_HISTORY_SIZE = 20
+#: Largest ``beatleader_history_size``: each run is one small node, read back by ``entry history``.
+MAX_HISTORY_SIZE = 1000
 #: Authentication schemes of ``beatleader_zk_auth`` (``sasl`` is SASL DIGEST-MD5).
 AUTH_SCHEMES = ("digest", "sasl")
 
@@ -83,6 +86,8 @@ class Settings:
     metrics_address: str = "127.0.0.1"
     #: Seconds the workers' done markers are kept (``beatleader.dedup``).
     dedup_retention: float = DEFAULT_DEDUP_RETENTION
+    #: Runs kept per entry in its history (``beatleader.runs``), whatever the retention.
+    history_size: int = DEFAULT_HISTORY_SIZE
 
     @classmethod
     def from_app(cls, app: Any, **overrides: Any) -> Settings:
@@ -216,6 +221,14 @@ def validate_positive_seconds(label: str, value: Any) -> float:
     if seconds is None or seconds <= 0:
         raise _fail(label, value, "expected a number of seconds > 0")
     return seconds
+
+
+def validate_history_size(label: str, value: Any) -> int:
+    """An integer of runs from 0 to :data:`MAX_HISTORY_SIZE`."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or int(text) > MAX_HISTORY_SIZE:
+        raise _fail(label, value, f"expected a whole number of runs from 0 to {MAX_HISTORY_SIZE}")
+    return int(text)
 
 
 def validate_bool(label: str, value: Any) -> bool:
@@ -354,4 +367,5 @@ _SETTINGS: dict[str, tuple[Validator, Any]] = {
     "metrics_port": (validate_metrics_port, None),
     "metrics_address": (validate_address, "127.0.0.1"),
     "dedup_retention": (validate_positive_seconds, DEFAULT_DEDUP_RETENTION),
+    "history_size": (validate_history_size, DEFAULT_HISTORY_SIZE),
 }

@@ -22,6 +22,7 @@ RANKS = {
     "zk": 2,
     "election": 3,
     "schedules": 3,
+    "runs": 3,
     "worker": 4,
     "beat": 5,
     "django": 6,
@@ -35,7 +36,7 @@ RANKS = {
     "embedded": 9,
 }
 #: Packages that must not import celery (or kombu) at all.
-NO_CELERY = {"_version", "config", "observe", "zk", "election"}
+NO_CELERY = {"_version", "config", "observe", "zk", "election", "runs"}
 
 
 def module_name(path: Path) -> str:

@@ -278,6 +278,8 @@ class Run:
     lateness: float = 0.0
     #: The run-now request node this run consumes (deleted in its commit), None for a due run.
     request: str | None = None
+    #: Why a run that is not sent is skipped (``late``: the misfire grace; ``overlap``).
+    reason: str = "late"
 
 
 def lateness_of(entry: Any) -> float:

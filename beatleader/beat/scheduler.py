@@ -103,6 +103,7 @@ from beatleader.beat.state import (
 from beatleader.config import ConfigError, Settings
 from beatleader.election.leader import LeaderElection
 from beatleader.observe import Observers
+from beatleader.runs import records
 from beatleader.schedules.describe import publish_schedule
 from beatleader.zk import layout
 from beatleader.zk.clocknode import clock_note
@@ -487,17 +488,31 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             last_task_id, skipped = self._task_id(run.entry.name, ordinal, incarnation), 0
         else:  # a skip keeps the last sent task's id and counts itself
             last_task_id, skipped = (previous.last_task_id if previous else None), 1
+        last_run_at = utc_iso(run.entry.last_run_at)
         state = EntryState(
-            last_run_at=utc_iso(run.entry.last_run_at),
+            last_run_at=last_run_at,
             total_run_count=run.entry.total_run_count,
             last_task_id=last_task_id,
             written_by=self.settings.identity,
             skipped_count=(previous.skipped_count if previous else 0) + skipped,
             published=not run.send,
             incarnation=incarnation,
+            recent=self._recent(run, previous, last_run_at),
         )
         version = stored.version if stored is not None else None
         return Write(run.entry.name, state, version, consume=run.request)
+
+    def _recent(self, run: Run, previous: EntryState | None, last_run_at: str) -> tuple[Any, ...]:
+        """The entry's leader records with this run's (``beatleader/runs/records.py``)."""
+        size = self.settings.history_size
+        if size == 0:
+            return ()
+        at = round(datetime.fromisoformat(last_run_at).timestamp(), 3)
+        if run.send:
+            record = [run.entry.total_run_count, at, records.SENT]
+        else:
+            record = [None, at, f"{records.SKIPPED}:{run.reason}"]
+        return ((previous.recent if previous else ()) + (record,))[-size:]
 
     def _commit_and_publish(
         self, runs: list[Run], renewals: list[Pending], marks: list[tuple[str, int]]

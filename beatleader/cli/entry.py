@@ -1,7 +1,8 @@
 """``beatleader entry ...``: change the schedule while beat runs (also ``celery -A proj beatleader
 entry ...``).
 
-Subcommands: ``add``, ``update``, ``remove``, ``pause``, ``resume``, ``run``, ``list``; each
+Subcommands: ``add``, ``update``, ``remove``, ``pause``, ``resume``, ``run``, ``list``,
+``history``; each
 takes the connection flags of the other commands (``--zk-hosts``, ``--path``, ``-A``,
 ``--zk-auth``, ``--zk-tls*``; ``cli.connection_options``). The work is done by
 :class:`beatleader.entries.api.EntryStore`; this module parses options and prints.
@@ -39,7 +40,9 @@ from beatleader.cli.connect import (
 from beatleader.config import ConfigError
 from beatleader.entries.api import EntryStore
 from beatleader.entries.listing import EntryInfo
-from beatleader.ops.render import cell, table
+from beatleader.ops.render import cell, epoch_time, seconds, table
+from beatleader.runs.history import History
+from beatleader.runs.records import RunRecord
 from beatleader.schedules.checks import exc_line
 from beatleader.schedules.definitions import DefinitionError
 
@@ -230,6 +233,62 @@ def list_command(ctx: click.Context, /, as_json: bool, **options: Any) -> None:
         click.echo(json.dumps([e.as_dict() for e in found], indent=2))
     else:
         click.echo(render_entries(found))
+
+
+@entry_group.command("history")
+@click.argument("name")
+@click.option("-n", "--limit", "limit", default="20", help="How many runs (newest first).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (every field).")
+@click.option("--wide", is_flag=True, help="Full times; cut nothing.")
+@connection_options
+@click.pass_context
+def history_command(
+    ctx: click.Context, /, name: str, limit: str, as_json: bool, wide: bool, **options: Any
+) -> None:
+    """The last runs of NAME: when sent, started where, how long, outcome, error."""
+    count = _number(limit, "-n/--limit", int)
+    if count < 1:
+        raise CliError(f"-n/--limit must be at least 1, not {count}")
+    with entry_store(ctx, options, must_exist=True) as store:
+        found = store.history(name, count)
+    if as_json:
+        click.echo(json.dumps(found.as_json(), indent=2))
+    else:
+        click.echo(render_history(found, wide))
+
+
+def render_history(found: History, wide: bool = False) -> str:
+    """The table of ``entry history`` (times UTC; STARTED: after the due time), and where the
+    history comes from. Narrow: fits 100 columns; ``wide``: full times, nothing cut."""
+    lines = [f"history of {cell(found.name)} (newest first, times UTC)"]
+    if found.records:
+        headers = ["RUN", "OUTCOME", "DUE", "STARTED", "DURATION", "WORKER", "ERROR / REASON"]
+        rows = [_history_row(r, wide) for r in found.records]
+        lines.append(table(headers, rows, wide))
+    else:
+        lines.append("(no runs)")
+    if found.note:
+        lines.append(f"note: {found.note}")
+    return "\n".join(lines)
+
+
+def _history_row(r: RunRecord, wide: bool) -> list[Any]:
+    due = epoch_time(r.due_at)
+    started: str | None = epoch_time(r.started_at)
+    if not wide:
+        due = due[:14] if due else None
+        if r.started_at is not None and r.due_at is not None:
+            started = "+" + (seconds(max(0.0, r.started_at - r.due_at)) or "")
+    outcome = r.outcome.value + (f" #{r.attempt + 1}" if r.attempt else "")
+    return [
+        r.ordinal,
+        outcome,
+        due,
+        started,
+        seconds(r.duration),
+        f"{r.host}:{r.pid}" if r.host else None,
+        r.error or r.reason,
+    ]
 
 
 def render_entries(found: list[EntryInfo]) -> str:

@@ -8,6 +8,7 @@ function taking a Celery app (or, without one, :class:`~beatleader.config.Settin
     entries.pause(app, "report")
     entries.run(app, "nightly")          # a static beat_schedule entry: one extra run now
     for item in entries.list_entries(app): print(item.name, item.state, item.next_due)
+    for run in entries.history(app, "report").records: print(run.ordinal, run.outcome.value)
 
 Each call connects, acts and disconnects (one client, made by
 :func:`beatleader.zk.client.make_client`, so auth, TLS and ACLs are the scheduler's). A web app that
@@ -52,6 +53,7 @@ from beatleader.entries.spec import (
     schedule_of,
     utc_now,
 )
+from beatleader.runs.history import DEFAULT_LIMIT, History, read_history
 from beatleader.schedules.definitions import Definition, DefinitionError, check_name, parse_timezone
 from beatleader.zk import layout
 from beatleader.zk.client import make_client
@@ -61,7 +63,9 @@ __all__ = [
     "DefinitionError",
     "EntryInfo",
     "EntryStore",
+    "History",
     "add",
+    "history",
     "list_entries",
     "pause",
     "remove",
@@ -272,6 +276,22 @@ class EntryStore:
         prefix = layout.request_prefix(self.root, name)
         return str(self.client.create(prefix, note(), sequence=True, makepath=True))
 
+    def history(self, name: str, limit: int | None = None) -> History:
+        """The last ``limit`` runs of ``name`` (default 20), newest
+        first (:func:`beatleader.runs.history.read_history`)."""
+        name = check_name(name)
+        size = DEFAULT_LIMIT if limit is None else limit
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise DefinitionError(f"limit must be a whole number of runs >= 1, not {limit!r}")
+        found = read_history(self.client, self.root, name, size)
+        if not found.exists and not self._known(name):
+            raise DefinitionError(f"no history of {name!r}: no such entry (see 'entry list')")
+        return found
+
+    def _known(self, name: str) -> bool:
+        """Whether ``name`` is a runtime or static entry (or a paused one)."""
+        return self._exists(layout.definition_path(self.root, name)) or name in self.static_names()
+
     def list_entries(self) -> list[EntryInfo]:
         """Every static and runtime entry (see :func:`beatleader.entries.listing.read_entries`)."""
         return read_entries(self.client, self.root, _beat_schedule(self.app), self.app)
@@ -388,3 +408,9 @@ def run(app: Any, name: str) -> str:
 def list_entries(app: Any) -> list[EntryInfo]:
     with store(app) as entries:
         return entries.list_entries()
+
+
+def history(app: Any, name: str, limit: int | None = None) -> History:
+    """The last runs of entry ``name``, newest first (see :meth:`EntryStore.history`)."""
+    with store(app) as entries:
+        return entries.history(name, limit)

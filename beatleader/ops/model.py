@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from beatleader.runs.records import Outcome, RunRecord
 from beatleader.schedules.describe import PlannedEntry
 from beatleader.zk.clocknode import ClockReading
 from beatleader.zk.layout import ContenderInfo, EntryState
@@ -96,6 +97,8 @@ class Entry:
     next_due: str | None = None
     #: Whether a running schedule holds it; None when some schedule is unknown.
     scheduled: bool | None = None
+    #: Its newest run a worker guard recorded (``beatleader.runs``); None: none recorded.
+    last: RunRecord | None = None
 
     @property
     def unreadable(self) -> bool:
@@ -114,6 +117,9 @@ class Entry:
             "timezone": plan.timezone if plan else None,
             "stored": self.stored,
             **_fields_or_none(self.state, EntryState),
+            "last_outcome": self.last.outcome.value if self.last else None,
+            "running": self.last is not None and self.last.outcome is Outcome.RUNNING,
+            "last_record": self.last.as_json() if self.last else None,
         }
 
 

@@ -13,12 +13,15 @@ the first line (it names every ZooKeeper host).
 from __future__ import annotations
 
 import textwrap
+from datetime import datetime, timezone
 from typing import Any
 
 from beatleader.ops.status import Contender, Entry, Status
 
 #: Widest a cell of the narrow table may be, per column heading.
-NARROW_LIMITS = {"IDENTITY": 24, "HOST": 16, "NAME": 24, "SCHEDULE": 22}
+NARROW_LIMITS = {
+    "IDENTITY": 24, "HOST": 16, "NAME": 20, "SCHEDULE": 18, "WORKER": 20, "ERROR / REASON": 40,
+}  # fmt: skip
 #: Widest the leader's label may be in the narrow view.
 LEADER_LIMIT = 56
 #: Width the warnings are wrapped to.
@@ -83,9 +86,9 @@ def contender_table(contenders: tuple[Contender, ...], wide: bool) -> str:
 def entry_table(entries: tuple[Entry, ...], wide: bool) -> str:
     if not entries:
         return "(none)"
-    headers = ["NAME", "SCHEDULE", "LAST RUN", "NEXT DUE", "RUNS"]
+    headers = ["NAME", "SCHEDULE", "LAST RUN", "NEXT DUE", "RUNS", "OUTCOME", "DURATION"]
     if wide:
-        headers += ["SKIPPED", "TASK", "LAST TASK ID", "WRITTEN BY"]
+        headers += ["SKIPPED", "TASK", "LAST TASK ID", "WRITTEN BY", "LAST ERROR"]
     rows = [_entry_row(e, wide) for e in entries]
     return table(headers, rows, wide)
 
@@ -97,14 +100,17 @@ def _entry_row(e: Entry, wide: bool) -> list[Any]:
         schedule = e.plan.schedule if e.plan and e.plan.schedule else "?"
     s = e.state
     if e.unreadable or (e.stored and s is None):
-        row: list[Any] = [e.name, schedule, "(unreadable)", _time(e.next_due, wide), ""]
-        return row + (["", e.plan.task if e.plan else None, "", ""] if wide else [])
+        row: list[Any] = [e.name, schedule, "(unreadable)", _time(e.next_due, wide), "", "", ""]
+        return row + (["", e.plan.task if e.plan else None, "", "", ""] if wide else [])
     last = _time(s.last_run_at, wide) if s else "never"
     row = [e.name, schedule, last, _time(e.next_due, wide), s.total_run_count if s else 0]
+    run = e.last
+    row += [run.outcome.value, seconds(run.duration)] if run else [None, None]
     if wide:
         task = e.plan.task if e.plan else None
         row += [s.skipped_count if s else 0, task]
         row += [s.last_task_id, s.written_by] if s else [None, None]
+        row += [run.error if run else None]
     return row
 
 
@@ -116,6 +122,29 @@ def _time(iso: str | None, wide: bool) -> str | None:
     if not clock or len(date) != 10:
         return iso
     return f"{date[5:]} {clock[:8]}"
+
+
+def epoch_time(epoch: float | None) -> str | None:
+    """An epoch time (s) as ``MM-DD HH:MM:SS.mmm`` UTC; None stays None."""
+    if epoch is None:
+        return None
+    try:
+        moment = datetime.fromtimestamp(epoch, timezone.utc)
+    except (OverflowError, OSError, ValueError):  # a hostile number
+        return "?"
+    return moment.strftime("%m-%d %H:%M:%S.%f")[:-3]
+
+
+def seconds(value: float | None) -> str | None:
+    """A duration: ``0.012s``, ``2.5s``, ``3m04s``."""
+    if value is None:
+        return None
+    if value < 10:
+        return f"{value:.3f}s"
+    if value < 600:
+        return f"{value:.1f}s"
+    minutes, rest = divmod(int(value), 60)
+    return f"{minutes}m{rest:02d}s"
 
 
 def table(headers: list[str], rows: list[list[Any]], wide: bool = True) -> str:

@@ -44,6 +44,7 @@ from beatleader.election.contenders import contender_sequence, ignored_reason, s
 from beatleader.ops.diagnose import status_warnings
 from beatleader.ops.model import Contender, Entry, IgnoredNode, ResignResult, Status
 from beatleader.ops.runtimeplans import RUNTIME_SCHEDULE, read_runtime_plans
+from beatleader.runs.history import read_latest
 from beatleader.schedules.describe import PlannedEntry, decode_schedule, next_due
 from beatleader.zk.clocknode import clock_warnings, read_clock
 from beatleader.zk.layout import (
@@ -91,7 +92,9 @@ def read_status(client: Any, root: str) -> Status:
     if runtime:  # after every fingerprint (sorted): a static entry's plan wins its name
         schedules[RUNTIME_SCHEDULE] = runtime
     scheduled = scheduled_names(contenders, schedules)
-    entries = _with_plans(read_entries(client, root), schedules, scheduled)
+    entries = _with_runs(
+        client, root, _with_plans(read_entries(client, root), schedules, scheduled)
+    )
     warnings = [f"ignoring election node {i.node!r}: {i.reason}" for i in ignored]
     warnings += status_warnings(root, contenders, entries, scheduled)
     clock = read_clock(client, root)
@@ -137,6 +140,13 @@ def _with_plans(
             )
         )
     return result
+
+
+def _with_runs(client: Any, root: str, entries: list[Entry]) -> list[Entry]:
+    """``entries``, each with its newest run a worker recorded (``runs.history.read_latest``)."""
+    states = {e.name: e.state for e in entries if e.state is not None}
+    latest = read_latest(client, root, states)
+    return [dataclasses.replace(e, last=latest.get(e.name)) for e in entries]
 
 
 def sibling_paths(client: Any, root: str) -> tuple[str, list[str]] | None:

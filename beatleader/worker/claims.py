@@ -6,7 +6,8 @@ runs that carry one, so an entry whose state was deleted and created again gets 
 
     dedup/<entry>                 persistent, JSON {"floor": F}: every run <= F is treated as done
     dedup/<entry>/r<ordinal>      EPHEMERAL, JSON owner (task id, host, pid, attempt): running
-    dedup/<entry>/d<ordinal>      persistent, JSON {"state", "attempt", "task_id"}: finished
+    dedup/<entry>/d<ordinal>      persistent, JSON {"state", "attempt", "task_id"} and the run's
+                                  record (``beatleader/runs/records.py``): finished
 
 Guarantees:
 
@@ -94,12 +95,15 @@ class ClaimStore(MarkerFolder):
         root: str,
         retention: float,
         policy: type[ClaimPolicy] = ClaimPolicy,
+        keep: int = 0,
     ) -> None:
         self.client = client
         #: The client's requests, each waiting at most ``policy.request_timeout``.
         self.zk: Any = _Bounded(client, policy.request_timeout)
         self.root = root
         self.retention = retention
+        #: The newest markers kept whatever their age (``beatleader_history_size``).
+        self.keep = keep
         self.policy = policy
         self._lock = threading.Lock()
         #: (folder, ordinal) -> attempt, of the runs this process executes now.
@@ -221,25 +225,41 @@ class ClaimStore(MarkerFolder):
 
     # -- finish -----------------------------------------------------------------------------
 
-    def finish(self, key: RunKey, outcome: Outcome, attempt: int) -> None:
-        """Record how the claimed execution of ``key`` ended and drop the claim."""
+    def finish(
+        self,
+        key: RunKey,
+        outcome: Outcome,
+        attempt: int,
+        record: dict[str, Any] | None = None,
+    ) -> None:
+        """Record how the claimed execution of ``key`` ended and drop the claim.
+
+        ``record``: the run's record fields for its marker (``runs.records.marker_fields``; the
+        claim's ``ctime`` is added as ``started``).
+        """
         try:
             if outcome is Outcome.RELEASED:
                 self._delete_own_claim(key)
             else:
-                self._write_marker(key, outcome, attempt)
+                self._write_marker(key, outcome, attempt, record or {})
                 if outcome is not Outcome.RETRYING and key.ordinal % self.policy.prune_every == 0:
                     self.prune(key)
         finally:
             with self._lock:
                 self._running.pop((key.folder, key.ordinal), None)
 
-    def _write_marker(self, key: RunKey, outcome: Outcome, attempt: int) -> None:
-        data = encode({"state": outcome.value, "attempt": attempt, "task_id": key.task_id})
+    def _write_marker(
+        self, key: RunKey, outcome: Outcome, attempt: int, record: dict[str, Any]
+    ) -> None:
         claim = self._holder(key)
         if claim is None or claim.ephemeralOwner != self._session_id():
             self.on_lost_claim(key, "its claim expired while it executed (session lost)")
             claim = None
+        started = {"started": round(claim.ctime / 1000.0, 3)} if claim is not None else {}
+        fields = {**record, **started}
+        data = encode(
+            {**fields, "state": outcome.value, "attempt": attempt, "task_id": key.task_id}
+        )
         marker = self.zk.exists(self._marker_path(key))
         transaction = self.client.transaction()
         if claim is not None:

@@ -65,6 +65,7 @@ from kazoo.exceptions import KazooException
 from kazoo.handlers.threading import KazooTimeoutError
 
 from beatleader.config import ConfigError, Settings
+from beatleader.runs.records import error_summary, marker_fields
 from beatleader.worker.claims import ClaimStore, Outcome, RunKey, Verdict
 from beatleader.zk import layout
 from beatleader.zk.client import make_client
@@ -73,6 +74,7 @@ logger = logging.getLogger("beatleader.dedup")
 
 __all__ = ["REQUEUES_HEADER", "DedupGuard", "DedupPolicy", "Unavailable", "install"]
 
+_HOST = socket.gethostname()
 #: Header counting how often a run was published again because ZooKeeper was unreachable.
 REQUEUES_HEADER = "beatleader_dedup_requeues"
 _WRAPPED = "__beatleader_dedup__"
@@ -223,12 +225,16 @@ class DedupGuard:
             logger.log(level, "beatleader.dedup: dropped a delivery of %s: %s", key, verdict.value)
             raise Ignore()
         outcome = Outcome.RELEASED
+        error: str | None = None
+        started = time.monotonic()
         try:
             result = run(*args, **kwargs)
             outcome = Outcome.DONE
             return result
-        except Retry:
+        except Retry as exc:
             outcome = Outcome.RETRYING
+            cause = getattr(exc, "exc", None)
+            error = error_summary(cause) if isinstance(cause, BaseException) else None
             raise
         except Reject as exc:
             outcome = Outcome.RELEASED if exc.requeue else Outcome.DONE
@@ -236,18 +242,27 @@ class DedupGuard:
         except Ignore:
             outcome = Outcome.DONE
             raise
-        except Exception:
+        except Exception as exc:
             outcome = Outcome.FAILED
+            error = error_summary(exc)
             raise
         finally:
-            self.finish(store, key, outcome, attempt)
+            record = marker_fields(None, time.monotonic() - started, _HOST, os.getpid(), error)
+            self.finish(store, key, outcome, attempt, record)
 
-    def finish(self, store: ClaimStore, key: RunKey, outcome: Outcome, attempt: int) -> None:
+    def finish(
+        self,
+        store: ClaimStore,
+        key: RunKey,
+        outcome: Outcome,
+        attempt: int,
+        record: dict[str, Any] | None = None,
+    ) -> None:
         """Record the outcome, retrying through connection losses; never raises."""
         deadline = time.monotonic() + self.policy.finish_timeout
         while True:
             try:
-                store.finish(key, outcome, attempt)
+                store.finish(key, outcome, attempt, record)
                 return
             except Exception as exc:
                 transient = isinstance(exc, (KazooException, KazooTimeoutError))
@@ -321,10 +336,7 @@ class DedupGuard:
             own: str | None = self.settings().path
         except ConfigError:
             own = None  # store() reports it
-        name = entry if root == own else f"{root}\x00{entry}"
-        if incarnation is not None:
-            name = f"{name}\x00{incarnation}"
-        return layout.quote_entry_name(name)
+        return layout.dedup_folder(entry, incarnation, None if root == own else root)
 
     # -- the process's client -------------------------------------------------------------------
 
@@ -357,7 +369,9 @@ class DedupGuard:
         except KazooTimeoutError:
             client.stop()
             raise Unavailable(f"no ZooKeeper connection to {settings.zk_hosts}") from None
-        store = ClaimStore(client, settings.path, settings.dedup_retention)
+        store = ClaimStore(
+            client, settings.path, settings.dedup_retention, keep=settings.history_size
+        )
         store.on_lost_claim = _report_lost_claim
         self._pid, self._client, self._store = os.getpid(), client, store
 
@@ -369,7 +383,7 @@ class DedupGuard:
             time.sleep(0.05)
 
     def _owner(self, key: RunKey) -> dict[str, Any]:
-        return {"task_id": key.task_id, "host": socket.gethostname(), "pid": os.getpid()}
+        return {"task_id": key.task_id, "host": _HOST, "pid": os.getpid()}
 
 
 def _report_lost_claim(key: RunKey, message: str) -> None:

@@ -10,8 +10,9 @@ Guarantees:
 
 * **Bounded**: every :attr:`MarkerPolicy.prune_every`-th ordinal, the writer of a ``d`` marker
   deletes the markers of that entry older than the retention (ZooKeeper's own ``ctime``, so no
-  worker clock is trusted) and raises the folder's floor to the highest ordinal it deleted. An
-  entry keeps about ``retention / interval + prune_every`` markers.
+  worker clock is trusted), except the newest ``keep`` (``beatleader_history_size``: the entry's
+  run history), and raises the folder's floor to the highest ordinal it deleted. An entry keeps
+  about ``max(retention / interval, keep) + prune_every`` markers.
 * **Floor first**: the floor is raised before the markers under it are deleted, so a run whose
   marker is gone already counts as expired; the floor only rises (a write at the version read,
   read again after a conflict).
@@ -84,6 +85,7 @@ class MarkerFolder:
     zk: Any
     root: str
     retention: float
+    keep: int
     policy: type[MarkerPolicy]
     _folders: set[str]
 
@@ -107,6 +109,8 @@ class MarkerFolder:
             for name in self.zk.get_children(folder)
             if name.startswith("d") and name[1:].isdigit()
         )
+        if self.keep > 0:
+            markers = markers[: -self.keep]  # the newest are the entry's run history: kept
         deleted: list[int] = []
         for start in range(0, len(markers), self.policy.prune_batch):
             batch = markers[start : start + self.policy.prune_batch]

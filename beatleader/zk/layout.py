@@ -135,6 +135,20 @@ def unquote_entry_name(quoted: str) -> str:
     return unquote(quoted)
 
 
+def dedup_folder(
+    entry_name: str, incarnation: str | None = None, foreign_root: str | None = None
+) -> str:
+    """The name of the ``dedup/`` folder of an entry's runs: one per incarnation.
+
+    ``foreign_root``: the beat's root when it is not the worker's own (the worker's claims then
+    live under the worker's root, named after both).
+    """
+    name = entry_name if foreign_root is None else f"{foreign_root}\x00{entry_name}"
+    if incarnation is not None:
+        name = f"{name}\x00{incarnation}"
+    return quote_entry_name(name)
+
+
 def run_task_id(root: str, entry_name: str, ordinal: int, incarnation: str | None = None) -> str:
     """The task id of run number ``ordinal`` of entry ``entry_name``: same run, same id.
 
@@ -249,6 +263,10 @@ class EntryState:
     #: was deleted and created again does not reuse the ids (and worker claims) of its past.
     #: None: written by a version without incarnations; its next run gets one.
     incarnation: str | None = None
+    #: The last runs the leader sent or skipped, oldest first: ``[ordinal, at, kind]`` each
+    #: (``beatleader/runs/records.py`` reads them; here only their shape is kept: a list of
+    #: 3-item lists, at most :data:`MAX_RECENT`; anything else reads as no record).
+    recent: tuple[Any, ...] = ()
 
     def encode(self) -> bytes:
         fields: dict[
@@ -263,6 +281,8 @@ class EntryState:
         }
         if self.incarnation is not None:
             fields["incarnation"] = self.incarnation
+        if self.recent:
+            fields["recent"] = self.recent
         return json.dumps(fields, sort_keys=True).encode()
 
     @classmethod
@@ -294,7 +314,20 @@ class EntryState:
             skipped_count=value.get("skipped_count", 0),
             published=value.get("published", True),
             incarnation=value.get("incarnation"),
+            recent=_recent(value.get("recent")),
         ), ""
+
+
+#: Most leader records kept in an entry's state (``beatleader_history_size`` is at most this).
+MAX_RECENT = 1000
+
+
+def _recent(value: Any) -> tuple[Any, ...]:
+    """The well-shaped items of a stored ``recent`` (a foreign writer's garbage is dropped)."""
+    if not isinstance(value, list):
+        return ()
+    items = [item for item in value[-MAX_RECENT:] if isinstance(item, list) and len(item) == 3]
+    return tuple(items)
 
 
 def _entry_problem(fields: dict[str, Any]) -> str:
@@ -338,6 +371,11 @@ def is_incarnation(value: Any) -> bool:
 def _short(data: bytes, limit: int = 60) -> str:
     text = repr(data[:limit])
     return text + ("..." if len(data) > limit else "")
+
+
+def json_object(data: bytes) -> dict[str, Any]:
+    """``data`` as a JSON object; {} for anything else (garbage, deep nesting, not an object)."""
+    return _json_object(data)
 
 
 def _json_object(data: bytes) -> dict[str, Any]:
