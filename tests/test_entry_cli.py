@@ -151,11 +151,25 @@ def test_bad_input_is_one_line_exit_2(env, zk_client, zk_root) -> None:
         (("pause", "ghost"), ("no such entry",)),
         (("resume", "ghost"), ("no such entry",)),
         (("run", "ghost"), ("no such entry",)),
+        (("add", "x", *task, "--every", "5", "--overlap", "never"), ("overlap 'never'", "skip")),
+        (
+            ("add", "x", *task, "--every", "5", "--pause-after-failures", "-1"),
+            ("--pause-after-failures '-1' is negative",),
+        ),
+        (("add", "x", *task, "--every", "5", "--pause-after-failures", "x"), ("'x' is not an",)),
+        (("update", "ghost", "--overlap", "skip"), ("no such entry",)),
+        (("update", STATIC, "--overlap", "skip"), ("static beat_schedule entry",)),
+        (("history", "ghost"), ("no such entry",)),
     ]
     for args, parts in cases:
         bad(entry(env, *args), *parts)
     assert zk_client.exists(layout.definition_path(zk_root, "x")) is None
     assert definition(zk_client, zk_root, "mine")["schedule"] == {"every": 5.0}
+    ok(entry(env, "update", "mine", "--overlap", "buffer-one", "--pause-after-failures", "3"))
+    policy = {"overlap": "buffer-one", "pause_after_failures": 3}
+    assert definition(zk_client, zk_root, "mine")["options"] == {"beatleader": policy}
+    ok(entry(env, "update", "mine", "--overlap", "allow", "--pause-after-failures", "0"))
+    assert definition(zk_client, zk_root, "mine")["options"] == {}  # the defaults: nothing kept
     # the unknown task passes with --force
     ok(entry(env, "add", "x", "--task", "tests.app.nope", "--every", "5", "--force"))
 

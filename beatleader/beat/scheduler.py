@@ -78,7 +78,9 @@ from kazoo.exceptions import KazooException
 from beatleader._version import __version__
 from beatleader.beat import sigmask
 from beatleader.beat.dynamic import EntryChanges
+from beatleader.beat.failures import PAUSED_REASON, FailureWatch, pause, pause_note
 from beatleader.beat.leadership import Leadership
+from beatleader.beat.overlap import OverlapGate, skipped
 from beatleader.beat.planning import (
     Backoff,
     Pending,
@@ -105,6 +107,7 @@ from beatleader.election.leader import LeaderElection
 from beatleader.observe import Observers
 from beatleader.runs import records
 from beatleader.schedules.describe import publish_schedule
+from beatleader.schedules.policies import publish_options
 from beatleader.zk import layout
 from beatleader.zk.clocknode import clock_note
 from beatleader.zk.layout import ContenderInfo, EntryState
@@ -232,6 +235,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         #: The outbox's part: publish, renew, give up, mark (``publishing.py``).
         self.publisher = Publisher(self, window, retry, self.mark_delay)
         self._reported: dict[str, str] = {}
+        #: The overlap policies' part: skip or hold a run whose previous run runs (``overlap.py``).
+        self.overlap = OverlapGate(self.settings.path, self._report)
+        #: The pause-on-failure part: counts failed runs, pauses (``failures.py``).
+        self.failures = FailureWatch(self.settings.path, self.settings.identity)
         self._entry_backoff = Backoff(self.entry_retry_first, self.entry_retry_max)
         self._max_seen: dict[str, int] = {}
         #: request node -> its creation time (epoch s), for the requests naming no entry here.
@@ -355,6 +362,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._prefetch_dynamic(generation)  # its reads overlap those of the run state
         stored = self._store.load()
         self.publisher.outbox.clear()
+        self.overlap.forget()  # a run held in an earlier leadership: the next due run is planned
+        self.failures.forget()
         self._stored = stored
         for name, entry in self.schedule.items():
             self._on_server_clock(entry)
@@ -408,6 +417,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if now >= self._next_probe:
             self._probe_clock()
         runs = [self._plan(entry, delay) for entry, delay in self._pop_due()]
+        runs = self._apply_policies(runs)
         runs += self._requested_runs({run.entry.name for run in runs})
         broker_ready = self.publisher.broker_backoff.ready("broker", now)
         renewals = self.publisher.outbox.to_renew(now) if broker_ready else []
@@ -449,9 +459,71 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             heapq.heappush(heap, beat.event_t(self._when(entry, delay), 5, entry))
         return due
 
+    def _apply_policies(self, runs: list[Run]) -> list[Run]:
+        """Step 4's run policies: pause on failure (``failures.py``), then overlap
+        (``overlap.py``): blocked runs skipped or held; the held runs whose blocker ended, sent."""
+        runs = [self._paused_run(run) or run for run in runs]
+        runs, held = self.overlap.gate(self._zk, runs, self._stored)
+        assert self._heap is not None
+        for run in held:  # its entry is unchanged: due again at its next time, then skipped
+            entry = self.schedule[run.entry.name]
+            heapq.heappush(self._heap, beat.event_t(self._when(entry, run.delay), 5, entry))
+        now = time.monotonic()
+        for name, waited in self.overlap.released(self._zk, {run.entry.name for run in runs}):
+            entry = self.schedule.get(name)
+            if entry is None or name in self.publisher.outbox:
+                continue  # removed or paused meanwhile, or its run is out already
+            sent = next(entry)
+            delay = self.safe_is_due(sent)[1]
+            runs.append(Run(sent, delay, True, waited.lateness + now - waited.since))
+            logger.info("beatleader: sending the held run of %r: its previous run ended", name)
+        return runs
+
+    def _paused_run(self, run: Run) -> Run | None:
+        """The skip of ``run`` when its entry failed its last N runs and is paused now."""
+        if not run.send or run.request is not None:
+            return None
+        limit = self.overlap.policy(run.entry).pause_after_failures
+        if limit is None:
+            return None
+        name = run.entry.name
+        try:
+            failed = self.failures.failed_runs(self._zk, name, self._stored.get(name), limit)
+        except ZOOKEEPER_ERRORS as exc:  # an ACL on its records, the connection: it runs
+            logger.warning("beatleader: cannot read the runs of %r (%r); sending it", name, exc)
+            return None
+        if len(failed) < limit:
+            return None
+        runtime = name in self.runtime_definitions and name not in self._static_names
+        if name not in self._static_names and not runtime:
+            self._report(
+                f"pause:{name}",
+                "entry-paused",
+                f"entry {name!r} failed its last {limit} runs but cannot pause itself (not a "
+                "static or runtime entry: disable it where it is defined)",
+            )
+            return None
+        note = pause_note(failed)
+        try:
+            pause(self._zk, self.settings.path, name, runtime, note)
+        except ZOOKEEPER_ERRORS as exc:
+            self._report(
+                f"pause:{name}",
+                "entry-paused",
+                f"entry {name!r} failed its last {limit} runs; pausing it failed ({exc!r}): "
+                "it goes on running",
+            )
+            return None
+        self._report(f"pause:{name}", "entry-paused", f"entry {name!r} paused: {note['reason']}")
+        self.failures.paused(name, self._stored.get(name), failed)
+        return skipped(run, PAUSED_REASON)
+
     def _time_to_next(self) -> float:
         now = time.monotonic()
         waits = [float(self.max_interval)]
+        held = self.overlap.next_check()
+        if held is not None:
+            waits.append(held)
         if self._heap:
             when, _, entry = self._heap[0]
             waits.append(max(when - self._when(entry, 0), 0.0))
@@ -642,11 +714,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """Publish run ``ordinal`` of ``entry`` with its task id and run headers; raise if not."""
         task_id = self._task_id(entry.name, ordinal, incarnation)
         message = replaced(entry)
+        options = publish_options(entry.options)  # the run policies stay here
         headers = {
-            **(entry.options.get("headers") or {}),
+            **(options.get("headers") or {}),
             **layout.run_headers(self.settings.path, entry.name, ordinal, incarnation),
         }
-        message.options = {**entry.options, "task_id": task_id, "headers": headers}
+        message.options = {**options, "task_id": task_id, "headers": headers}
         logger.info("Scheduler: Sending due task %s (%s)", entry.name, entry.task)
         self.apply_async(message, producer=self.producer, advance=False)
         return task_id

@@ -62,6 +62,14 @@ def schedule_options(func: F) -> F:
         click.option("--queue", help="Queue to send to."),
         click.option("--priority", help="Message priority (integer 0-255)."),
         click.option("--expires", help="Seconds after which an unstarted run is discarded."),
+        click.option(
+            "--overlap",
+            help="A run due while the last still runs: allow (default), skip, buffer-one.",
+        ),
+        click.option(
+            "--pause-after-failures",
+            help="Pause the entry after N failed runs in a row (0: never).",
+        ),
         click.option("--force", is_flag=True, help="Accept a task the -A app does not know."),
     ]
     for decorate in reversed(decorators):
@@ -105,14 +113,23 @@ def _spec(values: dict[str, Any]) -> dict[str, Any]:
         "queue": values["queue"],
         "priority": _number(values["priority"], "--priority", int),
         "expires": _number(values["expires"], "--expires", float),
+        "overlap": values["overlap"],
+        "pause_after_failures": _failures(values["pause_after_failures"]),
         "force": values["force"],
     }
 
 
 _SPEC_NAMES = (
     "task", "every", "cron", "timezone", "at", "args", "kwargs", "queue", "priority", "expires",
-    "force",
+    "overlap", "pause_after_failures", "force",
 )  # fmt: skip
+
+
+def _failures(text: str | None) -> int | None:
+    count = _number(text, "--pause-after-failures", int)
+    if count is not None and count < 0:
+        raise CliError(f"--pause-after-failures {text!r} is negative: give N >= 1, or 0 (never)")
+    return count  # type: ignore[no-any-return]
 
 
 def _split(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -267,6 +284,8 @@ def render_history(found: History, wide: bool = False) -> str:
         lines.append(table(headers, rows, wide))
     else:
         lines.append("(no runs)")
+    if found.paused:
+        lines.append(f"paused: {cell(found.paused)}")
     if found.note:
         lines.append(f"note: {found.note}")
     return "\n".join(lines)
@@ -311,4 +330,5 @@ def render_entries(found: list[EntryInfo]) -> str:
     ]
     lines = [table(headers, rows)]
     lines += [f"! {cell(e.name)}: {cell(e.problem)}" for e in found if e.problem]
+    lines += [f"  {cell(e.name)} paused: {cell(e.pause_note)}" for e in found if e.pause_note]
     return "\n".join(lines)

@@ -157,6 +157,8 @@ class EntryStore:
         queue: str | None = None,
         priority: int | None = None,
         expires: float | None = None,
+        overlap: str | None = None,
+        pause_after_failures: int | None = None,
         enabled: bool = True,
         force: bool = False,
     ) -> Definition:
@@ -170,7 +172,7 @@ class EntryStore:
             schedule=schedule,
             args=tuple(json_list(args)),
             kwargs=dict(json_object(kwargs or {})),
-            options=options_of(queue, priority, expires, {}),
+            options=options_of(queue, priority, expires, {}, overlap, pause_after_failures),
             enabled=enabled,
             changed_by=changed_by(),
             changed_at=utc_now(),
@@ -206,6 +208,8 @@ class EntryStore:
         queue: str | None = None,
         priority: int | None = None,
         expires: float | None = None,
+        overlap: str | None = None,
+        pause_after_failures: int | None = None,
         force: bool = False,
     ) -> Definition:
         """Change the given fields of a runtime entry (None: unchanged)."""
@@ -223,7 +227,9 @@ class EntryStore:
                 schedule=new_schedule,
                 args=old.args if args is None else tuple(json_list(args)),
                 kwargs=old.kwargs if kwargs is None else dict(json_object(kwargs)),
-                options=options_of(queue, priority, expires, old.options),
+                options=options_of(
+                    queue, priority, expires, old.options, overlap, pause_after_failures
+                ),
                 enabled=old.enabled,
                 changed_by=changed_by(),
                 changed_at=utc_now(),
@@ -256,6 +262,8 @@ class EntryStore:
         if not self._exists(layout.definition_path(self.root, name)):
             raise DefinitionError(f"cannot {verb} {name!r}: no such entry (see 'entry list')")
         self._rewrite(name, verb, lambda old: _with_enabled(old, enabled))
+        if enabled:  # the note of a pause after failures (``beat/failures.py``) goes with it
+            self._mark_paused(name, False)
         return "runtime"
 
     def _mark_paused(self, name: str, paused: bool) -> None:

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
 from kazoo.exceptions import NoNodeError
 
 from beatleader.ops.status import read_election, read_schedules
+from beatleader.runs.records import pause_reason
 from beatleader.schedules.definitions import Definition
 from beatleader.schedules.describe import PlannedEntry, describe_entry, next_due, parse_time
 from beatleader.zk import layout
@@ -61,6 +62,8 @@ class EntryInfo:
     changed_at: str | None = None
     problem: str | None = None
     definition: Definition | None = None
+    #: Why and by whom a paused entry was paused (its ``paused/`` note), when it says.
+    pause_note: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -82,6 +85,7 @@ class EntryInfo:
             "changed_at": self.changed_at,
             "problem": self.problem,
             "definition": self.definition.as_json() if self.definition else None,
+            "pause_note": self.pause_note,
         }
 
 
@@ -111,7 +115,8 @@ def read_entries(
     static = dict(published)
     for name, spec in beat_schedule.items():
         static[name] = _app_plan(app, name, spec) or static.get(name) or PlannedEntry(name)
-    paused = {layout.unquote_entry_name(c) for c in list_children(client, layout.paused_path(root))}
+    notes = _pause_notes(client, root)
+    paused = set(notes)
     pending = _pending(client, root)
     names = sorted(static.keys() | definitions.keys())
     states = _read_states(client, root, names)
@@ -126,7 +131,16 @@ def read_entries(
         if name in static:
             info = _ignored(info)
         found.append(info)
+    found = [replace(i, pause_note=notes.get(i.name)) if i.state == "paused" else i for i in found]
     return sorted(found, key=lambda i: (i.name, i.source))
+
+
+def _pause_notes(client: Any, root: str) -> dict[str, str | None]:
+    """Each ``paused/`` marker's entry -> why and by whom it was paused, None when unreadable."""
+    notes: dict[str, str | None] = {}
+    for name, data in _read_children(client, layout.paused_path(root)).items():
+        notes[name] = pause_reason(layout.json_object(data))
+    return notes
 
 
 def _static(

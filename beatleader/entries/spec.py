@@ -25,6 +25,12 @@ from beatleader.schedules.definitions import (
     parse_every,
     parse_timezone,
 )
+from beatleader.schedules.policies import (
+    OPTIONS_KEY,
+    check_failures,
+    check_overlap,
+    parse_policy,
+)
 
 
 def changed_by() -> str:
@@ -75,10 +81,29 @@ def schedule_of(
 
 
 def options_of(
-    queue: str | None, priority: int | None, expires: float | None, base: Mapping[str, Any]
+    queue: str | None,
+    priority: int | None,
+    expires: float | None,
+    base: Mapping[str, Any],
+    overlap: str | None = None,
+    pause_after_failures: int | None = None,
 ) -> dict[str, Any]:
-    """``base`` with the given options replaced (None: unchanged)."""
+    """``base`` with the given options replaced (None: unchanged; ``pause_after_failures`` 0:
+    never pause)."""
     options = dict(base)
+    if overlap is not None or pause_after_failures is not None:
+        policy = dict(options.get(OPTIONS_KEY) or {})
+        if overlap is not None:
+            policy["overlap"] = check_overlap(overlap)
+        if pause_after_failures == 0:
+            policy.pop("pause_after_failures", None)
+        elif pause_after_failures is not None:
+            policy["pause_after_failures"] = check_failures(pause_after_failures)
+        fields = parse_policy(policy).as_options()
+        if fields:
+            options[OPTIONS_KEY] = fields
+        else:
+            options.pop(OPTIONS_KEY, None)
     if queue is not None:
         options["queue"] = queue
     if priority is not None:

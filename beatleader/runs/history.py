@@ -3,8 +3,9 @@
 :func:`read_history` reads, for one entry, its state ``entries/<entry>`` (the leader's records
 ``recent`` and the entry's incarnation), the children of its ``dedup/`` folder (the worker
 guard's claims ``r<ordinal>`` and markers ``d<ordinal>`` of that incarnation), and the newest
-``limit`` claims and markers (one multi-read): 3 requests. :func:`read_latest` gives the newest
-run of many entries (``status``) in 2 pipelined requests per entry.
+``limit`` claims and markers (one multi-read), and its pause note ``paused/<entry>``: 4
+requests. :func:`read_latest` gives the newest run of many entries (``status``) in 2 pipelined
+requests per entry.
 
 A run's outcome is, newest source first: a claim (``running``), a marker (``succeeded``,
 ``failed``, ``retrying``), else the leader's record (``sent``: published, no worker recorded it;
@@ -34,6 +35,7 @@ from beatleader.runs.records import (
     Outcome,
     RunRecord,
     leader_record,
+    pause_reason,
     read_claim,
     read_marker,
 )
@@ -57,6 +59,8 @@ class History:
     #: Whether the entry has run state at all.
     exists: bool = True
     incarnation: str | None = None
+    #: Why and by whom the entry is paused (its ``paused/`` note), None when it is not.
+    paused: str | None = None
 
     @property
     def note(self) -> str | None:
@@ -77,6 +81,7 @@ class History:
             "guarded": self.guarded,
             "incarnation": self.incarnation,
             "note": self.note,
+            "paused": self.paused,
             "runs": [record.as_json() for record in self.records],
         }
 
@@ -100,7 +105,16 @@ def read_history(client: Any, root: str, name: str, limit: int = DEFAULT_LIMIT) 
         tuple(records[:limit]),
         guarded=bool(children),
         incarnation=state.incarnation,
+        paused=_pause(client, root, name),
     )
+
+
+def _pause(client: Any, root: str, name: str) -> str | None:
+    try:
+        data, _stat = client.get(layout.paused_entry_path(root, name))
+    except NoNodeError:
+        return None
+    return pause_reason(layout.json_object(bytes(data or b""))) or "paused"
 
 
 def read_latest(

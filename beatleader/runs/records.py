@@ -171,6 +171,16 @@ def leader_record(item: Any) -> RunRecord | None:
     return None
 
 
+def pause_reason(note: dict[str, Any]) -> str | None:
+    """What a ``paused/<entry>`` note says: why (a pause after failures) and by whom, when."""
+    reason = text_or_none(note.get("reason"), 400)
+    by, when = text_or_none(note.get("changed_by")), text_or_none(note.get("changed_at"), 64)
+    parts = [reason] if reason else []
+    if by:
+        parts.append(f"paused by {by}" + (f" at {when}" if when else ""))
+    return "; ".join(parts) or None
+
+
 def is_recent(value: Any) -> bool:
     """Whether ``value`` is a well-formed ``EntryState.recent`` list (for the state's check)."""
     return isinstance(value, list) and all(leader_record(item) is not None for item in value)

@@ -9,7 +9,8 @@ A definition is one schedule entry defined while beat runs (``beatleader entry a
                | {"at": "2026-12-01T09:00:00+01:00"}                      (one-off)
                | {"solar": "sunrise", "lat": 52.1, "lon": 4.3},
      "args": [...], "kwargs": {...},
-     "options": {"queue": "q", "priority": 5, "expires": 60.0},          (each optional)
+     "options": {"queue": "q", "priority": 5, "expires": 60.0,           (each optional)
+                 "beatleader": {"overlap": "skip", "pause_after_failures": 3}},  (policies.py)
      "enabled": true, "changed_by": "user@host", "changed_at": "<ISO 8601 UTC>"}
 
 Guarantees: :meth:`Definition.parse` never raises on any bytes; it accepts only what
@@ -54,6 +55,7 @@ from beatleader.schedules.checks import (
     parse_timezone,
     shown,
 )
+from beatleader.schedules.policies import OPTIONS_KEY, parse_policy
 from beatleader.schedules.types import OneOff, ZonedCrontab
 
 __all__ = [
@@ -76,7 +78,7 @@ SCHEDULE_KINDS = ("every", "crontab", "at", "solar")
 _FIELDS = frozenset(
     ("task", "schedule", "args", "kwargs", "options", "enabled", "changed_by", "changed_at")
 )
-_OPTION_NAMES = ("queue", "priority", "expires")
+_OPTION_NAMES = ("queue", "priority", "expires", OPTIONS_KEY)
 _SCHEDULE_KEYS = {
     "every": frozenset(("every",)),
     "crontab": frozenset(("crontab", "timezone")),
@@ -293,7 +295,7 @@ def _options(options: Any) -> dict[str, Any]:
     unknown = sorted(set(options) - set(_OPTION_NAMES))
     if unknown:
         raise DefinitionError(
-            f"options has unknown field(s) {', '.join(unknown)}; known: queue, priority, expires"
+            f"options has unknown field(s) {', '.join(unknown)}; known: {', '.join(_OPTION_NAMES)}"
         )
     checked: dict[str, Any] = {}
     if "queue" in options:
@@ -302,6 +304,10 @@ def _options(options: Any) -> dict[str, Any]:
         checked["priority"] = check_priority(options["priority"])
     if "expires" in options:
         checked["expires"] = check_expires(options["expires"])
+    if OPTIONS_KEY in options:
+        policy = parse_policy(options[OPTIONS_KEY]).as_options()
+        if policy:
+            checked[OPTIONS_KEY] = policy
     return checked
 
 
