@@ -214,6 +214,7 @@ def test_status_json_shape(
             "last_outcome": None,  # no worker guard recorded a run
             "running": False,
             "last_record": None,
+            "paused": None,  # no paused/ note
         }
     ]
     assert doc["warnings"] == []

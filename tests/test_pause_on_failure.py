@@ -79,6 +79,12 @@ def test_a_static_and_a_runtime_entry_pause_after_failures_and_resume(
     assert "paused: 3 failed runs in a row" in history.stdout, history.stdout
     assert "skipped" in history.stdout  # the run the pause did not send
 
+    status = _cli({**beat_env, **env}, "status")
+    assert "entry 'flaky' paused itself: 3 failed runs in a row" in status.stdout, status.stdout
+    doc = json.loads(_cli({**beat_env, **env}, "status", "--json").stdout)
+    paused = {e["name"]: e["paused"] for e in doc["entries"]}
+    assert paused["rt"] and paused["rt"].startswith("2 failed runs in a row")
+
     for name in ("flaky", "rt"):
         resumed = _cli({**beat_env, **env}, "entry", "resume", name)
         assert resumed.returncode == 0, resumed.stderr

@@ -237,3 +237,39 @@ def test_without_the_guard_the_history_is_what_the_leader_sent(
     assert ordinals == sorted(ordinals, reverse=True) and len(set(ordinals)) == len(ordinals)
     shown = _cli({**beat_env, **env}, "entry", "history", "fast")
     assert shown.returncode == 0 and "note: no worker recorded a run" in shown.stdout
+
+
+def test_the_history_of_an_entry_pruned_and_added_again_is_its_new_life(
+    beats: Any, workers: Any, zk_client: KazooClient, zk_root: str, beat_env: dict[str, str]
+) -> None:
+    from beatleader.ops.prune import plan_prune, prune
+
+    env = schedule_env(hourly=every(3600))
+    workers(env={"TEST_DEDUP": "1"}).wait_ready()
+    beat = beats(env=env)
+    _leading(beat, zk_client, zk_root)
+    entries = EntryStore(zk_client, zk_root, make_app({**beat_env, **env}, set_as_current=False))
+
+    def succeeded() -> list[int | None]:
+        records = entries.history("again").records
+        return [r.ordinal for r in records if r.outcome is Outcome.SUCCEEDED]
+
+    entries.add("again", task=RECORD_TASK, every="1s", args=["again"])
+    wait_for(lambda: len(succeeded()) >= 3, 30, message="3 runs of the first life")
+    first = entries.history("again").incarnation
+    entries.remove("again")
+    beat.wait_for_log(r"entry 'again' removed", 10)
+
+    def pruned() -> bool:  # a mark written after the removal keeps it once: plan again
+        stale = [s for s in plan_prune(zk_client, zk_root) if s.name == "again"]
+        return bool(stale) and bool(prune(zk_client, zk_root, stale).deleted)
+
+    wait_for(pruned, 30, message="the state pruned")
+    entries.add("again", task=RECORD_TASK, every="1s", args=["again"])
+    wait_for(lambda: entries.history("again").incarnation not in (None, first), 30)
+    wait_for(lambda: len(succeeded()) >= 2, 30, message="2 runs of the second life")
+    history = entries.history("again")
+    ordinals = [r.ordinal for r in history.records]
+    assert ordinals == list(range(len(ordinals), 0, -1)), ordinals  # n..1: the new life only
+    assert all(r.task_id == layout.run_task_id(zk_root, "again", r.ordinal, history.incarnation)
+               for r in history.records if r.task_id)  # fmt: skip

@@ -99,6 +99,8 @@ class Entry:
     scheduled: bool | None = None
     #: Its newest run a worker guard recorded (``beatleader.runs``); None: none recorded.
     last: RunRecord | None = None
+    #: Why and by whom it is paused (its ``paused/`` note); None when it is not paused.
+    paused: str | None = None
 
     @property
     def unreadable(self) -> bool:
@@ -120,6 +122,7 @@ class Entry:
             "last_outcome": self.last.outcome.value if self.last else None,
             "running": self.last is not None and self.last.outcome is Outcome.RUNNING,
             "last_record": self.last.as_json() if self.last else None,
+            "paused": self.paused,
         }
 
 

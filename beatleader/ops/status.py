@@ -45,6 +45,7 @@ from beatleader.ops.diagnose import status_warnings
 from beatleader.ops.model import Contender, Entry, IgnoredNode, ResignResult, Status
 from beatleader.ops.runtimeplans import RUNTIME_SCHEDULE, read_runtime_plans
 from beatleader.runs.history import read_latest
+from beatleader.runs.records import pause_reason
 from beatleader.schedules.describe import PlannedEntry, decode_schedule, next_due
 from beatleader.zk.clocknode import clock_warnings, read_clock
 from beatleader.zk.layout import (
@@ -53,6 +54,8 @@ from beatleader.zk.layout import (
     EntryState,
     election_path,
     entries_path,
+    json_object,
+    paused_path,
     schedule_path,
     source_path,
     unquote_entry_name,
@@ -95,8 +98,10 @@ def read_status(client: Any, root: str) -> Status:
     entries = _with_runs(
         client, root, _with_plans(read_entries(client, root), schedules, scheduled)
     )
+    entries, paused_itself = _with_pauses(client, root, entries)
     warnings = [f"ignoring election node {i.node!r}: {i.reason}" for i in ignored]
     warnings += status_warnings(root, contenders, entries, scheduled)
+    warnings += [f"entry {name!r} paused itself: {why}" for name, why in paused_itself]
     clock = read_clock(client, root)
     warnings += clock_warnings(clock)
     return Status(
@@ -140,6 +145,27 @@ def _with_plans(
             )
         )
     return result
+
+
+def _with_pauses(
+    client: Any, root: str, entries: list[Entry]
+) -> tuple[list[Entry], list[tuple[str, str]]]:
+    """``entries`` with their pause notes (``paused/``), and the entries that paused themselves
+    (``pause_after_failures``) with why."""
+    notes = {
+        unquote_entry_name(quoted): json_object(bytes(data or b""))
+        for quoted, (data, _stat) in read_children(client, paused_path(root)).items()
+    }
+    found = [
+        dataclasses.replace(e, paused=pause_reason(notes[e.name]) or "paused")
+        if e.name in notes
+        else e
+        for e in entries
+    ]
+    itself = [
+        (n, str(pause_reason(note))) for n, note in sorted(notes.items()) if note.get("reason")
+    ]
+    return found, itself
 
 
 def _with_runs(client: Any, root: str, entries: list[Entry]) -> list[Entry]:
