@@ -88,7 +88,8 @@ def add_row(name: str, every: float | None = None, **fields: Any) -> Any:
         found, _ = IntervalSchedule.objects.get_or_create(every=every, period="seconds")
         fields["interval"] = found
     fields.setdefault("args", json.dumps([name]))
-    return PeriodicTask.objects.create(name=name, task="tests.app.record", **fields)
+    fields.setdefault("task", "tests.app.record")
+    return PeriodicTask.objects.create(name=name, **fields)
 
 
 def row(name: str) -> Any:

@@ -10,6 +10,7 @@ the run count the leaders committed in ZooKeeper: each run executed exactly once
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -493,3 +494,38 @@ def _status(hosts: str, root: str) -> dict[str, Any]:
     assert result.returncode == 0, result.stderr
     value: dict[str, Any] = json.loads(result.stdout)
     return value
+
+
+def test_a_row_sets_its_overlap_policy_in_its_headers_and_it_is_never_published(
+    use_db, beats, workers, zk_client, zk_root, execution_log, broker_dir
+) -> None:
+    """The convention of docs/runs.md: ``headers`` ``{"beatleader": {"overlap": "skip"}}``."""
+    from tests.dedup_tasks import SLOW_TASK
+
+    url = use_db("default")
+    workers(env={"TEST_DEDUP": "1"}, extra_args=["--pool=threads", "--concurrency=4"]).wait_ready()
+    headers = json.dumps({"beatleader": {"overlap": "skip"}, "x-origin": "admin"})
+    add_row("slowrow", every=1, task=SLOW_TASK, args=json.dumps(["slowrow", 2.5]), headers=headers)
+    started = start_beats(beats, url, count=1)
+    leading(zk_client, zk_root, started)
+
+    def spans() -> list[list[float]]:
+        found: dict[str, list[float]] = {}
+        for line in read_executions(execution_log):
+            if line["name"] in ("slowrow:start", "slowrow"):
+                found.setdefault(line["id"], []).append(line["ts"])
+        return sorted(found.values())
+
+    wait_for(lambda: sum(len(s) == 2 for s in spans()) >= 3, 60, message="3 finished runs")
+    stop_all(started)
+    wait_for(lambda: all(len(s) == 2 for s in spans()), 30, message="the last run ends")
+    ordered = spans()
+    assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(ordered))
+    started[0].wait_for_log(r"skipping the run of 'slowrow'", 5)
+    for message in FilesystemBroker(broker_dir).for_entry("slowrow"):
+        assert message.headers["x-origin"] == "admin" and "beatleader" not in message.headers
+    total = committed(zk_client, zk_root, "slowrow")  # each committed run started once
+    starts = [e for e in read_executions(execution_log) if e["name"] == "slowrow:start"]
+    assert sorted(e["id"] for e in starts) == sorted(
+        run_id(zk_client, zk_root, "slowrow", n) for n in range(1, total + 1)
+    )

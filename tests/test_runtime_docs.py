@@ -77,7 +77,7 @@ def shell(line: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProc
 
 def test_the_commands_work_as_written(env, tmp_path, zk_client, zk_root) -> None:
     lines = [line for line in blocks("sh")[0].splitlines() if line.strip()]
-    assert len(lines) == 12
+    assert len(lines) == 14
     outputs = []
     for line in lines:
         done = shell(line, env, tmp_path)
@@ -87,7 +87,13 @@ def test_the_commands_work_as_written(env, tmp_path, zk_client, zk_root) -> None
     assert definitions == ["poll-feeds", "report-acme"]
     poll = json.loads(zk_client.get(layout.definition_path(zk_root, "poll-feeds"))[0])
     assert poll["schedule"] == {"every": 300.0} and poll["enabled"] is True
-    assert poll["options"] == {"queue": "feeds", "expires": 60.0, "priority": 3}
+    policy = {"overlap": "skip", "pause_after_failures": 3}
+    assert poll["options"] == {
+        "queue": "feeds",
+        "expires": 60.0,
+        "priority": 3,
+        "beatleader": policy,
+    }
     acme = json.loads(zk_client.get(layout.definition_path(zk_root, "report-acme"))[0])
     assert acme["schedule"] == {"crontab": "0 7 * * 1-5", "timezone": "Europe/Paris"}
     assert acme["kwargs"] == {"customer": "acme"}
@@ -96,7 +102,8 @@ def test_the_commands_work_as_written(env, tmp_path, zk_client, zk_root) -> None
     assert [layout.request_entry_name(r) for r in requests] == ["nightly-cleanup"]
     table = outputs[9]  # entry list, before migrate-once is removed
     assert "migrate-once" in table and "nightly-cleanup" in table and "static" in table
-    listed = {e["name"]: e for e in json.loads(outputs[11])}
+    assert outputs[11].startswith("history of poll-feeds") and "(no runs)" in outputs[11]
+    listed = {e["name"]: e for e in json.loads(outputs[13])}
     assert set(listed) == {"nightly-cleanup", "poll-feeds", "report-acme"}
     assert listed["nightly-cleanup"]["pending_runs"] == 1
 
@@ -104,7 +111,7 @@ def test_the_commands_work_as_written(env, tmp_path, zk_client, zk_root) -> None
 def test_the_console_examples_print_what_the_doc_shows(env, tmp_path) -> None:
     text = blocks("console")[0]
     examples = re.findall(r"^\$ (.*)\n((?:[^$].*\n)+)", text, re.M)
-    assert len(examples) == 4
+    assert len(examples) == 5
     for command, expected in examples:
         done = shell(command, env, tmp_path)
         assert (done.returncode, done.stdout, done.stderr) == (2, "", expected), command

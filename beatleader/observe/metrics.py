@@ -16,7 +16,7 @@ What is exported (every series has a ``path`` label: the app's root znode):
                                                           leading
 ``beatleader_commit_seconds`` (histogram)                 duration of each fenced state commit
 ``beatleader_runs_sent_total{entry}``                     runs this instance published
-``beatleader_runs_skipped_total{entry}``                  runs skipped (later than misfire_grace)
+``beatleader_runs_skipped_total{entry}``                  runs skipped (misfire_grace, a policy)
 ``beatleader_last_run_timestamp_seconds{entry}``          Unix time this instance last sent it
 ``beatleader_run_lateness_seconds{entry}``                how late its last run was planned (gauge)
 ``beatleader_next_run_timestamp_seconds{entry}``          when it falls due next (leader only)
