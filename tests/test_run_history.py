@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -273,3 +274,42 @@ def test_the_history_of_an_entry_pruned_and_added_again_is_its_new_life(
     assert ordinals == list(range(len(ordinals), 0, -1)), ordinals  # n..1: the new life only
     assert all(r.task_id == layout.run_task_id(zk_root, "again", r.ordinal, history.incarnation)
                for r in history.records if r.task_id)  # fmt: skip
+
+
+def test_hostile_history_nodes_stop_no_leader_worker_status_or_history(
+    beats: Any, workers: Any, zk_client: KazooClient, zk_root: str, beat_env: dict[str, str]
+) -> None:
+    from tests.harness import read_executions
+
+    env = schedule_env(hourly=every(3600))
+    workers(env={"TEST_DEDUP": "1"}).wait_ready()
+    beat = beats(env=env)
+    _leading(beat, zk_client, zk_root)
+    entries = EntryStore(zk_client, zk_root, make_app({**beat_env, **env}, set_as_current=False))
+    entries.add("target", task=RECORD_TASK, every="1s", args=["target"], overlap="skip",
+                pause_after_failures=2)  # fmt: skip
+    log = Path(beat_env["TEST_EXECUTION_LOG"])
+    executed = lambda: sum(e["name"] == "target" for e in read_executions(log))  # noqa: E731
+    wait_for(lambda: executed() >= 2, 30, message="2 runs")
+    incarnation = entries.history("target").incarnation
+    folder = f"{layout.dedup_path(zk_root)}/{layout.dedup_folder('target', incarnation)}"
+    hostile = {
+        "d00000000000000000001": b"[" * 100_000,  # deep: past the JSON parser's recursion
+        "r00000000000000000000": json.dumps({"host": ["x"], "pid": "1"}).encode(),
+        "dxyz": b"\xff" * 1000,
+        "d0000000000000000000x": b"{}",
+        "huge": b"h" * 1_000_000,
+    }
+    for child, data in hostile.items():
+        path = f"{folder}/{child}"
+        if zk_client.exists(path):
+            zk_client.set(path, data)
+        else:
+            zk_client.create(path, data)
+    before = executed()
+    wait_for(lambda: executed() >= before + 3, 30, message="3 more runs despite the garbage")
+    for args in (("status",), ("status", "--json"), ("entry", "history", "target", "-n", "50"),
+                 ("entry", "history", "target", "--json"), ("entry", "list")):  # fmt: skip
+        done = _cli({**beat_env, **env}, *args)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, (args, done.stderr)
+    assert not beat.log_matches(r"Traceback")

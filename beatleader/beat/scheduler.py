@@ -584,7 +584,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             record = [run.entry.total_run_count, at, records.SENT]
         else:
             record = [None, at, f"{records.SKIPPED}:{run.reason}"]
-        return ((previous.recent if previous else ()) + (record,))[-size:]
+        kept = records.clean_recent(previous.recent[-size:]) if previous else ()
+        return (*kept, record)[-size:]
 
     def _commit_and_publish(
         self, runs: list[Run], renewals: list[Pending], marks: list[tuple[str, int]]
