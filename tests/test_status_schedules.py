@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from unittest import mock
 
 import pytest
 from kazoo.client import KazooClient
@@ -149,6 +151,7 @@ def test_peer_watch_reports_each_disagreeing_contender_once(
     own_node = contend(zk_server, sessions, root, own)
     problems = Problems()
     watch = PeerWatch(zk, election_path(root), own, problems, lambda: own_node)
+    watch.leadership_changed(True, "elected")  # the leader watches the queue
     watch.start()
     try:
         contend(zk_server, sessions, root, info("same"))
@@ -166,6 +169,32 @@ def test_peer_watch_reports_each_disagreeing_contender_once(
     assert "'other'" in problems.seen[0][1] and "fp-b" in problems.seen[1][1]
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 2
+
+
+def test_a_follower_checks_the_leader_once_when_it_joins_then_stays_silent(
+    zk_server, zk: KazooClient, sessions: list[KazooClient], root: str, caplog
+) -> None:
+    contend(zk_server, sessions, root, info("leader", app="other"))  # leads: another app
+    own = info("me")
+    own_node = contend(zk_server, sessions, root, own)
+    problems = Problems()
+    lists = mock.patch.object(zk, "get_children", wraps=zk.get_children)
+    reads = mock.patch.object(zk, "get_async", wraps=zk.get_async)
+    watch = PeerWatch(zk, election_path(root), own, problems, lambda: own_node)
+    with lists as listed, reads as read:
+        watch.start()
+        wait_for(lambda: problems.seen, 10, message="the leader's app mismatch")
+        watch._wake.set()  # a reconnection, a stray event: a follower that looked does not again
+        contend(zk_server, sessions, root, info("sched", fingerprint="fp-b"))  # a follower
+        time.sleep(1.0)  # an observation window: nothing more is read
+        assert (listed.call_count, read.call_count) == (1, 1)  # the queue, the leader's node
+    assert [k for k, _ in problems.seen] == [APP_MISMATCH]
+    try:
+        watch.leadership_changed(True, "elected")  # leading now: it watches, and sees it
+        wait_for(lambda: len(problems.seen) == 2, 10, message="the schedule mismatch")
+    finally:
+        watch.stop()
+        watch.join(5)
 
 
 def test_prune_refuses_on_unknown_schedules_and_keeps_a_node_written_meanwhile(

@@ -58,14 +58,14 @@ class Leadership:
         self.store = StateStore(self.client, settings.path)
         client = self.client
         election_path = layout.election_path(settings.path)
-        self.election = election = LeaderElection(
+        self.peers = PeerWatch(client, election_path, info, observers, lambda: self.election.node)
+        self.election = LeaderElection(
             client,
             election_path,
             info.encode(),
             prepare=lambda: prepare(client),
-            observer=observers,
+            observer=Observers(observers, self.peers),  # leading, the peer check watches
         )
-        self.peers = PeerWatch(client, election_path, info, observers, lambda: election.node)
 
     def open(self) -> None:
         """Connect (SystemExit on bad credentials or TLS) and start contending."""

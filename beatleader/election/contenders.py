@@ -9,8 +9,10 @@ Guarantees:
 
 * :func:`sorted_contenders` never raises on any list of names: malformed names are dropped, the
   rest are ordered by (sequence, name), so every reader agrees on the queue.
-* :class:`ContenderQueue` reads the ``ephemeralOwner`` of a node once per name (names are unique),
-  so re-reading an unchanged queue costs one ``get_children`` and nothing more.
+* :class:`ContenderQueue` reading the queue costs one ``get_children``, whatever its length: a
+  node's ``ephemeralOwner`` is learnt from the ``exists`` a follower sets on its predecessor
+  (names are unique, so once per name), and a persistent node is ignored from then on. A join
+  or a leave costs each instance involved O(1) requests.
 
 Not guaranteed: that an ephemeral, well-formed node belongs to a beatleader instance. A foreign
 client holding a live session can still queue such a node; only ZooKeeper ACLs (``client.py``)
@@ -24,7 +26,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import NoNodeError
 
 #: Separates the protection token from ZooKeeper's sequence in a contender node's name.
 CONTENDER_MARKER = "__contender__"
@@ -82,25 +83,21 @@ class ContenderQueue:
         """Remember the ``ephemeralOwner`` of ``name`` (e.g. the own node, just read)."""
         self._owners[name] = owner
 
+    def owner(self, name: str) -> int | None:
+        """The ``ephemeralOwner`` of ``name`` when known (0: a persistent node)."""
+        return self._owners.get(name)
+
     def forget(self, name: str) -> None:
         """Read ``name``'s stat again next time (it may have been replaced)."""
         self._owners.pop(name, None)
 
     def read(self) -> QueueView:
-        """List ``election/``; stat only names not seen before (pipelined)."""
+        """List ``election/``: one request. A well-formed name whose stat is not known yet counts
+        as a contender until someone stats it: the follower right behind it does (its
+        ``exists`` watch), and :meth:`note_owner` records a persistent one, ignored from then on.
+        """
         children = set(self._client.get_children(self._path))
         self._owners = {k: v for k, v in self._owners.items() if k in children}
-        unknown = [c for c in children if is_contender_name(c) and c not in self._owners]
-        pending = [(c, self._client.exists_async(f"{self._path}/{c}")) for c in unknown]
-        for name, result in pending:
-            try:
-                stat = result.get()
-            except NoNodeError:
-                stat = None
-            if stat is None:  # vanished between the listing and the stat
-                children.discard(name)
-            else:
-                self._owners[name] = int(stat.ephemeralOwner)
         ignored = {}
         for name in children:
             reason = ignored_reason(name, self._owners.get(name))

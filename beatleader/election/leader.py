@@ -65,7 +65,9 @@ from kazoo.protocol.states import WatchedEvent
 from beatleader.election.contenders import (
     CONTENDER_MARKER,
     ContenderQueue,
+    QueueView,
     contender_sequence,
+    ignored_reason,
     sorted_contenders,
 )
 from beatleader.election.pacing import Pacing
@@ -286,11 +288,47 @@ class LeaderElection:
         if own not in view.contenders:  # vanished since we read it: the next pass sees why
             self._wake.set()
             return
-        position = view.contenders.index(own)
-        if position == 0:
+        queue, position, watched = self._sound_predecessor(view, own)
+        if queue is None:
+            self._wake.set()  # the predecessor vanished as we looked: read again
+        elif position == 0:
             self._lead()
         else:
-            self._follow(view.contenders, position)
+            self._follow(queue, position, watched)
+
+    def _sound_predecessor(
+        self, view: QueueView, own: str
+    ) -> tuple[tuple[str, ...] | None, int, bool]:
+        """The queue without the persistent nodes ahead of ``own`` that stand right before it,
+        the own position in it, and whether the predecessor's watch was just set.
+
+        A predecessor whose ``ephemeralOwner`` is not known yet is stat'ed with the watch
+        ``_follow`` needs (one request that serves both); a persistent one is ignored (and
+        reported) and the next one down is looked at. None: a node vanished meanwhile.
+        """
+        queue = list(view.contenders)
+        position = queue.index(own)
+        watched = False
+        found: dict[str, str] = {}
+        while position > 0:
+            name = queue[position - 1]
+            if self._queue.owner(name) is not None:
+                break
+            stat = self._client.exists(
+                f"{self._election_path}/{name}", watch=self._on_predecessor_event
+            )
+            if stat is None:
+                return None, 0, False
+            self._queue.note_owner(name, int(stat.ephemeralOwner))
+            if int(stat.ephemeralOwner) != 0:
+                watched = True
+                break
+            found[name] = str(ignored_reason(name, 0))
+            queue.pop(position - 1)
+            position -= 1
+        if found:
+            self._report_ignored({**self._ignored, **found})
+        return tuple(queue), position, watched
 
     def _consume_flags(self) -> None:
         """Act on what the listener, the watches and :meth:`step_down` flagged."""
@@ -360,7 +398,7 @@ class LeaderElection:
         self._set_leading(True)
         logger.info("beatleader: leading (%s)", posixpath.basename(self._node or ""))
 
-    def _follow(self, queue: tuple[str, ...], position: int) -> None:
+    def _follow(self, queue: tuple[str, ...], position: int, watched: bool = False) -> None:
         self._was_leader = False
         self._pacing.not_first()
         self._set_leading(False, "another contender is first in the queue")
@@ -374,12 +412,16 @@ class LeaderElection:
                 len(queue),
                 name,
             )
+        if watched:  # stat'ed with this watch a moment ago (``_sound_predecessor``)
+            return
         stat = self._client.exists(predecessor, watch=self._on_predecessor_event)
         if stat is None:
             self._wake.set()  # it vanished before the watch was set: look again
         elif int(stat.ephemeralOwner) == 0:
-            self._queue.forget(name)  # replaced by a persistent node: read its stat again
+            self._queue.note_owner(name, 0)  # a persistent node: ignored, watch the next one
             self._wake.set()
+        else:
+            self._queue.note_owner(name, int(stat.ephemeralOwner))
 
     def _report_ignored(self, ignored: dict[str, str]) -> None:
         """Log and report each foreign child of the election node once (per change)."""

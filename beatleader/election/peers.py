@@ -1,26 +1,35 @@
 """Catching misconfigured peers: another app, or another schedule, contending on the same path.
 
 Two different apps started with the same ``beatleader_path`` would share one election: only the
-leader's schedule runs, silently. :class:`PeerWatch` runs in every instance (leader and
-followers), watches the children of ``election/`` and reads the ContenderInfo of each contender
-node it has not seen yet. A contender whose ``app`` differs from this instance's is reported as
+leader's schedule runs, silently. :class:`PeerWatch` runs in every instance and compares
+ContenderInfo: a contender whose ``app`` differs from this instance's is reported as
 ``app-mismatch``; one of the same app whose schedule fingerprint differs as
 ``schedule-mismatch`` (expected for the length of a rolling deploy). Each is logged as an ERROR
 naming both sides and reported to ``Observer.problem`` (``beatleader_problems_total{kind}``),
-once per contender node.
+once per contender node. Who looks at whom, so that a waiting instance stays silent:
+
+* **a follower** checks once, when it joins (each new contender node of its own): it lists
+  ``election/`` and reads the leader's node (the schedule that runs): 2 requests, whatever the
+  number of contenders; then nothing while it waits (no watch, nothing on a reconnection);
+* **the leader** watches ``election/`` and reads each contender node it has not seen yet: one
+  ``get_children`` with a watch per change, one ``get`` per new contender (contender data is
+  written once). It reports every disagreeing contender in its own log and metrics, and
+  ``beatleader status`` reads the queue itself and warns about both kinds.
 
 Guarantees:
 
-* No ZooKeeper request while the queue does not change: one ``get_children`` with a watch per
-  change (and per reconnection, as kazoo does not restore watches), plus one pipelined ``get``
-  per contender node not seen before. Contender data is written once, so it is read once.
-* Every ZooKeeper call happens in the watch's own daemon thread; the watch and the connection
-  listener only wake it. No exception ends the thread (logged, retried after ``retry_delay``).
+* A follower makes 2 requests per contender node of its own and none while it waits; the leader
+  makes 1 + (new contenders) per change of the queue (and per reconnection, as kazoo does not
+  restore watches).
+* Every ZooKeeper call happens in the watch's own daemon thread; the watch, the connection
+  listener and the leadership hook only wake it. No exception ends the thread (logged, retried
+  after ``retry_delay``).
 * It never changes the election: a mismatch is reported, the instances keep contending.
 
-Not guaranteed: that a node from a version without ``app`` is checked for its app (it has none;
-its fingerprint is still compared), nor that a contender that joins and leaves between two
-readings is seen.
+Not guaranteed: that a follower sees a disagreeing follower (the leader reports it, and
+``status``); that a node from a version without ``app`` is checked for its app (it has none;
+its fingerprint is still compared); that a contender that joins and leaves between two readings
+is seen.
 """
 
 from __future__ import annotations
@@ -68,8 +77,12 @@ def describe(kind: str, path: str, own: ContenderInfo, other: ContenderInfo) -> 
     )
 
 
-class PeerWatch:
-    """Watches ``election/`` under ``path`` for contenders that disagree with ``own``."""
+class PeerWatch(Observer):
+    """Checks ``election/`` under ``path`` for contenders that disagree with ``own``.
+
+    It is an :class:`Observer` of the election (``leadership_changed``): leading, it watches the
+    queue; following, it looks once per own contender node.
+    """
 
     #: Pause after a failed ZooKeeper call before reading again, seconds.
     retry_delay = 1.0
@@ -89,6 +102,9 @@ class PeerWatch:
         self._own_node = own_node
         self._infos: dict[str, ContenderInfo | None] = {}
         self._reported: set[str] = set()
+        self._leading = False
+        #: The own contender node a follower last looked from (it looks once per node).
+        self._joined: str | None = None
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -108,9 +124,13 @@ class PeerWatch:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
+    def leadership_changed(self, leading: bool, reason: str) -> None:
+        self._leading = leading
+        self._wake.set()
+
     def _on_state(self, state: str) -> None:
         if state == KazooState.CONNECTED:
-            self._wake.set()  # a new connection has no watch: read (and watch) again
+            self._wake.set()  # a new connection has no watch: the leader reads (and watches) again
 
     def _on_children(self, _event: object) -> None:
         self._wake.set()
@@ -124,7 +144,10 @@ class PeerWatch:
             if not self._client.connected:
                 continue  # the CONNECTED listener wakes us
             try:
-                self._look()
+                if self._leading:
+                    self._watch()
+                else:
+                    self._join()
             except (KazooException, KazooTimeoutError) as exc:
                 logger.debug("beatleader: reading the election queue failed (%r)", exc)
                 self._retry()
@@ -136,14 +159,31 @@ class PeerWatch:
         self._stopped.wait(self.retry_delay)
         self._wake.set()
 
-    def _look(self) -> None:
+    def _join(self) -> None:
+        """A follower: once per own contender node, the leader's node (the schedule that runs)."""
+        own = posixpath.basename(self._own_node() or "")
+        if not own:
+            self._retry()  # not contending yet: look again soon (no request meanwhile)
+            return
+        if own == self._joined:
+            return
+        children = self._client.get_children(self._path)
+        self._joined = own
+        queue = sorted_contenders(children)
+        if queue and queue[0] != own:
+            self._read([queue[0]])
+
+    def _watch(self) -> None:
+        """The leader: every contender node not read yet, and a watch for the next change."""
         children = self._client.get_children(self._path, watch=self._on_children)
         names = set(sorted_contenders(children))
         self._infos = {k: v for k, v in self._infos.items() if k in names}
         self._reported &= names
         own = posixpath.basename(self._own_node() or "")
-        new = [n for n in names if n not in self._infos and n != own]
-        pending = [(n, self._client.get_async(f"{self._path}/{n}")) for n in new]
+        self._read([n for n in names if n not in self._infos and n != own])
+
+    def _read(self, names: list[str]) -> None:
+        pending = [(n, self._client.get_async(f"{self._path}/{n}")) for n in names]
         for name, result in pending:
             try:
                 data, _stat = result.get()
