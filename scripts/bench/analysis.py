@@ -266,3 +266,77 @@ def sustained_rate(sends: Mapping[str, list[tuple[int, float]]], start: int, end
         if len(times) >= 2 and times[-1] > times[0]:
             rate += (len(times) - 1) / (times[-1] - times[0]) * 1000
     return rate
+
+
+# -- the worker guard ----------------------------------------------------------------------------
+
+
+@dataclass
+class GuardResult:
+    """One worker draining ``runs`` pre-published runs: unguarded, guarded, or guarded at a ref.
+
+    ``history_size`` is None for the unguarded worker (and for a ref whose guard keeps none);
+    ``zk_requests`` is the server's ``zk_packets_received`` delta from just before the worker
+    started to its last execution (None unguarded: nothing of it talks to ZooKeeper).
+    """
+
+    label: str
+    guarded: bool
+    history_size: int | None
+    runs: int
+    executions: int
+    repeated_ids: int
+    seconds: float
+    per_s: float | None
+    zk_requests: int | None
+
+    @property
+    def requests_per_run(self) -> float | None:
+        if self.zk_requests is None or self.executions <= 0:
+            return None
+        return self.zk_requests / self.executions
+
+
+def execution_rate(timestamps: Sequence[float]) -> tuple[float, float | None]:
+    """(seconds from the first to the last execution, executions/s over them).
+
+    ``n`` executions span ``n - 1`` intervals: the rate is ``(n - 1) / span``; None for fewer
+    than two executions or a zero span.
+    """
+    if len(timestamps) < 2:
+        return 0.0, None
+    span = max(timestamps) - min(timestamps)
+    return span, ((len(timestamps) - 1) / span if span > 0 else None)
+
+
+def guard_result(
+    label: str,
+    guarded: bool,
+    history_size: int | None,
+    runs: int,
+    executions: Sequence[tuple[float, str]],
+    packets: tuple[int, int] | None,
+) -> GuardResult:
+    """``executions``: (timestamp s, task id) each; ``packets``: ``zk_packets_received`` before
+    the worker started and after its last execution (None: not counted)."""
+    stamps = [ts for ts, _ in executions]
+    seconds, per_s = execution_rate(stamps)
+    ids = [task_id for _, task_id in executions]
+    return GuardResult(
+        label=label,
+        guarded=guarded,
+        history_size=history_size,
+        runs=runs,
+        executions=len(executions),
+        repeated_ids=len(ids) - len(set(ids)),
+        seconds=seconds,
+        per_s=per_s,
+        zk_requests=None if packets is None else packets[1] - packets[0],
+    )
+
+
+def throughput_ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator``; None when either is missing or not positive."""
+    if numerator is None or denominator is None or numerator <= 0 or denominator <= 0:
+        return None
+    return numerator / denominator
