@@ -289,6 +289,8 @@ class GuardResult:
     seconds: float
     per_s: float | None
     zk_requests: int | None
+    #: executions/s of each round, in the order they ran (one entry for a single round).
+    round_rates: list[float | None] = field(default_factory=list)
 
     @property
     def requests_per_run(self) -> float | None:
@@ -332,6 +334,29 @@ def guard_result(
         seconds=seconds,
         per_s=per_s,
         zk_requests=None if packets is None else packets[1] - packets[0],
+        round_rates=[per_s],
+    )
+
+
+def combine_rounds(rounds: Sequence[GuardResult]) -> GuardResult:
+    """The rounds of one variant as one result: runs, executions, seconds and requests summed;
+    executions/s = the rounds' intervals (``executions - 1`` each) over their summed spans, so
+    each round's own first execution starts its clock."""
+    first = rounds[0]
+    seconds = sum(r.seconds for r in rounds)
+    intervals = sum(max(0, r.executions - 1) for r in rounds)
+    requests = [r.zk_requests for r in rounds]
+    return GuardResult(
+        label=first.label,
+        guarded=first.guarded,
+        history_size=first.history_size,
+        runs=sum(r.runs for r in rounds),
+        executions=sum(r.executions for r in rounds),
+        repeated_ids=sum(r.repeated_ids for r in rounds),
+        seconds=seconds,
+        per_s=intervals / seconds if seconds > 0 and intervals > 0 else None,
+        zk_requests=None if None in requests else sum(r or 0 for r in requests),
+        round_rates=[rate for r in rounds for rate in r.round_rates],
     )
 
 

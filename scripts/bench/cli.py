@@ -108,6 +108,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=2000,
         help="pre-published runs one worker executes in each variant of the guard phase",
     )
+    add(
+        "--guard-rounds",
+        type=int,
+        default=2,
+        help="rounds of every guard variant (alternating order), combined per variant",
+    )
     add("--guard-entries", type=int, default=20, help="entries the guard phase's runs spread over")
     add(
         "--guard-retention",

@@ -37,7 +37,7 @@ import redis
 
 from beatleader.testing.localproc import LoggedProcess
 from beatleader.zk import layout
-from scripts.bench.analysis import GuardResult, guard_result
+from scripts.bench.analysis import GuardResult, combine_rounds, guard_result
 from scripts.bench.common import REPO_ROOT, STARTUP_TIMEOUT, progress
 from scripts.bench.compare import extract
 from tests.app import RECORD_TASK, make_app
@@ -71,11 +71,18 @@ def variants(args: argparse.Namespace, workdir: Path) -> list[Variant]:
 def run_guard(
     args: argparse.Namespace, workdir: Path, zk: ZooKeeperServer, redis_url: str
 ) -> list[GuardResult]:
-    """Every variant, one after the other, on ``zk`` and ``rd``."""
-    return [
-        run_variant(args, workdir, zk, redis_url, number, variant)
-        for number, variant in enumerate(variants(args, workdir), 1)
-    ]
+    """``--guard-rounds`` rounds of every variant, each round in the reverse order of the
+    previous one (a drift of the machine weighs on every variant alike), combined per variant."""
+    found = variants(args, workdir)
+    rounds: dict[str, list[GuardResult]] = {v.label: [] for v in found}
+    number = 0
+    for round_index in range(args.guard_rounds):
+        order = found if round_index % 2 == 0 else found[::-1]
+        for variant in order:
+            number += 1
+            progress(f"guard round {round_index + 1}/{args.guard_rounds}: {variant.label}")
+            rounds[variant.label].append(run_variant(args, workdir, zk, redis_url, number, variant))
+    return [combine_rounds(rounds[v.label]) for v in found]
 
 
 def run_variant(
@@ -90,7 +97,7 @@ def run_variant(
     root = f"/bench/guard-{number}"
     client = redis.Redis.from_url(redis_url)
     client.flushall()
-    progress(f"guard: {variant.label}: publishing {runs} runs of {entries} entries")
+    progress(f"  publishing {runs} runs of {entries} entries")
     publish_runs(redis_url, root, entries, runs // entries)
     log = workdir / f"guard-{number}-executions.jsonl"
     packets_before = int(zk.mntr()["zk_packets_received"])
@@ -193,7 +200,8 @@ def wait_drained(worker: LoggedProcess, log: Path, runs: int) -> list[tuple[floa
 def guard_settings(args: argparse.Namespace) -> str:
     before = f" --guard-before {args.guard_before}" if args.guard_before else ""
     return (
-        f"--guard-runs {args.guard_runs} --guard-entries {args.guard_entries} "
+        f"--guard-runs {args.guard_runs} --guard-rounds {args.guard_rounds} "
+        f"--guard-entries {args.guard_entries} "
         f"--guard-retention {args.guard_retention:g}{before}"
     )
 
@@ -203,3 +211,5 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--guard-runs must be at least twice --guard-entries (>= 1)")
     if args.guard_runs % args.guard_entries:
         parser.error("--guard-runs must be a multiple of --guard-entries")
+    if args.guard_rounds < 1:
+        parser.error("--guard-rounds must be at least 1")

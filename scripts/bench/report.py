@@ -381,7 +381,10 @@ def guard_rows(results: Sequence[GuardResult]) -> list[tuple[str, ...]]:
     history_0 = next((r.per_s for r in results if r.history_size == 0), None)
     rows: list[tuple[str, ...]] = []
     for r in results:
-        runs = f"{r.runs:,}" if r.executions == r.runs else f"{r.executions:,} of {r.runs:,}"
+        count = max(1, len(r.round_rates))
+        runs = f"{count} x {r.runs // count:,}"
+        if r.executions != r.runs:
+            runs = f"{r.executions:,} of {runs}"
         per_run = r.requests_per_run
         rows.append(
             (
@@ -418,9 +421,11 @@ def guard_lines(results: Sequence[GuardResult]) -> list[str]:
         )
     for r in results:
         requests = "" if r.zk_requests is None else f", {r.zk_requests:,} ZooKeeper requests"
+        rates = ", ".join("n/a" if v is None else f"{v:,.0f}" for v in r.round_rates)
         lines.append(
-            f"{r.label}: {r.executions:,} executions in {r.seconds:.2f} s (first to last)"
-            f"{requests}, repeated task ids {r.repeated_ids}"
+            f"{r.label}: {r.executions:,} executions in {r.seconds:.2f} s (first to last, "
+            f"summed over the rounds; per round {rates}/s){requests}, repeated task ids "
+            f"{r.repeated_ids}"
         )
     return lines
 
@@ -437,18 +442,25 @@ def guard_legend(args: argparse.Namespace) -> list[str]:
         f"one celery worker --pool prefork --concurrency 2 (Redis broker, tests.app.record) "
         f"drains {args.guard_runs:,} pre-published distinct runs of {args.guard_entries} "
         "entries (real run ids and headers); executions/s from its first execution to its "
-        "last (scripts/bench/guard.py)",
+        f"last; {args.guard_rounds} rounds of every variant, each round in the reverse order "
+        "of the previous, combined: the rounds' intervals over their summed spans "
+        "(scripts/bench/guard.py)",
         f"guarded workers: BEATLEADER_DEDUP_RETENTION={args.guard_retention:g} s (markers "
         "pruned every 32nd run, as in full folders), BEATLEADER_HISTORY_SIZE 0 or 20; ZK req/run: "
         "mntr zk_packets_received delta from before the worker's start to its last execution, "
-        "per execution (includes its two sessions' connects and pings)",
+        "per execution (includes its two sessions' connects and pings); with a history the "
+        "newest markers of each entry are not deleted, hence a few fewer requests in a run "
+        "this short (in a steady state every run's marker is deleted once either way)",
     ]
 
 
 def print_guard_report(args: argparse.Namespace, res: GuardResults) -> None:
     start = "/".join(f"{v:.2f}" for v in res.load_start)
     end = "/".join(f"{v:.2f}" for v in res.load_end)
-    print(f"\n== beatleader benchmark: worker guard ({args.guard_runs:,} runs a variant) ==")
+    print(
+        f"\n== beatleader benchmark: worker guard ({args.guard_rounds} rounds of "
+        f"{args.guard_runs:,} runs a variant) =="
+    )
     print("settings:", res.settings)
     print(
         f"machine:  nproc {os.cpu_count()}, Python {platform.python_version()}, celery "
