@@ -43,7 +43,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Failover, lateness and throughput of beatleader vs celery-redbeat vs "
         "celery's PersistentScheduler, measured now on this machine (see the module docstring). "
-        "Default total runtime: about 10 minutes.",
+        "Default total runtime: about 11 minutes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
