@@ -23,12 +23,13 @@ from scripts.bench.analysis import ThroughputResult
 from scripts.bench.cluster import Context, Fleet, base_env, servers
 from scripts.bench.common import BEATLEADER, INTERVAL_S, PERSISTENT, REDBEAT, progress
 from scripts.bench.compare import measure_compare, print_compare
-from scripts.bench.guard import check_args, guard_settings, run_guard
+from scripts.bench.guard import check_args, run_guard
 from scripts.bench.persistent import run_persistent
 from scripts.bench.report import (
     GuardResults,
     Results,
     dump_json,
+    guard_settings,
     print_guard_report,
     print_report,
     print_runtime_report,

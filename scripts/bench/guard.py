@@ -197,15 +197,6 @@ def wait_drained(worker: LoggedProcess, log: Path, runs: int) -> list[tuple[floa
         time.sleep(0.1)
 
 
-def guard_settings(args: argparse.Namespace) -> str:
-    before = f" --guard-before {args.guard_before}" if args.guard_before else ""
-    return (
-        f"--guard-runs {args.guard_runs} --guard-rounds {args.guard_rounds} "
-        f"--guard-entries {args.guard_entries} "
-        f"--guard-retention {args.guard_retention:g}{before}"
-    )
-
-
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.guard_entries < 1 or args.guard_runs < 2 * args.guard_entries:
         parser.error("--guard-runs must be at least twice --guard-entries (>= 1)")

@@ -257,7 +257,7 @@ def print_report(args: argparse.Namespace, res: Results) -> None:
         ),
         ("details", detail_lines(res)),
         ("what is measured", ["- " + line for line in legend(args)]),
-        *([] if res.guard is None else [("guard phase", guard_legend(args))]),
+        *([] if res.guard is None else [("guard phase", ["- " + x for x in guard_legend(args)])]),
     ]
     for title, lines in sections:
         print(f"\n{title}:")
@@ -276,7 +276,7 @@ def settings_line(args: argparse.Namespace) -> str:
         + (" --skip-throughput" if args.skip_throughput else "")
         + (" --skip-runtime" if args.skip_runtime else "")
         + f" --runtime-definitions {args.runtime_definitions}"
-        + (" --skip-guard" if args.skip_guard else "")
+        + (" --skip-guard" if args.skip_guard else f" {guard_settings(args)}")
     )
 
 
@@ -437,13 +437,22 @@ def print_guard_table(results: Sequence[GuardResult]) -> None:
         print("  " + line)
 
 
+def guard_settings(args: argparse.Namespace) -> str:
+    before = f" --guard-before {args.guard_before}" if args.guard_before else ""
+    return (
+        f"--guard-runs {args.guard_runs} --guard-rounds {args.guard_rounds} "
+        f"--guard-entries {args.guard_entries} "
+        f"--guard-retention {args.guard_retention:g}{before}"
+    )
+
+
 def guard_legend(args: argparse.Namespace) -> list[str]:
     return [
         f"one celery worker --pool prefork --concurrency 2 (Redis broker, tests.app.record) "
         f"drains {args.guard_runs:,} pre-published distinct runs of {args.guard_entries} "
         "entries (real run ids and headers); executions/s from its first execution to its "
-        f"last; {args.guard_rounds} rounds of every variant, each round in the reverse order "
-        "of the previous, combined: the rounds' intervals over their summed spans "
+        f"last; {args.guard_rounds} round(s) of every variant, each round in the reverse "
+        "order of the previous, combined: the rounds' intervals over their summed spans "
         "(scripts/bench/guard.py)",
         f"guarded workers: BEATLEADER_DEDUP_RETENTION={args.guard_retention:g} s (markers "
         "pruned every 32nd run, as in full folders), BEATLEADER_HISTORY_SIZE 0 or 20; ZK req/run: "
