@@ -196,15 +196,19 @@ def test_guard_result_counts_requests_and_repeated_ids() -> None:
     assert (unguarded.zk_requests, unguarded.requests_per_run) == (None, None)
 
 
-def test_rounds_combine_intervals_over_summed_spans() -> None:
+def test_rounds_combine_to_the_median_round_rate() -> None:
     one = guard_result("g", True, 20, 3, [(0.0, "a"), (1.0, "b"), (2.0, "c")], (0, 30))
     two = guard_result("g", True, 20, 3, [(50.0, "a"), (50.5, "b"), (51.0, "c")], (30, 60))
-    both = combine_rounds([one, two])
-    # (2 + 2) intervals over (2 + 1) s; not 6 executions over the 51 s from first to last.
-    assert (both.runs, both.executions, both.seconds) == (6, 6, 3.0)
-    assert both.per_s == 4 / 3
-    assert both.round_rates == [1.0, 2.0]
-    assert (both.zk_requests, both.requests_per_run) == (60, 10.0)
+    slow = guard_result("g", True, 20, 3, [(90.0, "a"), (95.0, "b"), (100.0, "c")], (60, 90))
+    rounds = combine_rounds([one, two, slow])
+    # Rates 1, 2 and 0.2 per second: the median, not 6 intervals over 13 s or over 100 s.
+    assert (rounds.runs, rounds.executions, rounds.seconds) == (9, 9, 13.0)
+    assert rounds.round_rates == [1.0, 2.0, 0.2]
+    assert rounds.per_s == 1.0
+    assert (rounds.zk_requests, rounds.requests_per_run) == (90, 10.0)
+    assert combine_rounds([one, two]).per_s == 1.5
+    unguarded = guard_result("u", False, None, 3, [(0.0, "a"), (1.0, "b"), (2.0, "c")], None)
+    assert combine_rounds([unguarded, unguarded]).zk_requests is None
 
 
 def test_guard_table_ratios_and_the_history_bar() -> None:

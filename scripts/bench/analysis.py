@@ -340,11 +340,11 @@ def guard_result(
 
 def combine_rounds(rounds: Sequence[GuardResult]) -> GuardResult:
     """The rounds of one variant as one result: runs, executions, seconds and requests summed;
-    executions/s = the rounds' intervals (``executions - 1`` each) over their summed spans, so
-    each round's own first execution starts its clock."""
+    executions/s is the median of the rounds' own rates (each from its first execution to its
+    last): a round slowed down as a whole by the machine (a two-core VM) does not move it."""
     first = rounds[0]
     seconds = sum(r.seconds for r in rounds)
-    intervals = sum(max(0, r.executions - 1) for r in rounds)
+    rates = [rate for r in rounds for rate in r.round_rates if rate is not None]
     requests = [r.zk_requests for r in rounds]
     return GuardResult(
         label=first.label,
@@ -354,7 +354,7 @@ def combine_rounds(rounds: Sequence[GuardResult]) -> GuardResult:
         executions=sum(r.executions for r in rounds),
         repeated_ids=sum(r.repeated_ids for r in rounds),
         seconds=seconds,
-        per_s=intervals / seconds if seconds > 0 and intervals > 0 else None,
+        per_s=statistics.median(rates) if rates else None,
         zk_requests=None if None in requests else sum(r or 0 for r in requests),
         round_rates=[rate for r in rounds for rate in r.round_rates],
     )

@@ -101,7 +101,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add(
         "--only-guard",
         action="store_true",
-        help="run only the worker guard phase (about a minute) and print its figures",
+        help="run only the worker guard phase (about 1.5 minutes) and print its figures",
     )
     add(
         "--guard-runs",
@@ -112,8 +112,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add(
         "--guard-rounds",
         type=int,
-        default=2,
-        help="rounds of every guard variant (alternating order), combined per variant",
+        default=3,
+        help="rounds of every guard variant (alternating order); the median round counts",
+    )
+    add(
+        "--guard-warmup",
+        type=int,
+        default=400,
+        help="runs of an uncounted guarded worker before the first round (0: none)",
     )
     add("--guard-entries", type=int, default=20, help="entries the guard phase's runs spread over")
     add(

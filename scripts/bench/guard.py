@@ -7,16 +7,20 @@ to runs / entries, interleaved: ordinal 1 of every entry, then 2, ...; each with
 ``celery worker --pool prefork --concurrency 2`` of ``tests.app`` starts and executes them
 (``tests.app.record``: one O_APPEND line with ``time.time()`` per execution, the trivial task).
 Executions/s counts from the first execution to the last (``analysis.execution_rate``), so the
-worker's start and its first ZooKeeper connection are outside the window.
+worker's start and its first ZooKeeper connection are outside the window. Before the first
+round, one guarded worker drains ``--guard-warmup`` (400) runs that are not counted (ZooKeeper's
+JVM warms up there rather than in the first guarded variant).
 
-Variants, one after the other in this order: no guard; the guard with
-``BEATLEADER_HISTORY_SIZE=0``; the guard with the default history (20); with ``--guard-before
-REF`` also the guard of beatleader at REF (its tree extracted as ``compare.py`` does, the worker's
-working directory and first on ``PYTHONPATH``, so it imports REF's ``beatleader`` and
-``tests.app``). Every guarded worker runs with ``BEATLEADER_DEDUP_RETENTION`` =
-``--guard-retention`` (1 s): markers older than that are pruned every 32nd run, as in a
-deployment whose folders are full (with the shipped 3 h nothing would be old enough to prune in a
-run of seconds), so pruning and the history it keeps are part of the cost.
+Variants, ``--guard-rounds`` (3) rounds of them, each round in the reverse order of the one
+before (the median round's executions/s is the variant's: ``analysis.combine_rounds``): no
+guard; the guard with ``BEATLEADER_HISTORY_SIZE=0``; the guard with the default history (20);
+with ``--guard-before REF`` also the guard of beatleader at REF (its tree extracted as
+``compare.py`` does, the worker's working directory and first on ``PYTHONPATH``, so it imports
+REF's ``beatleader`` and ``tests.app``). Every guarded worker runs with
+``BEATLEADER_DEDUP_RETENTION`` = ``--guard-retention`` (1 s): markers older than that are pruned
+every 32nd run, as in a deployment whose folders are full (with the shipped 3 h nothing would be
+old enough to prune in a run of seconds), so pruning and the history it keeps are part of the
+cost.
 
 ZooKeeper requests per run: the server's ``mntr`` ``zk_packets_received`` (client packets;
 four-letter words are not counted) just before the worker starts and after its last execution,
@@ -72,10 +76,18 @@ def run_guard(
     args: argparse.Namespace, workdir: Path, zk: ZooKeeperServer, redis_url: str
 ) -> list[GuardResult]:
     """``--guard-rounds`` rounds of every variant, each round in the reverse order of the
-    previous one (a drift of the machine weighs on every variant alike), combined per variant."""
+    previous one (a drift of the machine weighs on every variant alike); per variant, the
+    median round."""
     found = variants(args, workdir)
     rounds: dict[str, list[GuardResult]] = {v.label: [] for v in found}
     number = 0
+    if args.guard_warmup:
+        # ZooKeeper's JVM and the page cache warm up on a guarded pass that is not counted:
+        # otherwise the first guarded variant of the first round pays for it.
+        number += 1
+        progress(f"guard warm-up: {args.guard_warmup} guarded runs, not counted")
+        warmup = Variant("warm-up", guarded=True)
+        run_variant(args, workdir, zk, redis_url, number, warmup, args.guard_warmup)
     for round_index in range(args.guard_rounds):
         order = found if round_index % 2 == 0 else found[::-1]
         for variant in order:
@@ -92,8 +104,10 @@ def run_variant(
     redis_url: str,
     number: int,
     variant: Variant,
+    runs: int | None = None,
 ) -> GuardResult:
-    runs, entries = args.guard_runs, args.guard_entries
+    """One worker draining ``runs`` (default ``--guard-runs``) pre-published runs."""
+    runs, entries = runs or args.guard_runs, args.guard_entries
     root = f"/bench/guard-{number}"
     client = redis.Redis.from_url(redis_url)
     client.flushall()
@@ -204,3 +218,5 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--guard-runs must be a multiple of --guard-entries")
     if args.guard_rounds < 1:
         parser.error("--guard-rounds must be at least 1")
+    if args.guard_warmup % args.guard_entries or args.guard_warmup < 0:
+        parser.error("--guard-warmup must be a multiple of --guard-entries (0: none)")

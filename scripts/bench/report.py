@@ -390,13 +390,17 @@ def guard_rows(results: Sequence[GuardResult]) -> list[tuple[str, ...]]:
             (
                 r.label,
                 runs,
-                "n/a" if r.per_s is None else f"{r.per_s:,.0f}",
+                _rate(r.per_s),
                 _ratio_text(throughput_ratio(r.per_s, unguarded)),
                 _ratio_text(throughput_ratio(r.per_s, history_0)) if r.guarded else "",
                 "" if per_run is None else f"{per_run:.2f}",
             )
         )
     return rows
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
 
 
 def _ratio_text(value: float | None) -> str:
@@ -424,7 +428,8 @@ def guard_lines(results: Sequence[GuardResult]) -> list[str]:
         rates = ", ".join("n/a" if v is None else f"{v:,.0f}" for v in r.round_rates)
         lines.append(
             f"{r.label}: {r.executions:,} executions in {r.seconds:.2f} s (first to last, "
-            f"summed over the rounds; per round {rates}/s){requests}, repeated task ids "
+            f"summed over the rounds; per round {rates}/s: median {_rate(r.per_s)}){requests}, "
+            "repeated task ids "
             f"{r.repeated_ids}"
         )
     return lines
@@ -441,7 +446,7 @@ def guard_settings(args: argparse.Namespace) -> str:
     before = f" --guard-before {args.guard_before}" if args.guard_before else ""
     return (
         f"--guard-runs {args.guard_runs} --guard-rounds {args.guard_rounds} "
-        f"--guard-entries {args.guard_entries} "
+        f"--guard-warmup {args.guard_warmup} --guard-entries {args.guard_entries} "
         f"--guard-retention {args.guard_retention:g}{before}"
     )
 
@@ -452,7 +457,7 @@ def guard_legend(args: argparse.Namespace) -> list[str]:
         f"drains {args.guard_runs:,} pre-published distinct runs of {args.guard_entries} "
         "entries (real run ids and headers); executions/s from its first execution to its "
         f"last; {args.guard_rounds} round(s) of every variant, each round in the reverse "
-        "order of the previous, combined: the rounds' intervals over their summed spans "
+        "order of the previous; executions/s is the median of the rounds' "
         "(scripts/bench/guard.py)",
         f"guarded workers: BEATLEADER_DEDUP_RETENTION={args.guard_retention:g} s (markers "
         "pruned every 32nd run, as in full folders), BEATLEADER_HISTORY_SIZE 0 or 20; ZK req/run: "
