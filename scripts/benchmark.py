@@ -29,8 +29,8 @@ one after the other:
    leader takes over ``--runtime-definitions`` (10,000) definitions, new and with run state; the
    takeover time, the reads it sent, and the reads, requests and time of one update, one
    addition and one removal of a definition.
-6. **Worker guard** (``scripts/bench/guard.py``; ``--only-guard`` runs it alone, about
-   1.5 minutes; ``--skip-guard``): ONE ``celery worker --pool prefork --concurrency 2`` (Redis
+6. **Worker guard** (``scripts/bench/guard.py``; ``--only-guard`` runs it alone, 1.5 to
+   2 minutes; ``--skip-guard``): ONE ``celery worker --pool prefork --concurrency 2`` (Redis
    broker, a trivial task) executes ``--guard-runs`` (2,000) pre-published distinct runs of 20
    entries with their real run ids and headers, unguarded, guarded with
    ``BEATLEADER_HISTORY_SIZE=0`` and guarded with the default history (20), ``--guard-rounds``

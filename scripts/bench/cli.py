@@ -44,7 +44,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Failover, lateness and throughput of beatleader vs celery-redbeat vs "
         "celery's PersistentScheduler, measured now on this machine (see the module docstring). "
-        "Default total runtime: about 11 minutes.",
+        "Default total runtime: about 12 minutes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
@@ -101,7 +101,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add(
         "--only-guard",
         action="store_true",
-        help="run only the worker guard phase (about 1.5 minutes) and print its figures",
+        help="run only the worker guard phase (1.5 to 2 minutes) and print its figures",
     )
     add(
         "--guard-runs",

@@ -457,7 +457,7 @@ def guard_legend(args: argparse.Namespace) -> list[str]:
         f"drains {args.guard_runs:,} pre-published distinct runs of {args.guard_entries} "
         "entries (real run ids and headers); executions/s from its first execution to its "
         f"last; {args.guard_rounds} round(s) of every variant, each round in the reverse "
-        "order of the previous; executions/s is the median of the rounds' "
+        "order of the previous; executions/s is the median of the rounds' own rates "
         "(scripts/bench/guard.py)",
         f"guarded workers: BEATLEADER_DEDUP_RETENTION={args.guard_retention:g} s (markers "
         "pruned every 32nd run, as in full folders), BEATLEADER_HISTORY_SIZE 0 or 20; ZK req/run: "
