@@ -20,15 +20,25 @@ one after the other:
 3. **PersistentScheduler**: one instance alone for ``--baseline-seconds`` (steady lateness),
    then N-1 more join on the same schedule and the duplicates are counted for
    ``--dup-seconds``. It has no failover to measure.
-5. **Runtime entries** (``scripts/bench_runtime.py``; ``--only-runtime`` runs it alone): a
-   leader takes over ``--runtime-definitions`` (10,000) definitions, new and with run state; the
-   takeover time, the reads it sent, and the reads, requests and time of one update, one
-   addition and one removal of a definition.
 4. **Throughput** (for each count in ``--entries``, default 1,000 and 4,000: that many entries,
    each due every 1 s, Redis broker, no worker):
    beatleader xN vs one PersistentScheduler. After the first full round and ``--warmup``
    seconds, ``LLEN celery`` is sampled every 0.1 s for ``--throughput-seconds``; sends/s is its
    least-squares slope (the two endpoints alone are off by up to one burst of all entries).
+5. **Runtime entries** (``scripts/bench_runtime.py``; ``--only-runtime`` runs it alone): a
+   leader takes over ``--runtime-definitions`` (10,000) definitions, new and with run state; the
+   takeover time, the reads it sent, and the reads, requests and time of one update, one
+   addition and one removal of a definition.
+6. **Worker guard** (``scripts/bench/guard.py``; ``--only-guard`` runs it alone, 1.5 to
+   2 minutes; ``--skip-guard``): ONE ``celery worker --pool prefork --concurrency 2`` (Redis
+   broker, a trivial task) executes ``--guard-runs`` (2,000) pre-published distinct runs of 20
+   entries with their real run ids and headers, unguarded, guarded with
+   ``BEATLEADER_HISTORY_SIZE=0`` and guarded with the default history (20), ``--guard-rounds``
+   (3) rounds in alternating order (``--guard-before REF``: also the guard of beatleader at
+   REF). Executions/s from the first execution to the last (the median round), its ratio to
+   the unguarded worker
+   and of history 20 to history 0 (the bar: within 20 %), and the ZooKeeper requests per run
+   (the server's ``mntr`` ``zk_packets_received`` over the phase / executions).
 
 What is measured. Send times are CLOCK_MONOTONIC ms at publication (the filesystem transport's
 message file name; on Redis the ``bench_sent_ms`` header); the sender is celery's ``origin``

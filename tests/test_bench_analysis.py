@@ -9,13 +9,17 @@ import pytest
 
 from scripts.bench.analysis import (
     Event,
+    GuardResult,
     Send,
     analyse_persistent,
     analyse_timeline,
     close_sends,
+    combine_rounds,
     due_lateness,
+    execution_rate,
     failover,
     gap_lateness,
+    guard_result,
     in_any,
     late_ms,
     origin_pid,
@@ -23,9 +27,10 @@ from scripts.bench.analysis import (
     repeated_ids,
     senders,
     sustained_rate,
+    throughput_ratio,
     throughput_result,
 )
-from scripts.bench.report import quantiles, ratio
+from scripts.bench.report import guard_lines, guard_rows, quantiles, ratio
 
 # A timeline of three instances. Pid 100 leads and gets SIGKILL at 2,505 (500 ms after its send
 # at 2,005); pid 200 republishes the victim's last run "c" (same task id: not a new run) at 4,600
@@ -169,3 +174,60 @@ def test_figures_as_the_report_prints_them() -> None:
     assert quantiles([]) == "n/a / n/a (n=0)"
     assert ratio(2195, 1528) == "1.44"
     assert ratio(None, 1528) == ratio(0, 1528) == "n/a (a value is missing or <= 0)"
+
+
+# -- the guard phase -----------------------------------------------------------------------------
+
+
+def test_execution_rate_counts_intervals_from_first_to_last() -> None:
+    # 5 executions over 2 s: 4 intervals, 2 per second; the order they are read in is irrelevant.
+    assert execution_rate([10.5, 10.0, 11.0, 12.0, 11.5]) == (2.0, 2.0)
+    assert execution_rate([3.0]) == (0.0, None)
+    assert execution_rate([3.0, 3.0]) == (0.0, None)
+
+
+def test_guard_result_counts_requests_and_repeated_ids() -> None:
+    executions = [(100.0, "a"), (100.5, "b"), (101.0, "b"), (102.0, "c")]
+    result = guard_result("guarded, history 0", True, 0, 4, executions, (1_000, 1_040))
+    assert (result.executions, result.repeated_ids, result.seconds) == (4, 1, 2.0)
+    assert result.per_s == 1.5
+    assert (result.zk_requests, result.requests_per_run) == (40, 10.0)
+    unguarded = guard_result("unguarded", False, None, 4, executions, None)
+    assert (unguarded.zk_requests, unguarded.requests_per_run) == (None, None)
+
+
+def test_rounds_combine_to_the_median_round_rate() -> None:
+    one = guard_result("g", True, 20, 3, [(0.0, "a"), (1.0, "b"), (2.0, "c")], (0, 30))
+    two = guard_result("g", True, 20, 3, [(50.0, "a"), (50.5, "b"), (51.0, "c")], (30, 60))
+    slow = guard_result("g", True, 20, 3, [(90.0, "a"), (95.0, "b"), (100.0, "c")], (60, 90))
+    rounds = combine_rounds([one, two, slow])
+    # Rates 1, 2 and 0.2 per second: the median, not 6 intervals over 13 s or over 100 s.
+    assert (rounds.runs, rounds.executions, rounds.seconds) == (9, 9, 13.0)
+    assert rounds.round_rates == [1.0, 2.0, 0.2]
+    assert rounds.per_s == 1.0
+    assert (rounds.zk_requests, rounds.requests_per_run) == (90, 10.0)
+    assert combine_rounds([one, two]).per_s == 1.5
+    unguarded = guard_result("u", False, None, 3, [(0.0, "a"), (1.0, "b"), (2.0, "c")], None)
+    assert combine_rounds([unguarded, unguarded]).zk_requests is None
+
+
+def test_guard_table_ratios_and_the_history_bar() -> None:
+    def result(label: str, guarded: bool, history: int | None, span: float) -> GuardResult:
+        executions = [(i * span / 100, f"{label}-{i}") for i in range(101)]  # 100 / span per s
+        return guard_result(label, guarded, history, 101, executions, (0, 808) if guarded else None)
+
+    results = [
+        result("unguarded", False, None, 0.1),  # 1,000/s
+        result("guarded, history 0", True, 0, 0.4),  # 250/s
+        result("guarded, history 20", True, 20, 0.5),  # 200/s
+    ]
+    rows = guard_rows(results)
+    assert rows == [
+        ("unguarded", "1 x 101", "1,000", "1.00", "", ""),
+        ("guarded, history 0", "1 x 101", "250", "0.25", "1.00", "8.00"),
+        ("guarded, history 20", "1 x 101", "200", "0.20", "0.80", "8.00"),
+    ]
+    lines = guard_lines(results)
+    assert lines[0] == "history 20 / history 0 = 0.80: within the 20 % bar (>= 0.80)"
+    assert throughput_ratio(150, 250) == 0.6
+    assert throughput_ratio(None, 250) is None

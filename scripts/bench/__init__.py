@@ -5,7 +5,8 @@ is measured and how), one module per concern:
     the schedulers compared, the entry and its interval, the header names, the clock, progress.
 ``analysis``
     recorded sends, signals and queue samples -> figures (failover latency, largest gap,
-    lateness, duplicates, percentiles, sends/s); pure, unit-tested on literal samples.
+    lateness, duplicates, percentiles, sends/s, guarded executions/s); pure, unit-tested on
+    literal samples.
 ``cluster``
     the processes: ZooKeeper, Redis, the fleet of ``celery beat``, the sends read back.
 ``timeline``
@@ -14,6 +15,11 @@ is measured and how), one module per concern:
     celery's PersistentScheduler: one alone (lateness), then N at once (duplicates).
 ``throughput``
     many entries on the Redis broker: ``LLEN celery`` samples and the queued messages.
+``guard``
+    the worker guard's cost: one prefork worker draining pre-published runs, unguarded and
+    guarded (history 0, history 20, optionally at a git ref); executions/s, ZooKeeper requests.
+``compare``
+    ``--before REF``: beatleader at a git ref beside this tree, the same phases alternating.
 ``report``
     the table, ratios against PersistentScheduler and redbeat, details, legend, ``--json``.
 ``cli``

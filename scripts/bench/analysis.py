@@ -266,3 +266,102 @@ def sustained_rate(sends: Mapping[str, list[tuple[int, float]]], start: int, end
         if len(times) >= 2 and times[-1] > times[0]:
             rate += (len(times) - 1) / (times[-1] - times[0]) * 1000
     return rate
+
+
+# -- the worker guard ----------------------------------------------------------------------------
+
+
+@dataclass
+class GuardResult:
+    """One worker draining ``runs`` pre-published runs: unguarded, guarded, or guarded at a ref.
+
+    ``history_size`` is None for the unguarded worker (and for a ref whose guard keeps none);
+    ``zk_requests`` is the server's ``zk_packets_received`` delta from just before the worker
+    started to its last execution (None unguarded: nothing of it talks to ZooKeeper).
+    """
+
+    label: str
+    guarded: bool
+    history_size: int | None
+    runs: int
+    executions: int
+    repeated_ids: int
+    seconds: float
+    per_s: float | None
+    zk_requests: int | None
+    #: executions/s of each round, in the order they ran (one entry for a single round).
+    round_rates: list[float | None] = field(default_factory=list)
+
+    @property
+    def requests_per_run(self) -> float | None:
+        if self.zk_requests is None or self.executions <= 0:
+            return None
+        return self.zk_requests / self.executions
+
+
+def execution_rate(timestamps: Sequence[float]) -> tuple[float, float | None]:
+    """(seconds from the first to the last execution, executions/s over them).
+
+    ``n`` executions span ``n - 1`` intervals: the rate is ``(n - 1) / span``; None for fewer
+    than two executions or a zero span.
+    """
+    if len(timestamps) < 2:
+        return 0.0, None
+    span = max(timestamps) - min(timestamps)
+    return span, ((len(timestamps) - 1) / span if span > 0 else None)
+
+
+def guard_result(
+    label: str,
+    guarded: bool,
+    history_size: int | None,
+    runs: int,
+    executions: Sequence[tuple[float, str]],
+    packets: tuple[int, int] | None,
+) -> GuardResult:
+    """``executions``: (timestamp s, task id) each; ``packets``: ``zk_packets_received`` before
+    the worker started and after its last execution (None: not counted)."""
+    stamps = [ts for ts, _ in executions]
+    seconds, per_s = execution_rate(stamps)
+    ids = [task_id for _, task_id in executions]
+    return GuardResult(
+        label=label,
+        guarded=guarded,
+        history_size=history_size,
+        runs=runs,
+        executions=len(executions),
+        repeated_ids=len(ids) - len(set(ids)),
+        seconds=seconds,
+        per_s=per_s,
+        zk_requests=None if packets is None else packets[1] - packets[0],
+        round_rates=[per_s],
+    )
+
+
+def combine_rounds(rounds: Sequence[GuardResult]) -> GuardResult:
+    """The rounds of one variant as one result: runs, executions, seconds and requests summed;
+    executions/s is the median of the rounds' own rates (each from its first execution to its
+    last): a round slowed down as a whole by the machine (a two-core VM) does not move it."""
+    first = rounds[0]
+    seconds = sum(r.seconds for r in rounds)
+    rates = [rate for r in rounds for rate in r.round_rates if rate is not None]
+    requests = [r.zk_requests for r in rounds]
+    return GuardResult(
+        label=first.label,
+        guarded=first.guarded,
+        history_size=first.history_size,
+        runs=sum(r.runs for r in rounds),
+        executions=sum(r.executions for r in rounds),
+        repeated_ids=sum(r.repeated_ids for r in rounds),
+        seconds=seconds,
+        per_s=statistics.median(rates) if rates else None,
+        zk_requests=None if None in requests else sum(r or 0 for r in requests),
+        round_rates=[rate for r in rounds for rate in r.round_rates],
+    )
+
+
+def throughput_ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator``; None when either is missing or not positive."""
+    if numerator is None or denominator is None or numerator <= 0 or denominator <= 0:
+        return None
+    return numerator / denominator

@@ -1,7 +1,8 @@
 """The command line: the flags, the order of the phases, the work folder, the exit codes.
 
 ``main`` runs every phase (``measure``), or with ``--only-runtime`` only the runtime entries
-part (``measure_runtime_only``), or with ``--before REF`` beatleader at REF beside this tree
+part (``measure_runtime_only``), or with ``--only-guard`` only the worker guard's phase
+(``measure_guard_only``), or with ``--before REF`` beatleader at REF beside this tree
 (``compare.py``), then prints the report; SIGINT and SIGTERM unwind through the
 cleanups, so every process started is stopped, and the work folder (beat logs) is removed unless
 ``--keep`` or an error.
@@ -22,8 +23,17 @@ from scripts.bench.analysis import ThroughputResult
 from scripts.bench.cluster import Context, Fleet, base_env, servers
 from scripts.bench.common import BEATLEADER, INTERVAL_S, PERSISTENT, REDBEAT, progress
 from scripts.bench.compare import measure_compare, print_compare
+from scripts.bench.guard import check_args, run_guard
 from scripts.bench.persistent import run_persistent
-from scripts.bench.report import Results, dump_json, print_report, print_runtime_report
+from scripts.bench.report import (
+    GuardResults,
+    Results,
+    dump_json,
+    guard_settings,
+    print_guard_report,
+    print_report,
+    print_runtime_report,
+)
 from scripts.bench.throughput import run_throughput
 from scripts.bench.timeline import run_timeline
 from scripts.bench_runtime import RuntimeResult, run_runtime
@@ -34,7 +44,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Failover, lateness and throughput of beatleader vs celery-redbeat vs "
         "celery's PersistentScheduler, measured now on this machine (see the module docstring). "
-        "Default total runtime: about 10 minutes.",
+        "Default total runtime: about 12 minutes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
@@ -87,6 +97,43 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=10_000,
         help="runtime definitions a leader takes over in the runtime entries part",
     )
+    add("--skip-guard", action="store_true", help="do not run the worker guard phase")
+    add(
+        "--only-guard",
+        action="store_true",
+        help="run only the worker guard phase (1.5 to 2 minutes) and print its figures",
+    )
+    add(
+        "--guard-runs",
+        type=int,
+        default=2000,
+        help="pre-published runs one worker executes in each variant of the guard phase",
+    )
+    add(
+        "--guard-rounds",
+        type=int,
+        default=3,
+        help="rounds of every guard variant (alternating order); the median round counts",
+    )
+    add(
+        "--guard-warmup",
+        type=int,
+        default=400,
+        help="runs of an uncounted guarded worker before the first round (0: none)",
+    )
+    add("--guard-entries", type=int, default=20, help="entries the guard phase's runs spread over")
+    add(
+        "--guard-retention",
+        type=float,
+        default=1,
+        help="BEATLEADER_DEDUP_RETENTION of the guarded workers (seconds; short, so that "
+        "markers are pruned as in a deployment's full folders)",
+    )
+    add(
+        "--guard-before",
+        metavar="REF",
+        help="also measure the guard of beatleader at this git ref (e.g. de19f19)",
+    )
     add(
         "--before",
         metavar="REF",
@@ -96,6 +143,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--json", metavar="PATH", help="also dump raw results as JSON to PATH ('-': stdout)")
     add("--keep", action="store_true", help="keep the work directory (beat logs) afterwards")
     args = parser.parse_args(argv)
+    check_args(parser, args)
+    if args.only_guard and (args.only_runtime or args.before):
+        parser.error("--only-guard goes with neither --only-runtime nor --before")
     if args.instances < 2:
         parser.error("--instances must be at least 2 (a failover needs a successor)")
     if args.seconds < 9:
@@ -118,8 +168,9 @@ def run_all(ctx: Context, load_start: tuple[float, float, float]) -> Results:
                 run_throughput(ctx, "persistent", PERSISTENT, 1, entries),
             ]
     runtime = None if args.skip_runtime else run_runtime(ctx.zk, args.runtime_definitions, progress)
+    guard = None if args.skip_guard else run_guard(args, ctx.workdir, ctx.zk, ctx.redis_url)
     return Results(
-        beatleader, redbeat, persistent, throughput, load_start, os.getloadavg(), runtime
+        beatleader, redbeat, persistent, throughput, load_start, os.getloadavg(), runtime, guard
     )
 
 
@@ -145,6 +196,15 @@ def measure_runtime_only(args: argparse.Namespace, workdir: Path) -> RuntimeResu
         zk.stop()
 
 
+def measure_guard_only(args: argparse.Namespace, workdir: Path) -> GuardResults:
+    """The worker guard phase alone, on a ZooKeeper and a Redis of its own (no beat process)."""
+    load_start = os.getloadavg()
+    with servers(workdir) as (zk, rd):
+        guard = run_guard(args, workdir, zk, rd.url)
+    progress("done")
+    return GuardResults(guard, guard_settings(args), load_start, os.getloadavg())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
@@ -153,13 +213,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep = args.keep
     load_start = os.getloadavg()
     try:
-        results: Results | RuntimeResult
+        results: Results | RuntimeResult | GuardResults
         if args.before:
             sides = measure_compare(args, workdir)
             print_compare(args, *sides)
             return 0
         if args.only_runtime:
             results = measure_runtime_only(args, workdir)
+        elif args.only_guard:
+            results = measure_guard_only(args, workdir)
         else:
             results = measure(args, workdir)
     except KeyboardInterrupt:
@@ -175,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     if isinstance(results, RuntimeResult):
         print_runtime_report(results, load_start)
+    elif isinstance(results, GuardResults):
+        print_guard_report(args, results)
     else:
         print_report(args, results)
     if args.json:

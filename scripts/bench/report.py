@@ -17,11 +17,13 @@ from importlib.metadata import version
 from pathlib import Path
 
 from scripts.bench.analysis import (
+    GuardResult,
     PersistentResult,
     ThroughputResult,
     TimelineResult,
     percentile,
     senders,
+    throughput_ratio,
 )
 from scripts.bench.common import INTERVAL_MS, INTERVAL_S, LLEN_EVERY, MAX_LOOP_INTERVAL, progress
 from scripts.bench_runtime import TAKEOVER_TARGET_S, RuntimeResult
@@ -40,6 +42,17 @@ class Results:
     load_start: tuple[float, float, float]
     load_end: tuple[float, float, float]
     runtime: RuntimeResult | None = None
+    guard: list[GuardResult] | None = None
+
+
+@dataclass
+class GuardResults:
+    """The guard phase alone (``--only-guard``): its variants and the load average around it."""
+
+    guard: list[GuardResult]
+    settings: str
+    load_start: tuple[float, float, float]
+    load_end: tuple[float, float, float]
 
 
 def ms(value: float | None) -> str:
@@ -128,7 +141,7 @@ def throughput_rows_of(bl: ThroughputResult | None, ps: ThroughputResult | None)
     ]
 
 
-def print_table(rows: Sequence[Row], header: Row) -> None:
+def print_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:
         print(
@@ -234,6 +247,9 @@ def print_report(args: argparse.Namespace, res: Results) -> None:
     )
     runtime = runtime_rows(res.runtime) if res.runtime is not None else []
     print_table(timeline_rows(res) + throughput_rows(res.throughput) + runtime, header)
+    if res.guard is not None:
+        print()
+        print_guard_table(res.guard)
     sections = [
         (
             "ratios beatleader / baseline (times: < 1 is better for beatleader; throughput: > 1)",
@@ -241,6 +257,7 @@ def print_report(args: argparse.Namespace, res: Results) -> None:
         ),
         ("details", detail_lines(res)),
         ("what is measured", ["- " + line for line in legend(args)]),
+        *([] if res.guard is None else [("guard phase", ["- " + x for x in guard_legend(args)])]),
     ]
     for title, lines in sections:
         print(f"\n{title}:")
@@ -259,6 +276,7 @@ def settings_line(args: argparse.Namespace) -> str:
         + (" --skip-throughput" if args.skip_throughput else "")
         + (" --skip-runtime" if args.skip_runtime else "")
         + f" --runtime-definitions {args.runtime_definitions}"
+        + (" --skip-guard" if args.skip_guard else f" {guard_settings(args)}")
     )
 
 
@@ -273,7 +291,9 @@ def machine_line(res: Results) -> str:
     )
 
 
-def dump_json(path: str, args: argparse.Namespace, res: Results | RuntimeResult) -> None:
+def dump_json(
+    path: str, args: argparse.Namespace, res: Results | RuntimeResult | GuardResults
+) -> None:
     data = {"settings": vars(args), "nproc": os.cpu_count(), **asdict(res)}
     text = json.dumps(data, indent=1, default=str)
     if path == "-":
@@ -347,3 +367,121 @@ def print_runtime_report(result: RuntimeResult, load: tuple[float, float, float]
     print("\nratios:")
     for line in runtime_ratios(result):
         print("  " + line)
+
+
+# -- the worker guard ------------------------------------------------------------------------------
+
+#: The issue's bar: guarded throughput with a history within 20 % of the guard without one.
+HISTORY_BAR = 0.80
+
+
+def guard_rows(results: Sequence[GuardResult]) -> list[tuple[str, ...]]:
+    """variant, runs, executions/s, / unguarded, / history 0, ZooKeeper requests per run."""
+    unguarded = next((r.per_s for r in results if not r.guarded), None)
+    history_0 = next((r.per_s for r in results if r.history_size == 0), None)
+    rows: list[tuple[str, ...]] = []
+    for r in results:
+        count = max(1, len(r.round_rates))
+        runs = f"{count} x {r.runs // count:,}"
+        if r.executions != r.runs:
+            runs = f"{r.executions:,} of {runs}"
+        per_run = r.requests_per_run
+        rows.append(
+            (
+                r.label,
+                runs,
+                _rate(r.per_s),
+                _ratio_text(throughput_ratio(r.per_s, unguarded)),
+                _ratio_text(throughput_ratio(r.per_s, history_0)) if r.guarded else "",
+                "" if per_run is None else f"{per_run:.2f}",
+            )
+        )
+    return rows
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
+def _ratio_text(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def guard_lines(results: Sequence[GuardResult]) -> list[str]:
+    """The bar (history / history 0 >= 0.80), the seconds of each window, repeated task ids."""
+    lines = []
+    history_0 = next((r for r in results if r.history_size == 0), None)
+    with_history = next((r for r in results if r.history_size not in (None, 0)), None)
+    if history_0 is not None and with_history is not None:
+        value = throughput_ratio(with_history.per_s, history_0.per_s)
+        verdict = (
+            "n/a"
+            if value is None
+            else ("within" if value >= HISTORY_BAR else "NOT within") + " the 20 % bar"
+        )
+        lines.append(
+            f"history {with_history.history_size} / history 0 = {_ratio_text(value)}: {verdict} "
+            f"(>= {HISTORY_BAR:.2f})"
+        )
+    for r in results:
+        requests = "" if r.zk_requests is None else f", {r.zk_requests:,} ZooKeeper requests"
+        rates = ", ".join("n/a" if v is None else f"{v:,.0f}" for v in r.round_rates)
+        lines.append(
+            f"{r.label}: {r.executions:,} executions in {r.seconds:.2f} s (first to last, "
+            f"summed over the rounds; per round {rates}/s: median {_rate(r.per_s)}){requests}, "
+            "repeated task ids "
+            f"{r.repeated_ids}"
+        )
+    return lines
+
+
+def print_guard_table(results: Sequence[GuardResult]) -> None:
+    header = ("guard variant", "runs", "executions/s", "/ unguarded", "/ history 0", "ZK req/run")
+    print_table(guard_rows(results), header)
+    for line in guard_lines(results):
+        print("  " + line)
+
+
+def guard_settings(args: argparse.Namespace) -> str:
+    before = f" --guard-before {args.guard_before}" if args.guard_before else ""
+    return (
+        f"--guard-runs {args.guard_runs} --guard-rounds {args.guard_rounds} "
+        f"--guard-warmup {args.guard_warmup} --guard-entries {args.guard_entries} "
+        f"--guard-retention {args.guard_retention:g}{before}"
+    )
+
+
+def guard_legend(args: argparse.Namespace) -> list[str]:
+    return [
+        f"one celery worker --pool prefork --concurrency 2 (Redis broker, tests.app.record) "
+        f"drains {args.guard_runs:,} pre-published distinct runs of {args.guard_entries} "
+        "entries (real run ids and headers); executions/s from its first execution to its "
+        f"last; {args.guard_rounds} round(s) of every variant, each round in the reverse "
+        "order of the previous; executions/s is the median of the rounds' own rates "
+        "(scripts/bench/guard.py)",
+        f"guarded workers: BEATLEADER_DEDUP_RETENTION={args.guard_retention:g} s (markers "
+        "pruned every 32nd run, as in full folders), BEATLEADER_HISTORY_SIZE 0 or 20; ZK req/run: "
+        "mntr zk_packets_received delta from before the worker's start to its last execution, "
+        "per execution (includes its two sessions' connects and pings); with a history the "
+        "newest markers of each entry are not deleted, hence a few fewer requests in a run "
+        "this short (in a steady state every run's marker is deleted once either way)",
+    ]
+
+
+def print_guard_report(args: argparse.Namespace, res: GuardResults) -> None:
+    start = "/".join(f"{v:.2f}" for v in res.load_start)
+    end = "/".join(f"{v:.2f}" for v in res.load_end)
+    print(
+        f"\n== beatleader benchmark: worker guard ({args.guard_rounds} rounds of "
+        f"{args.guard_runs:,} runs a variant) =="
+    )
+    print("settings:", res.settings)
+    print(
+        f"machine:  nproc {os.cpu_count()}, Python {platform.python_version()}, celery "
+        f"{version('celery')}, kazoo {version('kazoo')}, redis-py {version('redis')}; "
+        f"load average {start} at start, {end} at end\n"
+    )
+    print_guard_table(res.guard)
+    print("\nwhat is measured:")
+    for line in guard_legend(args):
+        print("  - " + line)
