@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from kazoo.client import KazooClient
 
+from beatleader.testing.proxy import ZkProxy
 from tests.cluster import (
     ENTRY,
     assert_exact_runs,
@@ -112,3 +113,31 @@ def test_an_invalid_setting_stops_beat_with_one_line_before_sending(beats, broke
     )
     assert log.count(expected) == 1
     assert FilesystemBroker(broker_dir).count() == 0
+
+
+def test_a_restart_of_the_only_server_costs_no_session_and_no_reelection(
+    beats, private_zk_server, private_client, zk_root, broker_dir
+) -> None:
+    """One server, one host in the hosts string. The reconnect after the restart meets the
+    server's startup window, reproduced by a proxy that accepts the connection and never answers
+    its handshake: a bounded handshake tries again, instead of waiting out the whole session
+    (which expired it: a new contender node and a re-election each time)."""
+    broker = FilesystemBroker(broker_dir)
+    with ZkProxy(private_zk_server.hosts) as proxy:
+        env = {**_env(private_zk_server, 6), "BEATLEADER_ZK_HOSTS": proxy.hosts}
+        processes = start_instances(beats, private_client, zk_root, 2, env)
+        wait_for_messages(broker, ENTRY, 2, timeout=20)
+        before = [(c["node"], c["pid"]) for c in contenders(private_client, zk_root)]
+        for _round in range(2):
+            restarted = _bounce(private_zk_server, private_client)  # a real restart
+            wait_for_messages(broker, ENTRY, 2, timeout=20, after_ms=restarted)
+            proxy.swallow_handshakes(2)  # and one whose first handshakes get no answer
+            cut = now_ms()
+            proxy.cut()
+            wait_for_messages(broker, ENTRY, 2, timeout=20, after_ms=cut)
+        after = [(c["node"], c["pid"]) for c in contenders(private_client, zk_root)]
+        assert after == before  # the same contender nodes: every session survived
+        assert all(p.alive for p in processes)
+        for process in processes:  # one contender node each: none queued again
+            assert len(process.log_matches(r"beatleader: contending as ")) == 1
+    assert_exact_runs(broker.for_entry(ENTRY), zk_root, ENTRY)

@@ -9,6 +9,9 @@ reproduce the faults a real network produces at the worst moment:
 * :meth:`ZkProxy.cut_before_multi`: let ``after`` transactions through (request and reply), then
   cut the connection when the next one is sent, before it reaches the server.
 * :meth:`ZkProxy.cut`: close every connection now.
+* :meth:`ZkProxy.swallow_handshakes`: the next ``count`` connections are accepted and their
+  session handshake is never answered (a server that opened its port before its database is
+  loaded, as a restarting ZooKeeper does).
 
 It understands just enough of ZooKeeper's wire protocol: every message is a frame with a 4-byte
 big-endian length prefix; the first frame each way is the session handshake; after it a request
@@ -38,6 +41,8 @@ class _Connection:
     #: xids whose reply must be dropped (then the connection cut).
     drop: set[int] = field(default_factory=set)
     closed: bool = False
+    #: Read what the client sends, forward nothing, answer nothing.
+    swallow: bool = False
 
     def close(self) -> None:
         self.closed = True
@@ -60,6 +65,7 @@ class ZkProxy:
         self._connections: list[_Connection] = []
         self._drop_next = 0
         self._cut_after: int | None = None
+        self._swallow = 0
         self._closed = False
         #: Counters the tests can assert on.
         self.multi_requests = 0
@@ -84,6 +90,11 @@ class ZkProxy:
         """Forward ``after`` more transactions, then cut when the one after them is sent."""
         with self._lock:
             self._cut_after = after
+
+    def swallow_handshakes(self, count: int = 1) -> None:
+        """The next ``count`` connections get no answer to their handshake (nor to anything)."""
+        with self._lock:
+            self._swallow += count
 
     def cut(self) -> None:
         with self._lock:
@@ -126,6 +137,9 @@ class ZkProxy:
             with self._lock:
                 self._connections = [c for c in self._connections if not c.closed]
                 self._connections.append(connection)
+                if self._swallow:
+                    self._swallow -= 1
+                    connection.swallow = True
             for target in (self._requests, self._replies):
                 threading.Thread(target=target, args=(connection,), daemon=True).start()
 
@@ -133,6 +147,8 @@ class ZkProxy:
         """Client -> server."""
         first = True
         for frame in _frames(connection.client):
+            if connection.swallow:
+                continue  # read and forgotten: the client waits for an answer that never comes
             if not first and len(frame) >= 12:  # length prefix, xid, op type
                 xid, op = struct.unpack(">ii", frame[4:12])
                 if op == MULTI and not self._on_multi_request(connection, xid):

@@ -14,6 +14,11 @@ scheduler), the CLI's and the test harness's. What it decides:
 * **Retry**: reconnect attempts never stop, and their pause grows to at most a quarter of the
   session timeout (:attr:`ClientPolicy.reconnect_fraction`), so a session survives a short quorum
   loss instead of expiring while the client sleeps between rounds.
+* **Handshake**: a connect request that gets no answer is given up after
+  :meth:`ClientPolicy.handshake_timeout` (a third of the session timeout, at most 2 s) and the
+  next attempt follows, instead of waiting the whole session timeout (kazoo divides it by the
+  number of hosts only): a single server that restarts opens its port before it answers, and a
+  client that waited there its whole timeout lost its session and a needless re-election.
 * **Logging**: kazoo logs under ``beatleader.kazoo``, quiet by default (:mod:`beatleader.zk.log`).
 * **SASL**: kazoo never reconnects after a failed SASL login; the client is started again
   every :attr:`ClientPolicy.auth_retry_delay` seconds (each failure logged at ERROR).
@@ -41,6 +46,8 @@ from typing import Any
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.handlers.threading import SequentialThreadingHandler
+from kazoo.protocol.connection import ConnectionHandler
+from kazoo.protocol.serialization import Connect
 from kazoo.retry import KazooRetry
 from kazoo.security import ACL, make_acl, make_digest_acl
 
@@ -59,6 +66,16 @@ class ClientPolicy:
     reconnect_first_delay = 0.05
     #: Seconds before a client whose SASL login failed tries again (kazoo itself never does).
     auth_retry_delay = 2.0
+
+    #: Longest wait for the answer to a connect request, as a fraction of the session timeout...
+    handshake_fraction = 1 / 3
+    #: ... and in seconds.
+    handshake_max = 2.0
+
+    @classmethod
+    def handshake_timeout(cls, session_timeout: float) -> float:
+        """Seconds a connect request may wait for its answer before the next attempt."""
+        return min(session_timeout * cls.handshake_fraction, cls.handshake_max)
 
     @classmethod
     def connection_retry(cls, session_timeout: float) -> KazooRetry:
@@ -100,11 +117,32 @@ def make_client(
     if context is not None:
         kwargs["use_ssl"] = True
     client = KazooClient(**kwargs)
+    _bound_handshake(client, ClientPolicy.handshake_timeout(session_timeout))
     client.beatleader_trouble = trouble
     trouble.client = client
     client.add_listener(trouble.state_changed)
     client.add_listener(log_state)
     return client
+
+
+class _BoundedHandshake(ConnectionHandler):  # type: ignore[misc]
+    """kazoo's connection, but a connect request waits at most ``handshake_timeout`` seconds."""
+
+    handshake_timeout: float
+
+    def _invoke(self, timeout: float, request: Any, xid: int | None = None) -> Any:
+        if isinstance(request, Connect):
+            timeout = min(timeout, self.handshake_timeout)
+        return super()._invoke(timeout, request, xid)
+
+
+def _bound_handshake(client: KazooClient, seconds: float) -> None:
+    """Make ``client``'s connection a :class:`_BoundedHandshake` (kazoo 2.x's ``_connection``;
+    left as kazoo made it if that attribute is not a ``ConnectionHandler``)."""
+    connection: Any = getattr(client, "_connection", None)
+    if type(connection) is ConnectionHandler:
+        connection.__class__ = _BoundedHandshake
+        connection.handshake_timeout = seconds
 
 
 def acl_for(settings: Settings) -> list[ACL] | None:
