@@ -584,7 +584,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             record = [run.entry.total_run_count, at, records.SENT]
         else:
             record = [None, at, f"{records.SKIPPED}:{run.reason}"]
-        kept = records.clean_recent(previous.recent[-size:]) if previous else ()
+        # parsed items are well-shaped and bounded (``layout._recent``); own ones are made here
+        kept = previous.recent[-size:] if previous else ()
         return (*kept, record)[-size:]
 
     def _commit_and_publish(

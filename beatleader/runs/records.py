@@ -181,26 +181,6 @@ def pause_reason(note: dict[str, Any]) -> str | None:
     return "; ".join(parts) or None
 
 
-def clean_recent(items: Any) -> tuple[list[Any], ...]:
-    """The well-formed leader records of ``items``, rewritten in their canonical form: what a
-    leader carries over into its next write (another client's garbage is dropped, never kept)."""
-    if not isinstance(items, (list, tuple)):
-        return ()
-    cleaned: list[list[Any]] = []
-    for item in items:
-        record = leader_record(item)
-        if record is None:
-            continue
-        kind = SENT if record.outcome is Outcome.SENT else f"{SKIPPED}:{record.reason or ''}"
-        cleaned.append([record.ordinal, record.due_at, kind.rstrip(":")])
-    return tuple(cleaned)
-
-
-def is_recent(value: Any) -> bool:
-    """Whether ``value`` is a well-formed ``EntryState.recent`` list (for the state's check)."""
-    return isinstance(value, list) and all(leader_record(item) is not None for item in value)
-
-
 def text_or_none(value: Any, limit: int = TEXT_LIMIT) -> str | None:
     return _bounded(value, limit) if isinstance(value, str) else None
 

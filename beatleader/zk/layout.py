@@ -320,14 +320,29 @@ class EntryState:
 
 #: Most leader records kept in an entry's state (``beatleader_history_size`` is at most this).
 MAX_RECENT = 1000
+#: Longest ``kind`` of a leader record (``sent``, ``skipped:<reason>``).
+MAX_RECORD_KIND = 64
 
 
 def _recent(value: Any) -> tuple[Any, ...]:
-    """The well-shaped items of a stored ``recent`` (a foreign writer's garbage is dropped)."""
+    """The well-shaped items of a stored ``recent``: ``[ordinal or null, number, short text]``;
+    anything else (a foreign writer's garbage) is dropped here, so a leader carries over only
+    records of this shape (and of bounded size) into its next write."""
     if not isinstance(value, list):
         return ()
-    items = [item for item in value[-MAX_RECENT:] if isinstance(item, list) and len(item) == 3]
-    return tuple(items)
+    return tuple(item for item in value[-MAX_RECENT:] if _is_record(item))
+
+
+def _is_record(item: Any) -> bool:
+    if not isinstance(item, list) or len(item) != 3:
+        return False
+    ordinal, at, kind = item
+    return (
+        (ordinal is None or (type(ordinal) is int and ordinal >= 0))
+        and type(at) in (int, float)
+        and type(kind) is str
+        and len(kind) <= MAX_RECORD_KIND
+    )
 
 
 def _entry_problem(fields: dict[str, Any]) -> str:
