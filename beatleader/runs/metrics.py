@@ -116,7 +116,10 @@ class Scheduler(Protocol):
 class _Series:
     """What one entry of one path exports (kept across incarnations and leaderships)."""
 
-    counts: dict[str, int] = field(default_factory=dict)
+    #: Every outcome from the first scrape (at 0), so that ``increase()`` sees the first run.
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"succeeded": 0, "failed": 0, SKIPPED: 0}
+    )
     #: Non-cumulative count per bucket of DURATION_BUCKETS, the last one for +Inf.
     buckets: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
     duration_sum: float = 0.0
