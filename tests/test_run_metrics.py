@@ -234,3 +234,39 @@ def test_health_judges_the_last_finished_run_and_two_periods() -> None:
     unknown = _status("e", PlannedEntry("e", crontab="0 0 * * *"), recent[:1])
     assert entry_period(unknown, "e") is None
     assert entry_problem(unknown, _history(old), now - 10_000) is None
+
+
+def test_a_new_leader_counts_only_the_runs_that_finish_after_it_takes_over(
+    beats: Any, workers: Any, zk_client: KazooClient, zk_root: str, beat_env: dict[str, str]
+) -> None:
+    workers(env={"TEST_DEDUP": "1"}).wait_ready()
+    first, first_port, env = _start(beats, zk_client, zk_root)
+    second_port = free_port()
+    second = beats(env={**env, "BEATLEADER_METRICS_PORT": str(second_port)})
+    wait_for(lambda: len(contenders(zk_client, zk_root)) == 2, 30, message="two contenders")
+    entries = EntryStore(zk_client, zk_root, make_app({**beat_env, **env}, set_as_current=False))
+    entries.add("ok", task=RECORD_TASK, every="1s", args=["ok"])
+    wait_for(
+        lambda: (_runs(scrape(first_port), zk_root, "ok", "succeeded") or 0) >= 3,
+        40,
+        message="the first leader counts three runs",
+    )
+    follower = scrape(second_port)
+    assert _runs(follower, zk_root, "ok", "succeeded") is None  # exported by the leader only
+    assert value(follower, "beatleader_entry_period_seconds", path=zk_root, entry="ok") is None
+
+    first.kill()
+    before = _markers(zk_client, zk_root, "ok")["succeeded"]  # at least those of the old leader
+    wait_for(
+        lambda: (_runs(scrape(second_port), zk_root, "ok", "succeeded") or 0) >= 2,
+        40,
+        message="the new leader counts runs",
+    )
+    counted = _runs(scrape(second_port), zk_root, "ok", "succeeded") or 0
+    after = _markers(zk_client, zk_root, "ok")["succeeded"]
+    assert before >= 3 and counted <= after - before, (before, counted, after)
+    success = value(
+        scrape(second_port), "beatleader_last_success_timestamp_seconds", path=zk_root, entry="ok"
+    )
+    assert success is not None and abs(time.time() - success) < 30
+    assert "Traceback" not in second.log(), second.log_tail(40)
