@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from beatleader import ConfigError, EmbeddedBeat, Settings
 from beatleader.observe.metrics import PrometheusObserver, observer_for
+from beatleader.runs import metrics as run_metrics
 from tests.cluster import ENTRY, leader_process, now_ms, sender_pid
 from tests.cluster import one_second_env as _one_second_env
 from tests.harness import REPO_ROOT, FilesystemBroker, contenders, free_port, wait_for
@@ -265,9 +266,15 @@ def test_the_documented_alert_rules_are_valid_yaml_naming_exported_metrics() -> 
         "beatleader_zk_connected",
         "beatleader_leadership_changes_total",
         "beatleader_problems_total",
+        *run_metrics.METRIC_NAMES,  # tests/test_run_metrics.py scrapes each of them
     }
     alerts = [rule for group in rules["groups"] for rule in group["rules"]]
-    assert {"BeatleaderNoLeader", "BeatleaderEntryOverdue"} <= {a["alert"] for a in alerts}
+    assert {
+        "BeatleaderNoLeader",
+        "BeatleaderEntryOverdue",
+        "BeatleaderEntryFailing",
+        "BeatleaderEntryNoSuccess",
+    } <= {a["alert"] for a in alerts}
     for alert in alerts:
         assert set(alert) >= {"alert", "expr", "labels", "annotations"}
         names = {word for word in _words(alert["expr"]) if word.startswith("beatleader_")}

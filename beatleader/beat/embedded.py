@@ -328,7 +328,10 @@ class _Service(beat.Service):  # type: ignore[misc]
 
         scheduler.tick = tick_then_wait  # type: ignore[method-assign]
         if metrics is not None:
+            from beatleader.runs import metrics as run_metrics
+
             metrics.watch(scheduler)
+            run_metrics.watch(scheduler, metrics.registry)
 
     def shutdown(self) -> None:
         """End the loop and release leadership now, even while a tick is waiting."""

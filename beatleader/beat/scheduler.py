@@ -280,9 +280,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self._freeze_static()
             if self.settings.metrics_port is not None:  # validated: prometheus_client is there
                 from beatleader.observe import metrics
+                from beatleader.runs import metrics as run_metrics
 
                 with sigmask.blocked_in_new_threads():  # its HTTP server thread, if it starts one
                     metrics.install(self)
+                run_metrics.watch(self)
         self._closed = False
         self._loaded_generation = 0
         self._connect()

@@ -55,9 +55,11 @@ from beatleader.cli.connect import (
     one_line,
     resolve_target,
 )
+from beatleader.ops.health import entry_problem
 from beatleader.ops.prune import PruneRefused, Stale, plan_prune, prune
 from beatleader.ops.render import cell, render_status
 from beatleader.ops.status import ResignResult, read_status, resign_leader
+from beatleader.runs.history import read_history
 from beatleader.zk.trust import acl_warnings
 
 __all__ = [
@@ -94,19 +96,37 @@ WATCH_INTERVAL = 1.0
 @click.option("--wide", is_flag=True, help="Every column, nothing cut (wider than 100 columns).")
 @click.option("--watch", is_flag=True, help="Redraw every second until Ctrl-C.")
 @click.option("--check", is_flag=True, help="Print nothing on success; one line on failure.")
+@click.option(
+    "--entry",
+    "entry_name",
+    metavar="NAME",
+    help="With --check: also fail when this entry's last run failed or it stopped succeeding.",
+)
 @click.pass_context
 def status_command(
-    ctx: click.Context, /, as_json: bool, wide: bool, watch: bool, check: bool, **options: Any
+    ctx: click.Context,
+    /,
+    as_json: bool,
+    wide: bool,
+    watch: bool,
+    check: bool,
+    entry_name: str | None,
+    **options: Any,
 ) -> None:
     """Show who leads, who waits, and every entry: its schedule, last run and next due time.
 
     Exit code 0: a sound leader exists; 1: the path exists but there is no leader, or its node
     is foreign or rewritten; 2: ZooKeeper unreachable, bad input, or the path does not exist
     (the message lists the paths that do exist under its parent, to make a typo obvious).
+    With --check --entry NAME, also 1 when that entry's last finished run failed or it has not
+    succeeded for two periods (beatleader.ops.health), and 2 when no such entry exists.
     """
     if sum((as_json, watch, check)) > 1:
         raise click.UsageError("--json, --watch and --check exclude each other", ctx)
+    if entry_name is not None and not check:
+        raise CliError("--entry needs --check (beatleader status --check --entry NAME)")
     target = resolve_target(ctx, **options)
+    history = None
     with connect(target) as client:
         if watch:
             watch_status(client, target, wide=wide)
@@ -114,9 +134,15 @@ def status_command(
         status = read_status(client, target.settings.path)
         if not status.exists:
             raise CliError(missing_path(client, target))
+        if entry_name is not None:
+            if not any(e.name == entry_name for e in status.entries):
+                raise CliError(f"no such entry {cell(entry_name)} at {target.where}")
+            history = read_history(client, target.settings.path, entry_name)
         open_tree = acl_warnings(client, target.settings.path, target.settings)
     status = dataclasses.replace(status, warnings=(*status.warnings, *open_tree))
     problem = status.leader_problem()
+    if problem is None and history is not None:
+        problem = entry_problem(status, history)
     code = EXIT_LEADER if problem is None else EXIT_NO_LEADER
     if check and problem is not None:
         raise CliError(f"{problem} at {target.where}", exit_code=code)

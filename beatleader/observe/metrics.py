@@ -21,7 +21,18 @@ What is exported (every series has a ``path`` label: the app's root znode):
 ``beatleader_run_lateness_seconds{entry}``                how late its last run was planned (gauge)
 ``beatleader_next_run_timestamp_seconds{entry}``          when it falls due next (leader only)
 ``beatleader_problems_total{kind}``                       problems reported (foreign data, ...)
+``beatleader_runs_total{entry,outcome}``                  finished runs (succeeded, failed,
+                                                          skipped), counted by the leader
+``beatleader_run_duration_seconds{entry}`` (histogram)    task duration of each counted run
+``beatleader_entry_running{entry}``                       1 while its newest run is claimed
+``beatleader_last_success_timestamp_seconds{entry}``      when its newest success finished
+``beatleader_entry_period_seconds{entry}``                interval of an ``every`` entry
 ========================================================  =======================================
+
+The last five (per-entry health, :mod:`beatleader.runs.metrics`) are read from the worker guard's
+records when scraped, by the leader only: per scrape, one listing of each entry's run folder
+(pipelined) plus one read per run finished since the previous scrape (one multi-read); nothing in
+the beat loop. The first scrape after a takeover counts no run (the old leader did).
 
 Decisions: lateness is a gauge of the last run per entry, not a histogram per entry (buckets times
 thousands of entries is too many series); the next-due time is computed when scraped, from the
