@@ -188,7 +188,8 @@ def test_claims_are_pruned_to_the_retention(
         # one retention (1 s) of markers at most: the previous rounds are gone
         assert markers and min(markers) >= first - prune_every, markers
         assert len(markers) <= 2 * prune_every
-        ctime = zk_client.exists(f"{store.folder_path(key)}/d{last:020d}").ctime
+        marker = f"{store.folder_path(key)}/d{last:020d}"  # written just after the body's log
+        ctime = wait_for(lambda m=marker: zk_client.exists(m), 10, message="the marker").ctime
         wait_for(lambda t=ctime: _server_ms(zk_client, zk_root) > t + 1100, 10)
     assert min(store.markers(key)) > prune_every
     # a duplicate older than the retention is not executed either
