@@ -33,7 +33,7 @@ from typing import Any
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from beatleader.beat.state import StoredState
-from beatleader.runs.records import Outcome, RunRecord, leader_record, read_marker
+from beatleader.runs.records import Outcome, RunRecord, leader_record, read_marker, run_ordinals
 from beatleader.schedules.definitions import Definition
 from beatleader.zk import layout
 from beatleader.zk.multiread import read_nodes
@@ -54,9 +54,8 @@ class FailureWatch:
     #: Seconds each read may take.
     request_timeout = 10.0
 
-    def __init__(self, root: str, identity: str) -> None:
+    def __init__(self, root: str) -> None:
         self.root = root
-        self.identity = identity
         #: (entry, incarnation) -> ordinal -> the final record read (newest N kept).
         self._seen: dict[tuple[str, str | None], dict[int, RunRecord]] = {}
         #: (entry, incarnation) -> the newest run counted into a pause (its runs count no more).
@@ -77,10 +76,7 @@ class FailureWatch:
         except NoNodeError:
             return []
         floor = max(self._floors.get(key, 0), paused_floor(state.recent))
-        markers = sorted(
-            (int(c[1:]) for c in children if c[:1] == "d" and c[1:].isascii() and c[1:].isdigit()),
-            reverse=True,
-        )
+        markers = sorted(run_ordinals(children)[1], reverse=True)
         markers = [ordinal for ordinal in markers if ordinal > floor][:limit]
         unread = [o for o in markers if o not in seen]
         paths = [f"{folder}/d{o:020d}" for o in unread]

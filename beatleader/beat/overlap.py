@@ -132,9 +132,6 @@ class OverlapGate:
         kept = [run for index, run in enumerate(result) if index not in dropped]
         return kept, [runs[index] for index in sorted(dropped)]
 
-    def held(self) -> dict[str, Held]:
-        return dict(self._held)
-
     def released(self, client: Any, planned: set[str]) -> list[tuple[str, Held]]:
         """The held runs whose blocker ended (taken out); checks at most every poll interval.
 

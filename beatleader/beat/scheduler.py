@@ -238,7 +238,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         #: The overlap policies' part: skip or hold a run whose previous run runs (``overlap.py``).
         self.overlap = OverlapGate(self.settings.path, self._report)
         #: The pause-on-failure part: counts failed runs, pauses (``failures.py``).
-        self.failures = FailureWatch(self.settings.path, self.settings.identity)
+        self.failures = FailureWatch(self.settings.path)
         self._entry_backoff = Backoff(self.entry_retry_first, self.entry_retry_max)
         self._max_seen: dict[str, int] = {}
         #: request node -> its creation time (epoch s), for the requests naming no entry here.

@@ -38,6 +38,7 @@ from beatleader.runs.records import (
     pause_reason,
     read_claim,
     read_marker,
+    run_ordinals,
 )
 from beatleader.zk import layout
 from beatleader.zk.multiread import list_children, read_nodes
@@ -93,7 +94,7 @@ def read_history(client: Any, root: str, name: str, limit: int = DEFAULT_LIMIT) 
         return History(name, (), guarded=False, exists=False)
     folder = f"{layout.dedup_path(root)}/{layout.dedup_folder(name, state.incarnation)}"
     children = list_children(client, folder)
-    claims, markers = _ordinals(children)
+    claims, markers = run_ordinals(children)
     sent = {r.ordinal for r in map(leader_record, state.recent) if r and r.ordinal is not None}
     # the newest ``limit`` runs the leader or a worker knows; those a worker recorded are read
     known = claims | markers
@@ -134,7 +135,7 @@ def read_latest(
     newest: dict[str, tuple[str, int]] = {}
     for name, listing in listings.items():
         try:
-            claims, markers = _ordinals(listing.get())
+            claims, markers = run_ordinals(listing.get())
         except (NoNodeError, NoAuthError):  # no run recorded; a folder this reader may not read
             continue
         if claims or markers:
@@ -161,20 +162,6 @@ def _state(client: Any, root: str, name: str) -> layout.EntryState | None:
     except Exception:  # a shape parse did not foresee: no state, as unreadable
         return None
     return state
-
-
-def _ordinals(children: list[str]) -> tuple[set[int], set[int]]:
-    """The ordinals of the claims and of the markers among a folder's children."""
-    claims, markers = set(), set()
-    for child in children:
-        digits = child[1:]
-        if not (digits.isascii() and digits.isdigit()):
-            continue
-        if child[0] == "r":
-            claims.add(int(digits))
-        elif child[0] == "d":
-            markers.add(int(digits))
-    return claims, markers
 
 
 def _read_worker_records(

@@ -71,7 +71,7 @@ from prometheus_client.core import (
 )
 
 from beatleader.config import Settings
-from beatleader.runs.records import SKIPPED, leader_record, number_or_none
+from beatleader.runs.records import SKIPPED, leader_record, number_or_none, run_ordinals
 from beatleader.zk import layout
 from beatleader.zk.multiread import read_nodes
 
@@ -236,7 +236,7 @@ class RunCollector:
             except Exception as exc:  # NoAuthError, a lost connection: this entry, this scrape
                 self._warn(path, f"cannot list the runs of entry {name!r} ({type(exc).__name__})")
                 continue
-            claims, markers = _ordinals(children)
+            claims, markers = run_ordinals(children)
             newest = max(claims | markers, default=None)
             running[name] = 1 if newest is not None and newest in claims else 0
             tracker.seen &= markers
@@ -400,20 +400,6 @@ def _period(sched: Any) -> float | None:
     except Exception:
         return None
     return seconds if math.isfinite(seconds) and seconds > 0 else None
-
-
-def _ordinals(children: list[str]) -> tuple[set[int], set[int]]:
-    """The ordinals of the claims and of the markers among a folder's children."""
-    claims, markers = set(), set()
-    for child in children:
-        digits = child[1:]
-        if not (digits.isascii() and digits.isdigit()) or len(digits) > 30:
-            continue
-        if child[0] == "r":
-            claims.add(int(digits))
-        elif child[0] == "d":
-            markers.add(int(digits))
-    return claims, markers
 
 
 _lock = threading.Lock()

@@ -181,6 +181,21 @@ def pause_reason(note: dict[str, Any]) -> str | None:
     return "; ".join(parts) or None
 
 
+def run_ordinals(children: list[str]) -> tuple[set[int], set[int]]:
+    """The ordinals of the claims (``r<ordinal>``) and of the markers (``d<ordinal>``) among a
+    ``dedup/`` folder's children; any other name (another client's) is left out."""
+    claims, markers = set(), set()
+    for child in children:
+        digits = child[1:]
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > 30:
+            continue  # 30: past Python's int() digit limit a hostile name would raise
+        if child[0] == "r":
+            claims.add(int(digits))
+        elif child[0] == "d":
+            markers.add(int(digits))
+    return claims, markers
+
+
 def text_or_none(value: Any, limit: int = TEXT_LIMIT) -> str | None:
     return _bounded(value, limit) if isinstance(value, str) else None
 
