@@ -6,7 +6,15 @@ from datetime import datetime, timezone
 
 import pytest
 
-from beatleader.beat.planning import Backoff, Marks, Outbox, Pending, ServerClock, continuation
+from beatleader.beat.planning import (
+    Backoff,
+    CommitLead,
+    Marks,
+    Outbox,
+    Pending,
+    ServerClock,
+    continuation,
+)
 from beatleader.beat.state import StoredState
 from beatleader.zk import layout
 from beatleader.zk.layout import EntryState
@@ -46,6 +54,34 @@ def test_outbox_backs_off_a_failed_publish_and_forgets_a_published_run() -> None
     assert box.attempts_due(0.1) == [] and box.next_attempt(0.1) == pytest.approx(0.15)
     assert [p.ordinal for p in box.attempts_due(0.3)] == [1]
     assert box.published("a") is not None and "a" not in box and box.next_attempt(1.0) is None
+
+
+def test_a_run_committed_ahead_is_publishable_at_its_due_time_not_before() -> None:
+    box = outbox()
+    box.add(Pending("a", 1, object(), committed_at=10.0, due_at=10.2))
+    assert box.publishable(10.1) == [] and box.to_renew(10.1) == []
+    assert box.next_attempt(10.1) == pytest.approx(0.1)
+    assert [p.name for p in box.publishable(10.2)] == ["a"]
+    box.add(Pending("b", 1, object(), due_at=10.5))  # inherited: renewed now, published at 10.5
+    assert [p.name for p in box.to_renew(10.1)] == ["b"] and box.next_attempt(10.1) == 0.0
+
+
+def test_the_commit_lead_follows_the_commits_p99_within_its_bounds() -> None:
+    lead = CommitLead(ceiling=0.25, initial=0.05)
+    assert lead.seconds == 0.05  # nothing measured yet
+    for _ in range(99):
+        lead.observe(0.004)
+    lead.observe(0.1)  # one slow commit in 100: the p99 is the 100th slowest
+    assert lead.seconds == pytest.approx(0.1 * 1.25)
+    for _ in range(200):  # the slow one has left the window of the latest 200
+        lead.observe(0.004)
+    assert lead.seconds == pytest.approx(0.005)
+    lead.observe(10.0)
+    lead.observe(10.0)
+    lead.observe(10.0)
+    assert lead.seconds == 0.25  # never past its ceiling
+    tiny = CommitLead(ceiling=0.25, initial=0.0)
+    assert tiny.seconds == 0.001  # never under its floor
 
 
 def test_marks_ripen_after_their_delay() -> None:

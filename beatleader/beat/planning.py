@@ -6,6 +6,8 @@
 * :class:`Marks`: runs published whose state still says ``published=false``; when to write that.
 * :class:`ServerClock`: this instance's offset to ZooKeeper's server clock, the one clock of the
   schedule.
+* :class:`CommitLead`: how long before its due time a run is committed (the commit lead), from
+  the latencies of the latest commits.
 * :func:`continuation`: what a new leader continues an entry from, given what it read.
 * :class:`Run`, :func:`lateness_of`, :func:`utc_iso`: one planned run and its timing.
 
@@ -21,6 +23,9 @@ Guarantees (of the decisions; the scheduler carries them out):
   earlier than the last run): no run is doubled; the run in flight (if any) is not republished.
 * A ``last_run_at`` later than its own write (``mtime`` + tolerance) was written by a clock in the
   future; it is replaced by the ``mtime`` and reported, never obeyed.
+* A run committed ahead of its due time is not publishable before it (``Pending.due_at``); the
+  commit lead is never longer than its ceiling, which the scheduler keeps well inside the publish
+  window.
 
 Not guaranteed: a deleted entry znode loses what it knew (ordinals restart unless this process saw
 them); a well-formed state written by a foreign client is believed (configure ZooKeeper auth).
@@ -28,6 +33,7 @@ them); a well-formed state written by a foreign client is believed (configure Zo
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -88,6 +94,9 @@ class Pending:
     delay: float | None = None
     #: The incarnation of the state that committed it (part of its task id).
     incarnation: str | None = None
+    #: Monotonic time it falls due: it is not published before (0: due already). A run committed
+    #: ahead of its due time waits here for it.
+    due_at: float = 0.0
 
 
 class Outbox:
@@ -113,6 +122,9 @@ class Outbox:
     def names(self) -> list[str]:
         return list(self._items)
 
+    def runs(self) -> list[Pending]:
+        return list(self._items.values())
+
     def get(self, name: str) -> Pending | None:
         return self._items.get(name)
 
@@ -132,8 +144,8 @@ class Outbox:
         return [p for p in self.attempts_due(now) if not self.fresh(p, now)]
 
     def publishable(self, now: float) -> list[Pending]:
-        """Runs due for an attempt and within the publish window."""
-        return [p for p in self.attempts_due(now) if self.fresh(p, now)]
+        """Runs due for an attempt, due themselves, and within the publish window."""
+        return [p for p in self.attempts_due(now) if p.due_at <= now and self.fresh(p, now)]
 
     def renewed(self, name: str, committed_at: float) -> None:
         pending = self._items.get(name)
@@ -149,8 +161,15 @@ class Outbox:
         return self.retry.failed(name, now)
 
     def next_attempt(self, now: float) -> float | None:
-        """Seconds until the earliest due attempt (0 when one is due), None when empty."""
-        times = [self.retry.not_before(name) or now for name in self._items]
+        """Seconds until the earliest due attempt (0 when one is due), None when empty.
+
+        A run committed ahead is attempted at its due time; one that must be renewed first, when
+        its backoff allows (renewing early costs nothing: it is published at its due time).
+        """
+        times = [
+            max(self.retry.not_before(p.name) or now, p.due_at if self.fresh(p, now) else now)
+            for p in self._items.values()
+        ]
         return max(min(times) - now, 0.0) if times else None
 
     def clear(self) -> None:
@@ -225,6 +244,42 @@ class ServerClock:
         return True
 
 
+class CommitLead:
+    """The commit lead: how many seconds before its due time a run's fenced commit is sent.
+
+    A run is committed ahead of its due time and published at it, so that the commit's latency (a
+    ZooKeeper write and its log sync) is not added to every run's lateness. The lead follows the
+    latency of the latest ``samples`` commits: their ``quantile`` times ``margin``, between
+    ``floor`` and ``ceiling`` (``initial`` before the first commit). A commit slower than the
+    lead makes its runs late by the difference, no more than before.
+    """
+
+    def __init__(
+        self,
+        ceiling: float,
+        initial: float,
+        quantile: float = 0.99,
+        margin: float = 1.25,
+        floor: float = 0.001,
+        samples: int = 200,
+    ) -> None:
+        self.ceiling, self.quantile, self.margin = ceiling, quantile, margin
+        self.floor = min(floor, ceiling)
+        self._latencies: deque[float] = deque(maxlen=samples)
+        #: The current lead, seconds.
+        self.seconds = self._bounded(initial)
+
+    def _bounded(self, seconds: float) -> float:
+        return min(max(seconds, self.floor), self.ceiling)
+
+    def observe(self, latency: float) -> None:
+        """A fenced commit took ``latency`` seconds (monotonic, send to answer)."""
+        self._latencies.append(latency)
+        ordered = sorted(self._latencies)
+        rank = min(int(self.quantile * len(ordered)), len(ordered) - 1)  # nearest rank, at least
+        self.seconds = self._bounded(ordered[rank] * self.margin)
+
+
 @dataclass(frozen=True)
 class Continuation:
     """What a new leader continues an entry from."""
@@ -280,15 +335,24 @@ class Run:
     request: str | None = None
     #: Why a run that is not sent is skipped (``late``: the misfire grace; ``overlap``).
     reason: str = "late"
+    #: Monotonic time the run falls due (committed ahead: published then); 0: due already.
+    due_at: float = 0.0
+
+
+def remaining_of(entry: Any) -> float | None:
+    """Seconds until the run of ``entry`` falls due, negative once due; None when it cannot be
+    told (the schedule has no working ``remaining_estimate``)."""
+    try:
+        remaining = float(entry.schedule.remaining_estimate(entry.last_run_at).total_seconds())
+    except Exception:
+        return None
+    return remaining if remaining == remaining else None  # NaN: no time at all
 
 
 def lateness_of(entry: Any) -> float:
     """Seconds since the run of ``entry`` fell due (0 when it cannot be told)."""
-    try:
-        remaining = entry.schedule.remaining_estimate(entry.last_run_at)
-    except Exception:
-        return 0.0
-    return max(-float(remaining.total_seconds()), 0.0)
+    remaining = remaining_of(entry)
+    return 0.0 if remaining is None else max(-remaining, 0.0)
 
 
 def utc_iso(moment: datetime) -> str:

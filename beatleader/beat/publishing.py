@@ -2,7 +2,8 @@
 
 :class:`Publisher` is the part of :class:`beatleader.Scheduler` that decides what becomes of a run
 once its state (``published=false``) has committed: published from the outbox within the publish
-window, committed again (renewed) when it is older, given up past ``misfire_grace``, marked
+window and never before its due time (a run committed ahead waits for it), committed again
+(renewed) when it is older, given up past ``misfire_grace``, marked
 ``published=true`` once the broker accepted it, and its entry put back on the heap. It holds the
 outbox, the marks and the broker's backoff; the scheduler (its host) plans and commits (steps 3
 to 5), and its ``publish_run`` sends one message (the override point for a subclass). The pure
@@ -10,11 +11,12 @@ decisions (outbox, marks, backoff) are in ``planning.py``.
 
 Guarantees kept here: a run leaves the outbox only when the broker accepted it (``apply_async``
 raised nothing), and only then gets a mark; only runs committed by this leader within the publish
-window are published, and only while it leads (stepped down: the rest is the successor's); a
-renewal or a mark is a write at the version this leader last read, committed through the fenced
-commit like any other; a run given up past ``misfire_grace`` is recorded as done without being
-published; every message carries its run's task id (``layout.run_task_id``) and run headers; a
-broker connection error stops the pass and backs off the broker, any other error only that run.
+window are published, none before its due time, and only while it leads (stepped down: the rest
+is the successor's); a renewal or a mark is a write at the version this leader last read,
+committed through the fenced commit like any other; a run given up past ``misfire_grace`` is
+recorded as done without being published; every message carries its run's task id
+(``layout.run_task_id``) and run headers; a broker connection error stops the pass and backs off
+the broker, any other error only that run.
 
 Not guaranteed: exactly-once publication: a publish whose mark was never committed (a crash, a
 lost commit) is published again by this leader or its successor, with the same task id
@@ -152,6 +154,8 @@ class Publisher:
             return
         election = self.host._election
         for pending in self.outbox.attempts_due(time.monotonic()):
+            if pending.due_at > time.monotonic():
+                continue  # committed ahead: published at its due time (the next tick wakes then)
             if election is None or not election.is_leader:
                 return  # stepped down (resigned, suspended, fence failed): leave it to the next
             if not self.outbox.fresh(pending, time.monotonic()):
@@ -176,7 +180,10 @@ class Publisher:
         self.outbox.published(pending.name)
         self.broker_backoff.succeeded("broker")
         self.marks.add(pending.name, pending.ordinal, now)
-        self.host.observers.sent(pending.name, task_id, pending.lateness)
+        late = pending.lateness  # committed ahead: 0 when planned, plus what its publish waited
+        if pending.due_at:
+            late += max(now - pending.due_at, 0.0)
+        self.host.observers.sent(pending.name, task_id, late)
         self.requeue(pending)
 
     def requeue(self, pending: Pending) -> None:
@@ -191,6 +198,7 @@ class Publisher:
         if delay is None:
             is_due, next_time_to_run = host.safe_is_due(entry)
             delay = 0.0 if is_due else next_time_to_run
+        host._on_server_clock(entry)  # the heap runs on ZooKeeper's clock
         heapq.heappush(host._heap, beat.event_t(host._when(entry, delay or 0.0), 5, entry))
 
     def _publish_failed(self, pending: Pending, exc: Exception) -> bool:

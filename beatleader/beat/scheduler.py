@@ -83,11 +83,12 @@ from beatleader.beat.leadership import Leadership
 from beatleader.beat.overlap import OverlapGate, skipped
 from beatleader.beat.planning import (
     Backoff,
+    CommitLead,
     Pending,
     Run,
     ServerClock,
     continuation,
-    lateness_of,
+    remaining_of,
     utc_iso,
 )
 from beatleader.beat.publishing import Publisher, first_line, replaced
@@ -184,6 +185,18 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     #: Seconds a published run's mark waits for its entry's next commit to carry it.
     mark_delay = 1.5
 
+    #: Commit each run ahead of its due time and publish it at the due time, so that the fenced
+    #: commit's latency is not part of every run's lateness (False: commit when due, then
+    #: publish; docs/design.md, "The commit lead").
+    commit_ahead = True
+    #: The lead follows this quantile of the latest commits' latencies, times the margin.
+    commit_lead_quantile = 0.99
+    commit_lead_margin = 1.25
+    #: The lead before the first commit was measured, and its ceiling (never more than a quarter
+    #: of the publish window), seconds.
+    commit_lead_initial = 0.05
+    commit_lead_max = 0.25
+
     #: First and longest delay before writing again an entry whose write ZooKeeper refused.
     entry_retry_first = 1.0
     entry_retry_max = 60.0
@@ -234,6 +247,15 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         retry = (self.publish_retry_first, self.publish_retry_max)
         #: The outbox's part: publish, renew, give up, mark (``publishing.py``).
         self.publisher = Publisher(self, window, retry, self.mark_delay)
+        #: How long before its due time a run is committed (``planning.CommitLead``).
+        self.lead = CommitLead(
+            min(self.commit_lead_max, window / 4),
+            self.commit_lead_initial,
+            self.commit_lead_quantile,
+            self.commit_lead_margin,
+        )
+        #: Seconds the schedules' clock runs ahead of ZooKeeper's, while the tick looks ahead.
+        self._ahead = 0.0
         self._reported: dict[str, str] = {}
         #: The overlap policies' part: skip or hold a run whose previous run runs (``overlap.py``).
         self.overlap = OverlapGate(self.settings.path, self._report)
@@ -256,7 +278,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.runtime: RuntimeSource | None = runtime[0] if runtime else None
         self._error_backoff = Backoff(self.error_retry_delay, self.error_retry_max)
         self._clock = ServerClock()
-        self._clock_app = ServerClockApp(app, self.server_now)
+        self._clock_app = ServerClockApp(app, self._schedule_now)
         self._next_probe = 0.0
         super().__init__(app, *args, lazy=lazy, **kwargs)
 
@@ -318,6 +340,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self._closed = True
             if self._lead_lock.acquire(timeout=self.close_flush_timeout):
                 try:
+                    self._publish_imminent()
                     self._flush_marks()
                 finally:
                     self._lead_lock.release()
@@ -398,9 +421,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         entry.total_run_count = found.total_run_count
         self._see(name, found.total_run_count)
         if not found.published and self.publisher.marks.get(name) != found.total_run_count:
-            self.publisher.outbox.add(
-                Pending(name, found.total_run_count, entry, incarnation=found.incarnation)
-            )
+            pending = Pending(name, found.total_run_count, entry, incarnation=found.incarnation)
+            if found.last_run_at is not None:  # committed ahead of a due time not reached yet
+                ahead = found.last_run_at.timestamp() - self._server_epoch()
+                if ahead > 0:
+                    pending.due_at = time.monotonic() + min(ahead, self.future_tolerance)
+            self.publisher.outbox.add(pending)
 
     def _see(self, name: str, ordinal: int) -> None:
         if ordinal > self._max_seen.get(name, 0):
@@ -418,10 +444,13 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         now = time.monotonic()
         if now >= self._next_probe:
             self._probe_clock()
-        runs = [self._plan(entry, delay) for entry, delay in self._pop_due()]
+        broker_ready = self.publisher.broker_backoff.ready("broker", now)
+        if broker_ready and self.publisher.outbox.publishable(now):
+            with sigmask.deferred():  # the runs committed ahead whose due time has come: first
+                self._publish_outbox()
+        runs = [self._plan(*due) for due in self._pop_due()]
         runs = self._apply_policies(runs)
         runs += self._requested_runs({run.entry.name for run in runs})
-        broker_ready = self.publisher.broker_backoff.ready("broker", now)
         renewals = self.publisher.outbox.to_renew(now) if broker_ready else []
         marks = [
             (name, ordinal)
@@ -437,29 +466,54 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 self._publish_outbox()
         return self._time_to_next()
 
-    def _pop_due(self) -> list[tuple[beat.ScheduleEntry, float]]:
-        """Every heap event whose time has come and whose entry agrees it is due."""
+    def _lead(self) -> float:
+        """Seconds ahead of its due time a run is committed now (0 without ``commit_ahead``)."""
+        return self.lead.seconds if self.commit_ahead else 0.0
+
+    def _pop_due(self) -> list[tuple[beat.ScheduleEntry, float, float, float]]:
+        """Every heap event due within the commit lead whose entry agrees it is due by then.
+
+        Each as ``(entry, next_time_to_run, ahead, lateness)``: ``ahead`` seconds until its due
+        time (0: due already; the lead when its schedule cannot tell), ``lateness`` seconds since.
+        """
         heap = self._heap
         assert heap is not None
+        lead = self._lead()
         due: list[tuple[beat.ScheduleEntry, float]] = []
         not_yet: list[tuple[beat.ScheduleEntry, float]] = []
         popped: set[str] = set()
-        while heap and heap[0][0] <= self._when(heap[0][2], 0):
-            entry = heapq.heappop(heap)[2]
-            if self.schedule.get(entry.name) is not entry or entry.name in self.publisher.outbox:
-                continue  # a stale event, or held until its run is out (then queued again)
-            if entry.name in popped:
-                continue  # a second event of the same entry: one run per entry and tick
-            popped.add(entry.name)
-            retry_at = self._entry_backoff.not_before(entry.name)
-            if retry_at is not None and retry_at > time.monotonic():
-                not_yet.append((entry, retry_at - time.monotonic()))  # its write failed lately
-                continue
-            is_due, next_time_to_run = self.safe_is_due(entry)
-            (due if is_due else not_yet).append((entry, next_time_to_run))
-        for entry, delay in not_yet:
-            heapq.heappush(heap, beat.event_t(self._when(entry, delay), 5, entry))
-        return due
+        self._ahead = lead  # the schedules see the time the lead reaches
+        try:
+            while heap:
+                entry = heap[0][2]
+                self._on_server_clock(entry)  # celery's ``next(entry)`` gives it the app's clock
+                if heap[0][0] > self._when(entry, 0):
+                    break
+                heapq.heappop(heap)
+                name = entry.name
+                if self.schedule.get(name) is not entry or name in self.publisher.outbox:
+                    continue  # a stale event, or held until its run is out (then queued again)
+                if name in popped:
+                    continue  # a second event of the same entry: one run per entry and tick
+                popped.add(name)
+                retry_at = self._entry_backoff.not_before(name)
+                if retry_at is not None and retry_at > time.monotonic():
+                    not_yet.append((entry, retry_at - time.monotonic()))  # its write failed
+                    continue
+                is_due, next_time_to_run = self.safe_is_due(entry)
+                (due if is_due else not_yet).append((entry, next_time_to_run))
+            for entry, delay in not_yet:
+                heapq.heappush(heap, beat.event_t(self._when(entry, delay), 5, entry))
+        finally:
+            self._ahead = 0.0
+        found = []
+        for entry, delay in due:
+            remaining = remaining_of(entry) if lead else 0.0
+            if remaining is None:  # is_due said "due by then", nothing says when: then
+                found.append((entry, delay, lead, 0.0))
+            else:
+                found.append((entry, delay, min(max(remaining, 0.0), lead), max(-remaining, 0.0)))
+        return found
 
     def _apply_policies(self, runs: list[Run]) -> list[Run]:
         """Step 4's run policies: pause on failure (``failures.py``), then overlap
@@ -526,9 +580,10 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         held = self.overlap.next_check()
         if held is not None:
             waits.append(held)
-        if self._heap:
+        if self._heap:  # popped the commit lead before its time
             when, _, entry = self._heap[0]
-            waits.append(max(when - self._when(entry, 0), 0.0))
+            self._on_server_clock(entry)
+            waits.append(max(when - self._when(entry, 0) - self._lead(), 0.0))
         outbox = self.publisher.outbox.next_attempt(now)
         if outbox is not None:
             broker = (self.publisher.broker_backoff.not_before("broker") or now) - now
@@ -538,10 +593,13 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             waits.append(marks)
         return min(waits)
 
-    def _plan(self, entry: beat.ScheduleEntry, delay: float) -> Run:
-        """Step 4: send this run, or skip it when it is later than the misfire grace."""
+    def _plan(self, entry: beat.ScheduleEntry, delay: float, ahead: float, lateness: float) -> Run:
+        """Step 4: send this run, or skip it when it is later than the misfire grace.
+
+        A run ``ahead`` of its due time is planned on the clock of its due time: its
+        ``last_run_at`` is the due time, and it is published then (``Run.due_at``).
+        """
         grace = self.settings.misfire_grace
-        lateness = lateness_of(entry)
         if grace is not None and lateness > grace:
             logger.warning(
                 "beatleader: skipping %r: due %.1f s ago, more than misfire_grace %g s",
@@ -550,7 +608,15 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                 grace,
             )
             return Run(replaced(entry, last_run_at=entry.default_now()), delay, False, lateness)
-        return Run(next(entry), delay, True, lateness)
+        if not ahead:
+            return Run(next(entry), delay, True, lateness)
+        due_at = time.monotonic() + ahead
+        self._ahead = ahead
+        try:
+            sent = next(entry)
+        finally:
+            self._ahead = 0.0
+        return Run(sent, delay, True, lateness, due_at=due_at)
 
     def _write_for(self, run: Run) -> Write:
         stored = self._stored.get(run.entry.name)
@@ -639,7 +705,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         outcome = self._store.commit(fence, chunk)
         outcome.started = started
         if outcome.committed:
-            self.observers.committed(len(outcome.committed), time.monotonic() - started)
+            latency = time.monotonic() - started
+            self.lead.observe(latency)
+            self.observers.committed(len(outcome.committed), latency)
         self._adopt(chunk, outcome)
         return outcome
 
@@ -663,9 +731,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             stored = self._stored.get(entry.name)  # adopted from this very commit
             incarnation = stored.state.incarnation if stored and stored.state else None
             delay = run.delay if run.request is None else None  # an extra run: ask is_due
-            pending = Pending(
-                entry.name, ordinal, entry, run.lateness, committed_at, delay, incarnation
-            )
+            pending = Pending(entry.name, ordinal, entry, run.lateness, committed_at, delay)
+            pending.incarnation, pending.due_at = incarnation, run.due_at
             self.publisher.outbox.add(pending)
             return
         self.observers.skipped(entry.name, run.lateness)
@@ -1117,6 +1184,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """Now on ZooKeeper's server clock: the clock every schedule entry runs on."""
         return datetime.fromtimestamp(self._server_epoch(), self._timezone)
 
+    def _schedule_now(self) -> datetime:
+        """The schedules' now: ZooKeeper's, or the time the commit lead reaches while the tick
+        plans ahead (``_pop_due``, ``_plan``)."""
+        return datetime.fromtimestamp(self._server_epoch() + self._ahead, self._timezone)
+
     def _server_epoch(self) -> float:
         """Now on ZooKeeper's server clock, epoch seconds."""
         return self.local_time() + self._clock.offset
@@ -1190,6 +1262,24 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def _disconnect(self) -> None:
         if self.leadership is not None:
             self.leadership.close(self.close_timeout)
+
+    def _publish_imminent(self) -> None:
+        """On close: the runs committed ahead, published at their due time (at most the commit
+        lead away) rather than left to the successor."""
+        election, outbox = self._election, self.publisher.outbox
+        now = time.monotonic()
+        waits = [pending.due_at - now for pending in outbox.runs()]
+        if not waits or election is None or not election.is_leader:
+            return
+        wait = max(waits)
+        if wait > self.close_flush_timeout:
+            return
+        try:
+            time.sleep(max(wait, 0.0))
+            with sigmask.deferred():
+                self._publish_outbox()
+        except Exception:  # best effort: the successor publishes what is left
+            logger.exception("beatleader: could not publish the runs committed ahead on close")
 
     def _flush_marks(self) -> None:
         """On close: write every pending mark (fenced), so a graceful handoff republishes none."""

@@ -9,6 +9,8 @@ reproduce the faults a real network produces at the worst moment:
 * :meth:`ZkProxy.cut_before_multi`: let ``after`` transactions through (request and reply), then
   cut the connection when the next one is sent, before it reaches the server.
 * :meth:`ZkProxy.cut`: close every connection now.
+* :attr:`ZkProxy.multi_reply_delay`: seconds each transaction's reply is held (a slow disk's
+  fsync, a remote quorum): commits take that much longer.
 * :meth:`ZkProxy.swallow_handshakes`: the next ``count`` connections are accepted and their
   session handshake is never answered (a server that opened its port before its database is
   loaded, as a restarting ZooKeeper does).
@@ -26,6 +28,7 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 
 #: ZooKeeper's op code of a multi-op transaction.
@@ -67,6 +70,8 @@ class ZkProxy:
         self._cut_after: int | None = None
         self._swallow = 0
         self._closed = False
+        #: Seconds each transaction's (multi's) reply is held before it is forwarded.
+        self.multi_reply_delay = 0.0
         #: Counters the tests can assert on.
         self.multi_requests = 0
         self.multi_replies = 0
@@ -183,6 +188,8 @@ class ZkProxy:
                     connection.multis.discard(xid)
                     with self._lock:
                         self.multi_replies += 1
+                    if self.multi_reply_delay > 0:
+                        time.sleep(self.multi_reply_delay)  # replies keep their order
                 if xid in connection.drop:
                     with self._lock:
                         self.dropped_replies += 1
