@@ -21,17 +21,20 @@ the number of seconds it returns):
 2. Leading, but not yet for this leadership: read ZooKeeper's server time (the one clock), load
    and validate every entry's state, continue each entry from it (``planning.continuation``), put
    every run committed but not marked published into the **outbox**, rebuild the heap.
-3. Pop every entry that is due now, except entries whose previous run is still in the outbox
-   (held until it is out: missed runs coalesce, as celery's do after a stop).
-4. For each due entry: send it, or skip it past ``misfire_grace``.
+3. Publish the outbox runs whose due time has come. Pop every entry that is due within the
+   **commit lead** (``planning.CommitLead``: the p99 of the latest commits' latencies), except
+   entries whose previous run is still in the outbox (held until it is out: missed runs
+   coalesce, as celery's do after a stop).
+4. For each due entry: send it, or skip it past ``misfire_grace``. A run due ahead is planned on
+   the clock of its due time (``last_run_at`` is the due time) and published no earlier.
 5. Fenced commits (``StateStore.commit``, one per batch of 250) of: the due runs
    (``published=false``), the outbox runs that must be renewed before they may be published
    (inherited or stale), and ripe marks (``published=true`` for runs already out; usually they
    are superseded by the entry's next run and cost nothing).
-6. After each batch's commit, publish every outbox run committed by this leader less than
-   ``publish_window_fraction`` x the session timeout ago (monotonic clock), with its
-   deterministic task id and run headers; a run the broker refused stays in the outbox and is
-   retried with backoff; a published run gets a mark.
+6. After each batch's commit, publish every outbox run that is due and was committed by this
+   leader less than ``publish_window_fraction`` x the session timeout ago (monotonic clock),
+   with its deterministic task id and run headers; a run the broker refused stays in the outbox
+   and is retried with backoff; a published run gets a mark.
 
 Guarantees: **every committed run is published at least once** (by this leader, retrying, or by
 its successor from the outbox: runs are never marked published before the broker accepted them),
