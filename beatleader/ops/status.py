@@ -60,7 +60,7 @@ from beatleader.zk.layout import (
     source_path,
     unquote_entry_name,
 )
-from beatleader.zk.multiread import list_children, read_children
+from beatleader.zk.multiread import read_children
 
 __all__ = [
     "POLL_INTERVAL",
@@ -193,15 +193,11 @@ def read_contenders(client: Any, root: str) -> list[Contender]:
 
 def read_election(client: Any, root: str) -> tuple[list[Contender], list[IgnoredNode]]:
     """The contenders in queue order, and the children of ``election/`` that are ignored."""
-    base = election_path(root)
-    children = list_children(client, base)
     found: dict[str, Contender] = {}
     ignored = []
-    for name in sorted(children):
-        node = _get(client, f"{base}/{name}")
-        if node is None:
-            continue  # vanished while we read
-        data, stat = node
+    nodes = read_children(client, election_path(root))  # a few requests however many there are
+    for name in sorted(nodes):
+        data, stat = nodes[name]
         reason = ignored_reason(name, int(stat.ephemeralOwner))
         if reason is not None:
             ignored.append(IgnoredNode(name, reason))
