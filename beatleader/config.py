@@ -88,6 +88,8 @@ class Settings:
     dedup_retention: float = DEFAULT_DEDUP_RETENTION
     #: Runs kept per entry in its history (``beatleader.runs``), whatever the retention.
     history_size: int = DEFAULT_HISTORY_SIZE
+    #: The web dashboard's write credential (``beatleader web --token``, docs/web.md); None: none.
+    web_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_app(cls, app: Any, **overrides: Any) -> Settings:
@@ -368,4 +370,5 @@ _SETTINGS: dict[str, tuple[Validator, Any]] = {
     "metrics_address": (validate_address, "127.0.0.1"),
     "dedup_retention": (validate_positive_seconds, DEFAULT_DEDUP_RETENTION),
     "history_size": (validate_history_size, DEFAULT_HISTORY_SIZE),
+    "web_token": (validate_optional_text, None),
 }
