@@ -256,3 +256,45 @@ def test_beatleader_web_cannot_bind_a_taken_port(zk_server, zk_root) -> None:
         result = web_cli("--zk-hosts", zk_server.hosts, "--path", zk_root, "--port", port)
     assert result.returncode == 2 and "cannot listen on 127.0.0.1:" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_celery_beat_serves_the_read_only_dashboard_beside_its_metrics(
+    beats, zk_client, zk_root
+) -> None:
+    import urllib.request
+
+    from beatleader.testing.localzk import free_port
+    from tests.cluster import every, schedule_env
+    from tests.harness import contenders, wait_for
+    from tests.web_support import post
+
+    port = free_port()
+    env = {
+        **schedule_env(**{XSS: every(3600)}),
+        "BEATLEADER_METRICS_PORT": str(port),
+        "BEATLEADER_WEB": "true",
+    }
+    beat = beats(env=env)
+    beat.wait_for_log(r"serving the dashboard on http://127\.0\.0\.1:\d+/", 30)
+    wait_for(lambda: contenders(zk_client, zk_root), 20, message="the beat contends")
+    url = f"http://127.0.0.1:{port}/"
+
+    def page(path: str) -> str:
+        with urllib.request.urlopen(url + path, timeout=30) as response:
+            return str(response.read().decode())
+
+    assert wait_for(lambda: f'data-pid="{beat.pid}"' in page(""), 20, message="the leader")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page("entries")
+    assert "beatleader_" in page("metrics")
+    assert post(url + "action", {"action": "pause", "name": XSS}) == 403  # read-only
+
+
+def test_beatleader_web_true_needs_the_metrics_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    from beatleader.config import ConfigError
+
+    monkeypatch.setenv("BEATLEADER_WEB", "true")
+    with pytest.raises(ConfigError, match=r"BEATLEADER_WEB.*: true needs beatleader_metrics_port"):
+        Settings.from_app(None)
+    monkeypatch.setenv("BEATLEADER_WEB", "maybe")
+    with pytest.raises(ConfigError, match=r"BEATLEADER_WEB"):
+        Settings.from_app(None)
