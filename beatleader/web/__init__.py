@@ -12,7 +12,7 @@ needs nothing outside the standard library (the ``web`` extra is empty, kept for
 """
 
 from beatleader.web.access import Access, AccessError, read_token, read_users
-from beatleader.web.app import Dashboard, WebPolicy, make_dashboard
+from beatleader.web.app import Dashboard, WebPolicy, make_dashboard, mount
 from beatleader.web.asgi import AsgiDashboard
 from beatleader.web.server import make_server, start_server
 from beatleader.web.snapshot import Snapshot, SnapshotPolicy, read_snapshot
@@ -27,6 +27,7 @@ __all__ = [
     "WebPolicy",
     "make_dashboard",
     "make_server",
+    "mount",
     "read_snapshot",
     "read_token",
     "read_users",

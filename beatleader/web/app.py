@@ -56,7 +56,7 @@ from beatleader.web.pages import (
 from beatleader.web.snapshot import ZK_ERRORS, describe_error, read_entry, read_snapshot
 from beatleader.zk.client import make_client
 
-__all__ = ["Dashboard", "WebPolicy", "make_dashboard"]
+__all__ = ["Dashboard", "WebPolicy", "make_dashboard", "mount"]
 
 log = logging.getLogger("beatleader.web")
 
@@ -354,3 +354,20 @@ def make_dashboard(
         allow_write=allow_write, token=token or settings.web_token, users=dict(users or {})
     )
     return Dashboard(settings, app, access, client)
+
+
+def mount(app: Any, prefix: str, dashboard: Any) -> Callable[[dict[str, Any], StartResponse], Any]:
+    """A WSGI application serving ``dashboard`` under ``prefix`` (``/beatleader``) and every
+    other path from ``app``: the way to add the dashboard to a Django project's ``wsgi.py``."""
+    base = "/" + prefix.strip("/")
+
+    def dispatch(environ: dict[str, Any], start_response: StartResponse) -> Any:
+        path = str(environ.get("PATH_INFO") or "")
+        if path == base or path.startswith(base + "/"):
+            inner = dict(environ)
+            inner["SCRIPT_NAME"] = str(environ.get("SCRIPT_NAME") or "").rstrip("/") + base
+            inner["PATH_INFO"] = path[len(base) :] or "/"
+            return dashboard(inner, start_response)
+        return app(environ, start_response)
+
+    return dispatch
