@@ -7,7 +7,6 @@ the DOM the browser built, after the page's own script refreshed it (no reload b
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -91,8 +90,6 @@ def test_the_overview_follows_a_sigkill_of_the_leader_and_hostile_names_are_text
         browser.switch_to.alert.text  # noqa: B018
 
 
-#: Where the screenshots of docs/web.md are written when set (``scripts/web-screenshots.sh``).
-SHOTS = os.environ.get("BEATLEADER_SCREENSHOTS")
 #: Seconds to watch that the worker executes nothing more (several periods of a 1 s entry).
 QUIET = 3.0
 
@@ -195,15 +192,3 @@ def test_pause_resume_and_run_now_from_the_page_change_what_the_worker_executes(
     wait_for(lambda: browser.find_elements(By.ID, "done"), 10, message="resumed")
     wait_for(lambda: executed(execution_log, "dyn") >= paused + 2, 20, message="dyn again")
     assert executed(execution_log, ENTRY) == stopped  # still paused
-    if SHOTS:
-        _screenshots(browser, dashboard.url, Path(SHOTS))
-
-
-def _screenshots(driver, url: str, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    driver.get(url)
-    driver.save_screenshot(str(folder / "web-overview.png"))
-    driver.get(url + "entries")
-    driver.save_screenshot(str(folder / "web-entries.png"))
-    driver.get(url + "entry?name=dyn")
-    driver.save_screenshot(str(folder / "web-entry.png"))

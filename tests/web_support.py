@@ -1,42 +1,24 @@
-"""Helpers of the dashboard tests: ``beatleader web`` as a real subprocess, headless Chromium.
+"""Helpers of the dashboard tests: ``beatleader web`` as a real subprocess, form posts.
 
-Chromium and its driver are Debian's (``chromium``, ``chromium-driver``; scripts/install-deps.sh),
-driven with selenium. Chromium starts with the flags a machine without network needs (no
-background networking, component updates, sync or QUIC; they stall it otherwise) and a fresh
-profile folder per test.
+The browser is :func:`beatleader.testing.browser.chromium` (re-exported here).
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 import sys
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from beatleader.testing.browser import chromium
 from beatleader.testing.localproc import LoggedProcess
 from tests.harness import REPO_ROOT, wait_for
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--window-size=1400,1000",
-)
+__all__ = ["WebProcess", "chromium", "post"]
 
 
 class WebProcess(LoggedProcess):
@@ -81,24 +63,3 @@ def post(url: str, fields: dict[str, str], headers: dict[str, str] | None = None
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
-
-
-@contextmanager
-def chromium() -> Iterator[Any]:
-    """A headless Chromium WebDriver with a fresh profile, quit on exit."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="beatleader-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={profile}")
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
