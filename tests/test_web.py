@@ -298,3 +298,22 @@ def test_beatleader_web_true_needs_the_metrics_port(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("BEATLEADER_WEB", "maybe")
     with pytest.raises(ConfigError, match=r"BEATLEADER_WEB"):
         Settings.from_app(None)
+
+
+def test_the_web_demo_serves_a_live_cluster_and_shows_its_failover(tmp_path: Path) -> None:
+    """``scripts/demo-web.sh``'s program, as the README runs it, for a short while."""
+    import re
+
+    from tests.harness import REPO_ROOT
+
+    command = [sys.executable, "scripts/demo_web.py", "--port", "0", "--seconds", "14"]
+    command += ["--kill-leader-after", "4"]
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/", result.stdout), result.stdout
+    leaders = re.findall(r"leader: (beat-\d)", result.stdout)
+    killed = re.search(r"SIGKILL of the leader (beat-\d)", result.stdout)
+    assert killed and leaders[0] == killed.group(1), result.stdout
+    assert len(set(leaders)) == 2, result.stdout  # another instance took over
