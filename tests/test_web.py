@@ -317,3 +317,47 @@ def test_the_web_demo_serves_a_live_cluster_and_shows_its_failover(tmp_path: Pat
     killed = re.search(r"SIGKILL of the leader (beat-\d)", result.stdout)
     assert killed and leaders[0] == killed.group(1), result.stdout
     assert len(set(leaders)) == 2, result.stdout  # another instance took over
+
+
+def test_with_zookeeper_auth_the_dashboard_writes_as_its_own_identity(beats, zk_server) -> None:
+    import uuid
+
+    from kazoo.security import make_acl, make_digest_acl
+
+    from tests.cluster import ENTRY, every, schedule_env
+    from tests.harness import connected_client
+    from tests.security import APP_PASSWORD, AUTH, as_env
+
+    root = f"/bltest-secure/{uuid.uuid4().hex}/app"
+    beat = beats(env={**schedule_env(**{ENTRY: every(1)}), "BEATLEADER_PATH": root,
+                      **as_env({"zk_auth": AUTH})})  # fmt: skip
+    beat.wait_for_log(r"beatleader: leading", 30)
+    marker = layout.paused_entry_path(root, ENTRY)
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+
+    stranger = make_dashboard(
+        Settings.from_app(None, zk_hosts=zk_server.hosts, path=root),
+        allow_write=True,
+        token=TOKEN,
+    )
+    owner = make_dashboard(
+        Settings.from_app(None, zk_hosts=zk_server.hosts, path=root, zk_auth=AUTH),
+        allow_write=True,
+        token=TOKEN,
+    )
+    try:
+        form = {"action": "pause", "name": ENTRY, "csrf": stranger.access.csrf_token("token")}
+        status, _headers, body = call(stranger, "/action", "POST", form, bearer)
+        assert status.startswith("503") and "NoAuthError" in body  # ZooKeeper refused it
+        assert ENTRY in call(stranger, "/entries")[2]  # it still reads (world-readable)
+        with connected_client(zk_server.hosts, zk_auth=AUTH) as client:
+            assert client.exists(marker) is None
+
+            form["csrf"] = owner.access.csrf_token("token")
+            assert call(owner, "/action", "POST", form, bearer)[0].startswith("303")
+            acl = [make_digest_acl("app", APP_PASSWORD, all=True)]
+            assert client.get_acls(marker)[0] == [*acl, make_acl("world", "anyone", read=True)]
+            assert b'"changed_by": "web:token (' in client.get(marker)[0]
+    finally:
+        stranger.close()
+        owner.close()

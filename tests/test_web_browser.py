@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 from beatleader.entries.api import EntryStore
@@ -45,8 +45,29 @@ def web(tmp_path: Path, zk_server, zk_root):
         process.kill_group()
 
 
+def attribute(driver, element_id: str, name: str | None = None) -> str:
+    """An element's attribute (or text), "" while the page's script swaps the content."""
+    try:
+        element = driver.find_element(By.ID, element_id)
+        return str(element.text if name is None else element.get_attribute(name))
+    except StaleElementReferenceException:  # replaced by a refresh between find and read
+        return ""
+
+
+def settled(read, message: str = "the page"):
+    """``read()``'s value, read again when a refresh replaced an element under it."""
+
+    def attempt():
+        try:
+            return read()
+        except StaleElementReferenceException:
+            return None
+
+    return wait_for(attempt, 10, message=message)
+
+
 def leader_pid_shown(driver) -> str:
-    return str(driver.find_element(By.ID, "leader").get_attribute("data-pid"))
+    return attribute(driver, "leader", "data-pid")
 
 
 def test_the_overview_follows_a_sigkill_of_the_leader_and_hostile_names_are_text(
@@ -59,10 +80,13 @@ def test_the_overview_follows_a_sigkill_of_the_leader_and_hostile_names_are_text
 
     browser.get(dashboard.url)
     wait_for(lambda: leader_pid_shown(browser) == str(old.pid), 20, message="the leader shown")
-    rows = browser.find_elements(By.CSS_SELECTOR, "#contenders tbody tr")
-    assert [r.get_attribute("data-pid") for r in rows] == [
-        str(c["pid"]) for c in contenders(zk_client, zk_root)
-    ]
+    shown = settled(
+        lambda: [
+            r.get_attribute("data-pid")
+            for r in browser.find_elements(By.CSS_SELECTOR, "#contenders tbody tr")
+        ]
+    )
+    assert shown == [str(c["pid"]) for c in contenders(zk_client, zk_root)]
     body = browser.find_element(By.TAG_NAME, "body")
     wait_for(lambda: body.get_attribute("data-live") == "1", 10, message="the script runs")
 
@@ -76,16 +100,24 @@ def test_the_overview_follows_a_sigkill_of_the_leader_and_hostile_names_are_text
     assert int(new_pid) in {p.pid for p in processes if p is not old}
 
     browser.get(dashboard.url + "entries")
-    names = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#entries td.name a")]
+    names = settled(
+        lambda: [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#entries td.name a")]
+    )
     assert XSS in names  # shown as its text, not run as a script
     with pytest.raises(NoAlertPresentException):
         browser.switch_to.alert.text  # noqa: B018 (raises when no alert is open)
     assert browser.find_elements(By.CSS_SELECTOR, "#entries td.name script") == []
-    link = next(
-        a for a in browser.find_elements(By.CSS_SELECTOR, "#entries td.name a") if a.text == XSS
+    settled(
+        lambda: (
+            next(
+                a
+                for a in browser.find_elements(By.CSS_SELECTOR, "#entries td.name a")
+                if a.text == XSS
+            ).click()
+            or True
+        )
     )
-    link.click()
-    wait_for(lambda: browser.find_element(By.ID, "entry-name").text == XSS, 10, message="page")
+    wait_for(lambda: attribute(browser, "entry-name") == XSS, 10, message="the entry page")
     with pytest.raises(NoAlertPresentException):
         browser.switch_to.alert.text  # noqa: B018
 
@@ -107,11 +139,17 @@ def quiet(log: Path, name: str, allowed: int) -> int:
     return after
 
 
-def row_button(driver, entry: str, action: str):
-    for row in driver.find_elements(By.CSS_SELECTOR, "#entries tbody tr"):
-        if row.get_attribute("data-entry") == entry:
-            return row.find_element(By.CSS_SELECTOR, f'button[data-action="{action}"]')
-    raise AssertionError(f"no row {entry!r}")
+def click(driver, entry: str, action: str) -> None:
+    """Press ``action``'s button in ``entry``'s row (again if a refresh replaced the row)."""
+
+    def press() -> bool:
+        for row in driver.find_elements(By.CSS_SELECTOR, "#entries tbody tr"):
+            if row.get_attribute("data-entry") == entry:
+                row.find_element(By.CSS_SELECTOR, f'button[data-action="{action}"]').click()
+                return True
+        raise AssertionError(f"no row {entry!r}")
+
+    settled(press, f"{action} {entry}")
 
 
 def fetch_status(driver, url: str, body: str) -> int:
@@ -165,7 +203,7 @@ def test_pause_resume_and_run_now_from_the_page_change_what_the_worker_executes(
     browser.find_element(By.ID, "sign-in").click()
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#entries"), 10, message="entries")
 
-    row_button(browser, "dyn", "pause").click()
+    click(browser, "dyn", "pause")
     wait_for(lambda: browser.find_elements(By.ID, "done"), 10, message="paused")
     definition = store.get("dyn")[0]
     assert not definition.enabled
@@ -174,7 +212,7 @@ def test_pause_resume_and_run_now_from_the_page_change_what_the_worker_executes(
     quiet(execution_log, "dyn", allowed=0)
 
     browser.get(dashboard.url + "entries")
-    row_button(browser, ENTRY, "pause").click()  # a static entry: a paused/ marker
+    click(browser, ENTRY, "pause")  # a static entry: a paused/ marker
     wait_for(lambda: browser.find_elements(By.ID, "done"), 10, message="paused")
     note, _stat = zk_client.get(layout.paused_entry_path(zk_root, ENTRY))
     assert b'"changed_by": "web:token (' in note
@@ -182,13 +220,41 @@ def test_pause_resume_and_run_now_from_the_page_change_what_the_worker_executes(
     stopped = quiet(execution_log, ENTRY, allowed=0)
 
     browser.get(dashboard.url + "entries")
-    row_button(browser, "hourly", "run").click()
+    click(browser, "hourly", "run")
     wait_for(lambda: executed(execution_log, "hourly") == 1, 20, message="hourly runs once")
     quiet(execution_log, "hourly", allowed=0)
     assert executed(execution_log, "hourly") == 1
 
     browser.get(dashboard.url + "entries")
-    row_button(browser, "dyn", "resume").click()
+    click(browser, "dyn", "resume")
     wait_for(lambda: browser.find_elements(By.ID, "done"), 10, message="resumed")
     wait_for(lambda: executed(execution_log, "dyn") >= paused + 2, 20, message="dyn again")
     assert executed(execution_log, ENTRY) == stopped  # still paused
+
+
+def test_a_zookeeper_outage_is_a_banner_on_the_open_page_and_clears_after(
+    private_zk_server, zk_root, tmp_path, browser
+) -> None:
+    from tests.harness import connected_client
+
+    with connected_client(private_zk_server.hosts) as client:
+        client.ensure_path(layout.election_path(zk_root))
+    dashboard = WebProcess(tmp_path / "web", private_zk_server.hosts, zk_root, ["--timeout", "2"])
+    try:
+        browser.get(dashboard.url)
+
+        def state() -> str:
+            return attribute(browser, "zk-state")
+
+        assert state() == "ZooKeeper reachable"
+        assert browser.find_elements(By.ID, "banner") == []
+        private_zk_server.kill()
+        wait_for(lambda: state() == "ZooKeeper unreachable", 30, message="the page turns red")
+        banner = wait_for(lambda: attribute(browser, "banner"), 10, message="the banner")
+        assert banner.startswith(f"ZooKeeper unreachable at {private_zk_server.hosts}")
+        private_zk_server.start()
+        wait_for(lambda: state() == "ZooKeeper reachable", 30, message="the page recovers")
+        assert browser.find_elements(By.ID, "banner") == []
+        assert dashboard.alive
+    finally:
+        dashboard.kill_group()

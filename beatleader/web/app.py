@@ -176,7 +176,7 @@ class Dashboard:
         if method not in ("GET", "HEAD") or path in ("/action", "/logout"):
             return self._page("405 Method Not Allowed", "Not allowed", "changes need a POST")
         if path == "/":
-            snapshot = read_snapshot(self.client(), self.root, self.hosts, self.app)
+            snapshot = read_snapshot(self.client(), self.root, self.hosts, self.app, strips=False)
             return _html(overview_page(snapshot, viewer))
         if path == "/entries":
             snapshot = read_snapshot(self.client(), self.root, self.hosts, self.app)

@@ -171,8 +171,11 @@ def _unreachable(client: Any, hosts: str) -> str | None:
     return f"ZooKeeper unreachable at {hosts}: not connected (reconnecting)"
 
 
-def read_snapshot(client: Any, root: str, hosts: str, app: Any = None) -> Snapshot:
-    """The status and every entry's row (see the module docstring)."""
+def read_snapshot(
+    client: Any, root: str, hosts: str, app: Any = None, strips: bool = True
+) -> Snapshot:
+    """The status and every entry's row (see the module docstring); ``strips``: read each
+    row's last runs too (the entries page; the overview and an entry's page need none)."""
     problem = _unreachable(client, hosts)
     if problem is not None:
         return Snapshot(root, hosts, _now(), problem=problem)
@@ -185,7 +188,8 @@ def read_snapshot(client: Any, root: str, hosts: str, app: Any = None) -> Snapsh
         rows = _rows(status, infos, sources)
         hidden = max(0, len(rows) - SnapshotPolicy.max_rows)
         rows = rows[: SnapshotPolicy.max_rows]
-        rows = _with_strips(client, root, rows)
+        if strips:
+            rows = _with_strips(client, root, rows)
     except ZK_ERRORS as exc:
         return Snapshot(root, hosts, _now(), problem=describe_error(exc, hosts, root))
     return Snapshot(root, hosts, _now(), status=status, rows=tuple(rows), hidden=hidden)
@@ -195,7 +199,7 @@ def read_entry(
     client: Any, root: str, hosts: str, name: str, app: Any = None
 ) -> tuple[Snapshot, Row | None, History | None]:
     """The snapshot, ``name``'s row (None: no such entry) and its history."""
-    snapshot = read_snapshot(client, root, hosts, app)
+    snapshot = read_snapshot(client, root, hosts, app, strips=False)
     row = next((r for r in snapshot.rows if r.name == name and r.state != "ignored"), None)
     row = row or next((r for r in snapshot.rows if r.name == name), None)
     if row is None or not snapshot.reachable:
