@@ -88,6 +88,10 @@ class Settings:
     dedup_retention: float = DEFAULT_DEDUP_RETENTION
     #: Runs kept per entry in its history (``beatleader.runs``), whatever the retention.
     history_size: int = DEFAULT_HISTORY_SIZE
+    #: The web dashboard's write credential (``beatleader web --token``, docs/web.md); None: none.
+    web_token: str | None = field(default=None, repr=False)
+    #: ``celery beat`` also serves the read-only dashboard on ``metrics_port`` (docs/web.md).
+    web: bool = False
 
     @classmethod
     def from_app(cls, app: Any, **overrides: Any) -> Settings:
@@ -101,6 +105,11 @@ class Settings:
                 raw = default(app_name) if callable(default) else default
                 source = "default"
             values[name] = validate(_label(name, source), raw)
+        if values["web"] and values["metrics_port"] is None:
+            raise ConfigError(
+                f"{_label('web', _lookup('web', conf, overrides)[1])}: true needs "
+                "beatleader_metrics_port (the dashboard is served on the metrics port)"
+            )
         auth = _auth(values.pop("zk_auth"), values.pop("zk_auth_file"))
         tls = _tls(values) if values.pop("zk_tls") else None
         for name in _TLS_FIELDS:
@@ -368,4 +377,6 @@ _SETTINGS: dict[str, tuple[Validator, Any]] = {
     "metrics_address": (validate_address, "127.0.0.1"),
     "dedup_retention": (validate_positive_seconds, DEFAULT_DEDUP_RETENTION),
     "history_size": (validate_history_size, DEFAULT_HISTORY_SIZE),
+    "web_token": (validate_optional_text, None),
+    "web": (validate_bool, False),
 }

@@ -98,7 +98,7 @@ app.conf.update(
 )
 # The worker guard: each run executes once, also when a new leader republishes the last run of a
 # leader that crashed (publication is at least once). Workers reach ZooKeeper like the beats do.
-beatleader.dedup.install(app)
+beatleader.worker.guard.install(app)
 
 
 @app.task(name=TASK_NAME, bind=True)

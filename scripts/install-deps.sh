@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what beatleader's demo and tests need on a Debian machine: ZooKeeper, Redis, RabbitMQ, Java,
 # PostgreSQL (its server binaries; the tests run their own throwaway cluster),
-# docker-compose (only to validate docker-compose.yml; no engine needed) and this package with
+# docker-compose (only to validate docker-compose.yml; no engine needed), Chromium and its driver
+# (the dashboard's browser tests) and this package with
 # its dev extra. Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,8 @@ command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)  # the django-celery-beat tests start their own PostgreSQL cluster
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # the TLS tests make their certificates
+[ -x /usr/bin/chromium ] || missing+=(chromium)  # the dashboard's browser tests (tests/test_web_browser.py)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)  # selenium drives chromium through it
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing Debian packages: ${missing[*]}"
     sudo=""

@@ -137,6 +137,26 @@ def _senders(broker: FilesystemBroker) -> set[int]:
     return {int(ORIGIN_PID.findall(m.headers["origin"])[0]) for m in broker.messages()}
 
 
+def _dashboard_leader(port: int) -> str | None:
+    """The leader pid the mounted dashboard (``/beatleader/``) shows, None when it does not."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/beatleader/", timeout=5) as page:
+            found = re.search(r'id="leader" data-pid="(\d*)"', page.read().decode())
+    except (OSError, urllib.error.URLError):
+        return None
+    return found.group(1) if found else None
+
+
+def _check_dashboard(port: int, leader_pid: int) -> None:
+    """The dashboard mounted at ``/beatleader/`` shows the leader; its links stay under it."""
+    wait_for(
+        lambda: _dashboard_leader(port) == str(leader_pid), 20, message="the dashboard's leader"
+    )
+    url = f"http://127.0.0.1:{port}/beatleader/static/dashboard.css"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert response.status == 200 and b"beatleader dashboard" in response.read()
+
+
 def _check_server(
     server: WebServer, port: int, processes: int, zk_client: Any, zk_root: str, broker_dir: Path
 ) -> None:
@@ -148,6 +168,7 @@ def _check_server(
         message=f"{processes} processes answer, contend once each, and exactly one leads",
     )
     first = _leader_pid(answers)
+    _check_dashboard(port, first)
     wait_for(lambda: broker.count() >= 2, 20, message="the leader sends the periodic task")
     assert _senders(broker) == {first}
 
@@ -231,6 +252,7 @@ def test_django_runserver_contends_only_in_the_serving_child(servers, zk_client,
     )
     (child,) = answers
     assert child != server.pid
+    _check_dashboard(port, child)
     assert [c["pid"] for c in contenders(zk_client, zk_root)] == [child]
 
     os.kill(child, signal.SIGTERM)

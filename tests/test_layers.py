@@ -28,12 +28,13 @@ RANKS = {
     "django": 6,
     "ops": 6,
     "entries": 7,
-    "cli": 8,
+    "web": 8,
+    "cli": 9,
     # the public face: beatleader/__init__.py and the old module paths kept for users
-    "": 9,
-    "scheduler": 9,
-    "dedup": 9,
-    "embedded": 9,
+    "": 10,
+    "scheduler": 10,
+    "dedup": 10,
+    "embedded": 10,
 }
 #: Packages that must not import celery (or kombu) at all.
 NO_CELERY = {"_version", "config", "observe", "zk", "election", "runs"}
@@ -152,7 +153,7 @@ def main() -> None:
         by_package.setdefault(here, set()).update(
             package_of(t) or "(face)" for t in targets if package_of(t) != package_of(module)
         )
-    for package in sorted(by_package, key=lambda p: (RANKS.get(p, 9), p)):
+    for package in sorted(by_package, key=lambda p: (RANKS.get(p, 10), p)):
         print(f"{package:10} -> {', '.join(sorted(by_package[package])) or '-'}")
     print("circles:", cycles(edges) or "none")
 

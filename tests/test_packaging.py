@@ -72,6 +72,8 @@ def test_the_wheel_ships_the_package_without_test_tooling(dist: Path) -> None:
     }
     assert sorted(shipped - modules) == []  # every module of every package, sub-packages too
     assert {"beatleader/django/__init__.py", "beatleader/django/scheduler.py"} <= modules
+    # the dashboard's static files (no CDN: the pages load them from the package)
+    assert {"beatleader/web/static/dashboard.css", "beatleader/web/static/dashboard.js"} <= names
     assert not [n for n in names if n.startswith(("beatleader/testing", "tests/", "scripts/"))]
     assert f"{info}/licenses/LICENSE" in names
     for line in (
@@ -98,6 +100,7 @@ def test_the_metadata_has_license_version_classifiers_and_extras(dist: Path) -> 
         "examples",
         "bench",
         "dev",
+        "web",
     }
     requires = meta.get_all("Requires-Dist")
     prometheus = [r for r in requires if r.startswith("prometheus_client")]

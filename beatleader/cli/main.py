@@ -269,17 +269,22 @@ def _build_group(name: str, with_options: bool, help_text: str) -> click.Group:
 
 
 class _Group(click.Group):
-    """Adds ``entry`` (``entrycli.py``) when asked for: that module imports this one."""
+    """Adds ``entry`` (``entry.py``) and ``web`` (``web.py``) when asked for: ``entry`` imports
+    this module, and ``web`` loads the dashboard only for that command."""
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name == "entry":
             from beatleader.cli.entry import entry_group
 
             return entry_group
+        if cmd_name == "web":
+            from beatleader.cli.web import web_command
+
+            return web_command
         return super().get_command(ctx, cmd_name)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), "entry"})
+        return sorted({*super().list_commands(ctx), "entry", "web"})
 
 
 _HELP = "Inspect and steer beatleader's leader election in ZooKeeper."

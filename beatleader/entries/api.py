@@ -88,10 +88,16 @@ class EntryPolicy:
 class EntryStore:
     """The operations on one app's root, on a started client (see the module docstring)."""
 
-    def __init__(self, client: Any, root: str, app: Any = None) -> None:
+    def __init__(self, client: Any, root: str, app: Any = None, actor: str | None = None) -> None:
         self.client = client
         self.root = root
         self.app = app
+        #: What each write records as ``changed_by``; None: this process's ``user@host``
+        #: (:func:`beatleader.entries.spec.changed_by`). The web dashboard names its user here.
+        self.actor = actor
+
+    def _by(self) -> str:
+        return self.actor or changed_by()
 
     # -- what exists --------------------------------------------------------------------------
 
@@ -174,7 +180,7 @@ class EntryStore:
             kwargs=dict(json_object(kwargs or {})),
             options=options_of(queue, priority, expires, {}, overlap, pause_after_failures),
             enabled=enabled,
-            changed_by=changed_by(),
+            changed_by=self._by(),
             changed_at=utc_now(),
         ).validated()
         if name in self.static_names():
@@ -231,7 +237,7 @@ class EntryStore:
                     queue, priority, expires, old.options, overlap, pause_after_failures
                 ),
                 enabled=old.enabled,
-                changed_by=changed_by(),
+                changed_by=self._by(),
                 changed_at=utc_now(),
             )
 
@@ -261,7 +267,7 @@ class EntryStore:
             return "static"
         if not self._exists(layout.definition_path(self.root, name)):
             raise DefinitionError(f"cannot {verb} {name!r}: no such entry (see 'entry list')")
-        self._rewrite(name, verb, lambda old: _with_enabled(old, enabled))
+        self._rewrite(name, verb, lambda old: _with_enabled(old, enabled, self._by()))
         if enabled:  # the note of a pause after failures (``beat/failures.py``) goes with it
             self._mark_paused(name, False)
         return "runtime"
@@ -270,7 +276,7 @@ class EntryStore:
         marker = layout.paused_entry_path(self.root, name)
         if paused:
             with suppress(NodeExistsError):  # already paused
-                self.client.create(marker, note(), makepath=True)
+                self.client.create(marker, note(self._by()), makepath=True)
         else:
             with suppress(NoNodeError):  # not paused: nothing to do
                 self.client.delete(marker)
@@ -282,7 +288,7 @@ class EntryStore:
         if not runtime and name not in self.static_names():
             raise DefinitionError(f"cannot run {name!r}: no such entry (see 'entry list')")
         prefix = layout.request_prefix(self.root, name)
-        return str(self.client.create(prefix, note(), sequence=True, makepath=True))
+        return str(self.client.create(prefix, note(self._by()), sequence=True, makepath=True))
 
     def history(self, name: str, limit: int | None = None) -> History:
         """The last ``limit`` runs of ``name`` (default 20), newest
@@ -336,7 +342,7 @@ def _rezoned(name: str, old: Definition, zone: str) -> dict[str, Any]:
     return {"crontab": old.schedule["crontab"], "timezone": parse_timezone(zone)}
 
 
-def _with_enabled(old: Definition, enabled: bool) -> Definition:
+def _with_enabled(old: Definition, enabled: bool, by: str) -> Definition:
     return Definition(
         old.task,
         old.schedule,
@@ -344,7 +350,7 @@ def _with_enabled(old: Definition, enabled: bool) -> Definition:
         old.kwargs,
         old.options,
         enabled,
-        changed_by(),
+        by,
         utc_now(),
     )
 

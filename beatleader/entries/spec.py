@@ -113,8 +113,9 @@ def options_of(
     return options
 
 
-def note() -> bytes:
-    return json.dumps({"changed_by": changed_by(), "changed_at": utc_now()}).encode()
+def note(by: str | None = None) -> bytes:
+    """A pause marker's or run request's note: who (``by``, else :func:`changed_by`) and when."""
+    return json.dumps({"changed_by": by or changed_by(), "changed_at": utc_now()}).encode()
 
 
 def json_list(args: Any) -> list[Any]:

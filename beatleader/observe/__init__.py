@@ -17,9 +17,15 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 logger = logging.getLogger("beatleader.observe")
+
+#: Makes the WSGI dashboard a beat serves beside ``/metrics`` when ``beatleader_web`` is true:
+#: ``web_factory(settings)``. Set by :mod:`beatleader` (the public face, which may import
+#: :mod:`beatleader.web`), so that this low layer and the scheduler need not import it.
+web_factory: Callable[[Any], Any] | None = None
 
 
 class Observer:

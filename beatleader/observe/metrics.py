@@ -61,8 +61,9 @@ from typing import Any, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.exposition import start_http_server
+from prometheus_client.exposition import make_wsgi_app, start_http_server
 
+from beatleader import observe
 from beatleader.config import ConfigError, Settings
 from beatleader.observe import Observer, Observers
 
@@ -251,17 +252,23 @@ def _remaining(scheduler: Scheduler) -> Iterator[tuple[str, float]]:
 _servers: dict[tuple[int, str, int], Any] = {}
 
 
-def serve(port: int, address: str, registry: CollectorRegistry | None = None) -> bool:
+def serve(
+    port: int, address: str, registry: CollectorRegistry | None = None, web: Any = None
+) -> bool:
     """Serve ``registry`` on ``http://address:port/metrics`` once per process; False on failure.
 
-    A port that cannot be bound is one ERROR line, never an exception.
+    ``web``: a WSGI application served on every other path of that port (the dashboard, with
+    ``beatleader_web``). A port that cannot be bound is one ERROR line, never an exception.
     """
     key = (os.getpid(), address, port)
     with _lock:
         if key in _servers:
             return True
         try:
-            _servers[key] = start_http_server(port, addr=address, registry=registry or REGISTRY)
+            if web is None:
+                _servers[key] = start_http_server(port, addr=address, registry=registry or REGISTRY)
+            else:
+                _servers[key] = _serve_with_web(port, address, registry or REGISTRY, web)
         except OSError as exc:
             logger.error(
                 "beatleader: cannot serve metrics on %s:%d (%s); beat goes on without them",
@@ -272,6 +279,33 @@ def serve(port: int, address: str, registry: CollectorRegistry | None = None) ->
             return False
     logger.info("beatleader: serving Prometheus metrics on http://%s:%d/metrics", address, port)
     return True
+
+
+def _serve_with_web(port: int, address: str, registry: CollectorRegistry, web: Any) -> Any:
+    """``/metrics`` from ``registry``, every other path from ``web``, on a daemon thread."""
+    import socket
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") == "/metrics":
+            return metrics_app(environ, start_response)
+        return web(environ, start_response)
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        allow_reuse_address = True
+        address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            logger.debug("%s", format % args)
+
+    server = make_server(address, port, app, Server, Quiet)
+    threading.Thread(target=server.serve_forever, name="beatleader-web", daemon=True).start()
+    return server
 
 
 def install(scheduler: Scheduler) -> None:
@@ -285,4 +319,12 @@ def install(scheduler: Scheduler) -> None:
         scheduler.observers.add(observer)
     observer.watch(scheduler)
     if settings.metrics_port is not None:
-        serve(settings.metrics_port, settings.metrics_address)
+        factory = observe.web_factory if settings.web else None
+        web = factory(settings) if factory is not None else None
+        serve(settings.metrics_port, settings.metrics_address, web=web)
+        if web is not None:
+            logger.info(
+                "beatleader: serving the dashboard on http://%s:%d/",
+                settings.metrics_address,
+                settings.metrics_port,
+            )

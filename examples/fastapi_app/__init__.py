@@ -6,7 +6,9 @@ Run it with several workers; each is a contender and one of them sends the perio
 
 uvicorn starts each worker as a new process (not a fork of a process that already started the
 beat), and the lifespan runs in each worker: the beat starts there and stops at shutdown, which
-hands leadership over at once. ``GET /beat`` answers this process's ``EmbeddedBeat.status()``.
+hands leadership over at once. ``GET /beat`` answers this process's ``EmbeddedBeat.status()``,
+and ``/beatleader/`` is the read-only web dashboard (``beatleader.web.AsgiDashboard``, docs/web.md);
+a mounted app gets no lifespan of its own, so the app's lifespan closes the dashboard's client.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from beatleader import EmbeddedBeat
+from beatleader.web import AsgiDashboard, make_dashboard
 from examples.plain.proj import app as celery_app
+
+dashboard = make_dashboard(celery_app)
 
 
 @asynccontextmanager
@@ -30,9 +35,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await asyncio.to_thread(beat.stop)  # joins the beat thread: keep the event loop free
+        await asyncio.to_thread(dashboard.close)
 
 
 app = FastAPI(lifespan=lifespan)
+app.mount("/beatleader", AsgiDashboard(dashboard))
 
 
 @app.get("/beat")

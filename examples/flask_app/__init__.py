@@ -4,7 +4,10 @@ Run it with several workers; each is a contender and one of them sends the perio
 
     gunicorn -c examples/gunicorn.conf.py 'examples.flask_app:create_app()'
 
-``GET /beat`` answers this process's ``EmbeddedBeat.status()`` (running, leader, pid...).
+``GET /beat`` answers this process's ``EmbeddedBeat.status()`` (running, leader, pid...), and
+``/beatleader/`` is the read-only web dashboard (``beatleader.web``, docs/web.md), mounted with
+werkzeug's ``DispatcherMiddleware``; its ZooKeeper client is made on its first request, in the
+worker, never before gunicorn forks.
 
 Under gunicorn the beat is started by ``post_fork`` in ``examples/gunicorn.conf.py``, in each
 worker; the ``start()`` below then finds it running and returns it. Run alone (``flask --app
@@ -17,8 +20,10 @@ if you use it.
 from __future__ import annotations
 
 from flask import Flask, Response, jsonify
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from beatleader import EmbeddedBeat
+from beatleader.web import make_dashboard
 from examples.plain.proj import app as celery_app
 
 
@@ -31,4 +36,7 @@ def create_app() -> Flask:
     def beat_status() -> Response:
         return jsonify(beat.status())
 
+    app.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, {"/beatleader": make_dashboard(celery_app)}
+    )
     return app

@@ -13,6 +13,7 @@ SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-only-not-secret")
 DEBUG = True
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 INSTALLED_APPS = ["beatapp"]
+WSGI_APPLICATION = "mysite.wsgi.application"  # with the dashboard at /beatleader/
 ROOT_URLCONF = "mysite.urls"
 DATABASES: dict[str, dict[str, str]] = {}
 USE_TZ = True
