@@ -15,6 +15,8 @@ from scripts.bench.analysis import (
     analyse_timeline,
     close_sends,
     combine_rounds,
+    cpu_delta,
+    cpu_per_1000,
     due_lateness,
     execution_rate,
     failover,
@@ -26,11 +28,12 @@ from scripts.bench.analysis import (
     percentile,
     repeated_ids,
     senders,
+    stat_cpu_ticks,
     sustained_rate,
     throughput_ratio,
     throughput_result,
 )
-from scripts.bench.report import guard_lines, guard_rows, quantiles, ratio
+from scripts.bench.report import cpu_text, guard_lines, guard_rows, quantiles, ratio
 
 # A timeline of three instances. Pid 100 leads and gets SIGKILL at 2,505 (500 ms after its send
 # at 2,005); pid 200 republishes the victim's last run "c" (same task id: not a new run) at 4,600
@@ -160,6 +163,41 @@ def test_throughput_slope_endpoints_and_late_sends() -> None:
     assert result.late == 2  # 1,500 and 1,001; 1,000 is not late by more than 1 s
     assert result.sustained_per_s == pytest.approx(1.0 + 2 / 3)
     assert result.llen_samples == samples
+    assert result.sends_in_window == 200
+    assert (result.cpu_s, result.cpu_per_1000_sends) == (None, None)
+    assert cpu_text(result) == "n/a"
+
+
+def test_throughput_cpu_per_1000_sends_of_the_window() -> None:
+    samples = [(1000, 100), (2000, 1100), (3000, 2100)]
+    result = throughput_result("persistent", 1, 1000, samples, {}, cpu_s=0.8)
+    # 2,000 sends queued between the first and the last sample cost 0.8 CPU-s.
+    assert result.sends_in_window == 2000
+    assert result.cpu_per_1000_sends == pytest.approx(0.4)
+    assert cpu_text(result) == "0.40 CPU-s (0.8 s / 2,000 sends)"
+
+
+# /proc/<pid>/stat of a process whose name holds a space and a parenthesis: utime 1234 and
+# stime 56 are fields 14 and 15; the fields around them (12: majflt 7, 16: cutime 99) must not
+# count.
+STAT = "4242 (celery) (x) S 1 4242 4242 0 -1 4194560 8814 0 7 0 1234 56 99 3 20 0 3 0 9 1 2 3"
+
+
+def test_stat_cpu_ticks_counts_utime_and_stime_after_the_name() -> None:
+    assert stat_cpu_ticks(STAT) == 1234 + 56
+    assert stat_cpu_ticks(STAT.replace("(celery) (x)", "(beat)")) == 1290
+
+
+def test_cpu_delta_sums_every_beat_and_refuses_a_partial_reading() -> None:
+    assert cpu_delta({1: 100, 2: 50}, {1: 250, 2: 60}, 100) == pytest.approx(1.6)
+    with pytest.raises(ValueError, match="pids"):
+        cpu_delta({1: 100, 2: 50}, {1: 250}, 100)
+
+
+def test_cpu_per_1000_needs_a_reading_and_a_send() -> None:
+    assert cpu_per_1000(1.5, 3000) == pytest.approx(0.5)
+    assert cpu_per_1000(None, 3000) is None
+    assert cpu_per_1000(1.5, 0) is None
 
 
 def test_sustained_rate_needs_two_distinct_send_times() -> None:
