@@ -34,6 +34,7 @@ from scripts.bench.analysis import (
     throughput_result,
 )
 from scripts.bench.report import cpu_text, guard_lines, guard_rows, quantiles, ratio
+from scripts.bench.targets import cpu_target, lateness_targets, throughput_target
 
 # A timeline of three instances. Pid 100 leads and gets SIGKILL at 2,505 (500 ms after its send
 # at 2,005); pid 200 republishes the victim's last run "c" (same task id: not a new run) at 4,600
@@ -269,3 +270,30 @@ def test_guard_table_ratios_and_the_history_bar() -> None:
     assert lines[0] == "history 20 / history 0 = 0.80: within the 20 % bar (>= 0.80)"
     assert throughput_ratio(150, 250) == 0.6
     assert throughput_ratio(None, 250) is None
+
+
+def test_lateness_targets_against_persistent_scheduler() -> None:
+    p99, p50 = lateness_targets(1.2, 9.0, 4.6)
+    assert (p99.verdict, p99.found) == ("PASS", "9.0 ms vs bound 9.2 ms (1.96x)")
+    assert (p50.verdict, p50.found) == ("PASS", "1.2 ms")
+    p99, p50 = lateness_targets(1.6, 9.3, 4.6)
+    assert (p99.passed, p50.passed) == (False, False)
+    assert [t.verdict for t in lateness_targets(None, 1.0, None)] == ["n/a", "n/a"]
+
+
+def test_throughput_targets_only_at_1000_and_4000_entries() -> None:
+    at_1000 = throughput_target(1000, 936.0, 468.0)
+    assert at_1000 is not None and (at_1000.found, at_1000.verdict) == ("2.00x", "PASS")
+    at_4000 = throughput_target(4000, 2000.0, 251.0)
+    assert at_4000 is not None and (at_4000.found, at_4000.verdict) == ("7.97x", "FAIL")
+    assert throughput_target(2000, 1.0, 1.0) is None
+    missing = throughput_target(1000, None, 468.0)
+    assert missing is not None and missing.passed is None
+
+
+def test_cpu_target_allows_the_noise_and_says_so() -> None:
+    assert cpu_target(1000, 0.40, 0.40).verdict == "PASS"
+    within = cpu_target(1000, 0.43, 0.40)
+    assert within.passed is True and "noise" in within.verdict
+    assert cpu_target(1000, 0.45, 0.40).verdict.startswith("FAIL")
+    assert cpu_target(1000, None, 0.40).verdict == "n/a"
