@@ -25,6 +25,8 @@ one after the other:
    beatleader xN vs one PersistentScheduler. After the first full round and ``--warmup``
    seconds, ``LLEN celery`` is sampled every 0.1 s for ``--throughput-seconds``; sends/s is its
    least-squares slope (the two endpoints alone are off by up to one burst of all entries).
+   CPU per 1,000 sends: the beats' utime + stime (``/proc/<pid>/stat``, summed over every beat
+   of the setup) read at the start and the end of that window / the sends queued in it x 1,000.
 5. **Runtime entries** (``scripts/bench_runtime.py``; ``--only-runtime`` runs it alone): a
    leader takes over ``--runtime-definitions`` (10,000) definitions, new and with run state; the
    takeover time, the reads it sent, and the reads, requests and time of one update, one

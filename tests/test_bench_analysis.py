@@ -15,6 +15,8 @@ from scripts.bench.analysis import (
     analyse_timeline,
     close_sends,
     combine_rounds,
+    cpu_delta,
+    cpu_per_1000,
     due_lateness,
     execution_rate,
     failover,
@@ -26,11 +28,13 @@ from scripts.bench.analysis import (
     percentile,
     repeated_ids,
     senders,
+    stat_cpu_ticks,
     sustained_rate,
     throughput_ratio,
     throughput_result,
 )
-from scripts.bench.report import guard_lines, guard_rows, quantiles, ratio
+from scripts.bench.report import cpu_text, guard_lines, guard_rows, quantiles, ratio
+from scripts.bench.targets import cpu_target, lateness_targets, throughput_target
 
 # A timeline of three instances. Pid 100 leads and gets SIGKILL at 2,505 (500 ms after its send
 # at 2,005); pid 200 republishes the victim's last run "c" (same task id: not a new run) at 4,600
@@ -160,6 +164,41 @@ def test_throughput_slope_endpoints_and_late_sends() -> None:
     assert result.late == 2  # 1,500 and 1,001; 1,000 is not late by more than 1 s
     assert result.sustained_per_s == pytest.approx(1.0 + 2 / 3)
     assert result.llen_samples == samples
+    assert result.sends_in_window == 200
+    assert (result.cpu_s, result.cpu_per_1000_sends) == (None, None)
+    assert cpu_text(result) == "n/a"
+
+
+def test_throughput_cpu_per_1000_sends_of_the_window() -> None:
+    samples = [(1000, 100), (2000, 1100), (3000, 2100)]
+    result = throughput_result("persistent", 1, 1000, samples, {}, cpu_s=0.8)
+    # 2,000 sends queued between the first and the last sample cost 0.8 CPU-s.
+    assert result.sends_in_window == 2000
+    assert result.cpu_per_1000_sends == pytest.approx(0.4)
+    assert cpu_text(result) == "0.40 CPU-s (0.8 s / 2,000 sends)"
+
+
+# /proc/<pid>/stat of a process whose name holds a space and a parenthesis: utime 1234 and
+# stime 56 are fields 14 and 15; the fields around them (12: majflt 7, 16: cutime 99) must not
+# count.
+STAT = "4242 (celery) (x) S 1 4242 4242 0 -1 4194560 8814 0 7 0 1234 56 99 3 20 0 3 0 9 1 2 3"
+
+
+def test_stat_cpu_ticks_counts_utime_and_stime_after_the_name() -> None:
+    assert stat_cpu_ticks(STAT) == 1234 + 56
+    assert stat_cpu_ticks(STAT.replace("(celery) (x)", "(beat)")) == 1290
+
+
+def test_cpu_delta_sums_every_beat_and_refuses_a_partial_reading() -> None:
+    assert cpu_delta({1: 100, 2: 50}, {1: 250, 2: 60}, 100) == pytest.approx(1.6)
+    with pytest.raises(ValueError, match="pids"):
+        cpu_delta({1: 100, 2: 50}, {1: 250}, 100)
+
+
+def test_cpu_per_1000_needs_a_reading_and_a_send() -> None:
+    assert cpu_per_1000(1.5, 3000) == pytest.approx(0.5)
+    assert cpu_per_1000(None, 3000) is None
+    assert cpu_per_1000(1.5, 0) is None
 
 
 def test_sustained_rate_needs_two_distinct_send_times() -> None:
@@ -231,3 +270,30 @@ def test_guard_table_ratios_and_the_history_bar() -> None:
     assert lines[0] == "history 20 / history 0 = 0.80: within the 20 % bar (>= 0.80)"
     assert throughput_ratio(150, 250) == 0.6
     assert throughput_ratio(None, 250) is None
+
+
+def test_lateness_targets_against_persistent_scheduler() -> None:
+    p99, p50 = lateness_targets(1.2, 9.0, 4.6)
+    assert (p99.verdict, p99.found) == ("PASS", "9.0 ms vs bound 9.2 ms (1.96x)")
+    assert (p50.verdict, p50.found) == ("PASS", "1.2 ms")
+    p99, p50 = lateness_targets(1.6, 9.3, 4.6)
+    assert (p99.passed, p50.passed) == (False, False)
+    assert [t.verdict for t in lateness_targets(None, 1.0, None)] == ["n/a", "n/a"]
+
+
+def test_throughput_targets_only_at_1000_and_4000_entries() -> None:
+    at_1000 = throughput_target(1000, 936.0, 468.0)
+    assert at_1000 is not None and (at_1000.found, at_1000.verdict) == ("2.00x", "PASS")
+    at_4000 = throughput_target(4000, 2000.0, 251.0)
+    assert at_4000 is not None and (at_4000.found, at_4000.verdict) == ("7.97x", "FAIL")
+    assert throughput_target(2000, 1.0, 1.0) is None
+    missing = throughput_target(1000, None, 468.0)
+    assert missing is not None and missing.passed is None
+
+
+def test_cpu_target_allows_the_noise_and_says_so() -> None:
+    assert cpu_target(1000, 0.40, 0.40).verdict == "PASS"
+    within = cpu_target(1000, 0.43, 0.40)
+    assert within.passed is True and "noise" in within.verdict
+    assert cpu_target(1000, 0.45, 0.40).verdict.startswith("FAIL")
+    assert cpu_target(1000, None, 0.40).verdict == "n/a"

@@ -20,6 +20,9 @@ is measured and how), one module per concern:
     guarded (history 0, history 20, optionally at a git ref); executions/s, ZooKeeper requests.
 ``compare``
     ``--before REF``: beatleader at a git ref beside this tree, the same phases alternating.
+``targets``
+    issue 19's targets (lateness, throughput, CPU per 1,000 sends) as PASS / FAIL on one run's
+    figures; pure. Not yet printed: ``--before`` does not run PersistentScheduler yet.
 ``report``
     the table, ratios against PersistentScheduler and redbeat, details, legend, ``--json``.
 ``cli``

@@ -14,7 +14,9 @@ What this module guarantees for them:
 * duplicates: sends less than half an interval after the previous send (any instance); repeated
   task ids counted apart;
 * throughput: the least-squares slope of ``LLEN celery`` over time (sends/s), the endpoints'
-  rate, the sum over entries of 1 / mean period, and the sends late by more than ``LATE_MS``.
+  rate, the sum over entries of 1 / mean period, and the sends late by more than ``LATE_MS``;
+  CPU per 1,000 sends: the beats' CPU seconds (utime + stime of ``/proc/<pid>/stat``, summed
+  over every beat of the setup) over the window / the sends in it (``LLEN`` last - first) x 1,000.
 """
 
 from __future__ import annotations
@@ -229,6 +231,12 @@ class ThroughputResult:
     lateness: list[float] = field(repr=False)
     late: int
     llen_samples: list[tuple[int, int]] = field(repr=False)
+    #: Messages queued between the first and the last ``LLEN`` sample.
+    sends_in_window: int = 0
+    #: CPU seconds (user + system) of every beat of the setup over the window; None: not read.
+    cpu_s: float | None = None
+    #: ``cpu_s`` per 1,000 ``sends_in_window``; None when not measured or no send.
+    cpu_per_1000_sends: float | None = None
 
 
 def throughput_result(
@@ -237,9 +245,11 @@ def throughput_result(
     entries: int,
     samples: list[tuple[int, int]],
     sends: Mapping[str, list[tuple[int, float]]],
+    cpu_s: float | None = None,
 ) -> ThroughputResult:
     """The figures of ``(ms, LLEN)`` ``samples`` and of the entries' ``(sent_ms, late_ms)``
-    runs; only the runs sent between the first and the last sample count."""
+    runs; only the runs sent between the first and the last sample count. ``cpu_s``: the
+    beats' CPU seconds over the same window (``cpu_delta``)."""
     (start, first), (end, last) = samples[0], samples[-1]
     seconds = (end - start) / 1000
     slope = statistics.linear_regression([t for t, _ in samples], [n for _, n in samples]).slope
@@ -255,7 +265,38 @@ def throughput_result(
         lateness,
         sum(v > LATE_MS for v in lateness),
         samples,
+        last - first,
+        cpu_s,
+        cpu_per_1000(cpu_s, last - first),
     )
+
+
+def stat_cpu_ticks(stat: str) -> int:
+    """utime + stime (clock ticks) from the text of ``/proc/<pid>/stat``.
+
+    The second field (the command name, in parentheses) may hold spaces and parentheses:
+    the fields are counted from its last ``)``; utime and stime are fields 14 and 15.
+    """
+    after = stat[stat.rindex(")") + 2 :].split()
+    # after[0] is field 3 (state): field n is after[n - 3].
+    return int(after[14 - 3]) + int(after[15 - 3])
+
+
+def cpu_delta(start: Mapping[int, int], end: Mapping[int, int], ticks_per_s: float) -> float:
+    """CPU seconds between two readings ``pid -> ticks`` of the same processes, summed.
+
+    A pid missing from either reading (it exited, its stat was unreadable) raises ValueError:
+    a partial sum would understate the cost."""
+    if set(start) != set(end):
+        raise ValueError(f"CPU read for pids {sorted(start)} then {sorted(end)}")
+    return sum(end[pid] - start[pid] for pid in start) / ticks_per_s
+
+
+def cpu_per_1000(cpu_s: float | None, sends: int) -> float | None:
+    """``cpu_s`` per 1,000 sends; None when not measured or no send."""
+    if cpu_s is None or sends <= 0:
+        return None
+    return cpu_s / sends * 1000
 
 
 def sustained_rate(sends: Mapping[str, list[tuple[int, float]]], start: int, end: int) -> float:

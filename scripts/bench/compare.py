@@ -91,6 +91,10 @@ def _ratio(after: float | None, before: float | None) -> str:
     return f"{after / before:.2f}"
 
 
+def _cpu(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def print_compare(args: argparse.Namespace, before: Side, after: Side) -> None:
     rows: list[tuple[str, str, str, str]] = []
 
@@ -108,6 +112,14 @@ def print_compare(args: argparse.Namespace, before: Side, after: Side) -> None:
         add(f"throughput, {b.entries} entries every 1 s", b.sends_per_s, a.sends_per_s, "sends/s")
         for q in (50, 99):
             add(f"  lateness p{q}", percentile(b.lateness, q), percentile(a.lateness, q))
+        rows.append(
+            (
+                "  CPU-s per 1,000 sends",
+                _cpu(b.cpu_per_1000_sends),
+                _cpu(a.cpu_per_1000_sends),
+                _ratio(a.cpu_per_1000_sends, b.cpu_per_1000_sends),
+            )
+        )
     print()
     print(
         f"beatleader before ({args.before}) and after (this tree), one run, {args.instances} "

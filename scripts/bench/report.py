@@ -138,7 +138,23 @@ def throughput_rows_of(bl: ThroughputResult | None, ps: ThroughputResult | None)
             "not measured",
             quantiles(ps.lateness),
         ),
+        (
+            "  CPU per 1,000 sends (beats' utime+stime)",
+            cpu_text(bl),
+            "not measured",
+            cpu_text(ps),
+        ),
     ]
+
+
+def cpu_text(result: ThroughputResult) -> str:
+    """``0.40 CPU-s (6.0 s / 15,000 sends)``; n/a when not measured."""
+    if result.cpu_per_1000_sends is None or result.cpu_s is None:
+        return "n/a"
+    return (
+        f"{result.cpu_per_1000_sends:.2f} CPU-s ({result.cpu_s:.1f} s / "
+        f"{result.sends_in_window:,} sends)"
+    )
 
 
 def print_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
@@ -170,6 +186,8 @@ def ratio_pairs(res: Results) -> list[tuple[str, str, float | None, float | None
         if "beatleader" in by and "persistent" in by:
             tp = (by["beatleader"].sends_per_s, by["persistent"].sends_per_s)
             pairs.append((f"throughput {entries:,}", "PersistentScheduler", *tp))
+            cpu = (by["beatleader"].cpu_per_1000_sends, by["persistent"].cpu_per_1000_sends)
+            pairs.append((f"CPU/1,000 sends {entries:,}", "PersistentScheduler", *cpu))
     return pairs
 
 
@@ -199,7 +217,7 @@ def detail_lines(res: Results) -> list[str]:
         lines.append(
             f"throughput {t.label} x{t.instances}: LLEN slope {t.sends_per_s:,.0f} sends/s, "
             f"endpoints {t.endpoint_per_s:,.0f}/s, per-entry periods {t.sustained_per_s:,.0f}/s "
-            f"over {t.window_s:.1f} s (ideal {t.entries / INTERVAL_S:,.0f}/s)"
+            f"over {t.window_s:.1f} s (ideal {t.entries / INTERVAL_S:,.0f}/s); CPU {cpu_text(t)}"
         )
     return lines
 
@@ -219,7 +237,9 @@ def legend(args: argparse.Namespace) -> list[str]:
         "duplicates: sends < 0.5 interval after the entry's previous send (any instance)",
         "throughput: least-squares slope of LLEN celery (Redis broker, no worker) sampled every "
         f"{LLEN_EVERY:g} s over the window (the two endpoints alone are off by up to one burst "
-        "of all entries); per-entry periods: sum of 1 / mean period between an entry's sends",
+        "of all entries); per-entry periods: sum of 1 / mean period between an entry's sends; "
+        "CPU per 1,000 sends: utime + stime (/proc/<pid>/stat) of every beat of the setup, read "
+        "just before the first and just after the last sample, / the sends queued in between",
     ]
     if not args.skip_runtime:
         lines.append(
@@ -252,7 +272,8 @@ def print_report(args: argparse.Namespace, res: Results) -> None:
         print_guard_table(res.guard)
     sections = [
         (
-            "ratios beatleader / baseline (times: < 1 is better for beatleader; throughput: > 1)",
+            "ratios beatleader / baseline (times and CPU: < 1 is better for beatleader; "
+            "throughput: > 1)",
             ratio_lines(res) + (runtime_ratios(res.runtime) if res.runtime is not None else []),
         ),
         ("details", detail_lines(res)),

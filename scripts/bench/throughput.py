@@ -2,19 +2,30 @@
 send stays queued. After the first full round and ``--warmup`` seconds, ``LLEN celery`` is
 sampled every ``LLEN_EVERY`` s for ``--throughput-seconds``; then the queued messages' headers
 give each entry's (sent, late) runs. ``analysis.throughput_result`` turns both into sends/s.
+The beats' CPU time (utime + stime of ``/proc/<pid>/stat``, every beat of the setup) is read
+just before the first sample and just after the last: CPU seconds per 1,000 sends in the window.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import os
 import time
 from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
 
 import redis
 
-from scripts.bench.analysis import ThroughputResult, late_ms, throughput_result
-from scripts.bench.cluster import Context, stop_all
+from scripts.bench.analysis import (
+    ThroughputResult,
+    cpu_delta,
+    late_ms,
+    stat_cpu_ticks,
+    throughput_result,
+)
+from scripts.bench.cluster import Beat, Context, stop_all
 from scripts.bench.common import (
     FIRST_ROUND_S_PER_ENTRY,
     INTERVAL_S,
@@ -48,13 +59,25 @@ def run_throughput(
         message=f"a first round of {entries} sends",
     )
     time.sleep(ctx.args.warmup)
+    cpu_start = cpu_ticks(beats)
     samples = sample_llen(client, window)
+    cpu_s = cpu_delta(cpu_start, cpu_ticks(beats), os.sysconf("SC_CLK_TCK"))
     stop_all(beats)
     sends = queued_sends(client)
     client.flushall()
-    result = throughput_result(label, count, entries, samples, sends)
-    progress(f"  {result.sends_per_s:,.0f} sends/s, lateness p50/p99 {quantiles(result.lateness)}")
+    result = throughput_result(label, count, entries, samples, sends, cpu_s)
+    per_1000 = result.cpu_per_1000_sends
+    cpu = "n/a" if per_1000 is None else f"{per_1000:.2f}"
+    progress(
+        f"  {result.sends_per_s:,.0f} sends/s, lateness p50/p99 {quantiles(result.lateness)}, "
+        f"{cpu} CPU-s per 1,000 sends"
+    )
     return result
+
+
+def cpu_ticks(beats: Sequence[Beat]) -> dict[int, int]:
+    """pid -> utime + stime in clock ticks of every beat (each must still run)."""
+    return {beat.pid: stat_cpu_ticks(Path(f"/proc/{beat.pid}/stat").read_text()) for beat in beats}
 
 
 def sample_llen(client: redis.Redis, seconds: float) -> list[tuple[int, int]]:
