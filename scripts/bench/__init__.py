@@ -19,10 +19,11 @@ is measured and how), one module per concern:
     the worker guard's cost: one prefork worker draining pre-published runs, unguarded and
     guarded (history 0, history 20, optionally at a git ref); executions/s, ZooKeeper requests.
 ``compare``
-    ``--before REF``: beatleader at a git ref beside this tree, the same phases alternating.
+    ``--before REF``: beatleader at a git ref beside this tree, the same phases alternating, and
+    PersistentScheduler in the same run; prints issue 19's targets on those figures.
 ``targets``
     issue 19's targets (lateness, throughput, CPU per 1,000 sends) as PASS / FAIL on one run's
-    figures; pure. Not yet printed: ``--before`` does not run PersistentScheduler yet.
+    figures; pure (``--before`` prints them).
 ``report``
     the table, ratios against PersistentScheduler and redbeat, details, legend, ``--json``.
 ``cli``

@@ -138,7 +138,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--before",
         metavar="REF",
         help="compare with beatleader at this git ref instead: its timeline and throughput "
-        "beside this tree's, in one run (scripts/bench/compare.py); no redbeat, no baseline",
+        "beside this tree's and PersistentScheduler's, in one run (scripts/bench/compare.py), "
+        "with issue 19's targets; no redbeat",
     )
     add("--json", metavar="PATH", help="also dump raw results as JSON to PATH ('-': stdout)")
     add("--keep", action="store_true", help="keep the work directory (beat logs) afterwards")

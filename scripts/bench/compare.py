@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
-from scripts.bench.analysis import ThroughputResult, TimelineResult, percentile
+from scripts.bench.analysis import PersistentResult, ThroughputResult, TimelineResult, percentile
 from scripts.bench.cluster import Context, Fleet, base_env, servers
-from scripts.bench.common import BEATLEADER, REPO_ROOT, progress
+from scripts.bench.common import BEATLEADER, PERSISTENT, REPO_ROOT, progress
+from scripts.bench.persistent import run_persistent
 from scripts.bench.report import ms, print_table
+from scripts.bench.targets import cpu_target, lateness_targets, throughput_target
 from scripts.bench.throughput import run_throughput
 from scripts.bench.timeline import run_timeline
 
@@ -33,6 +35,14 @@ from scripts.bench.timeline import run_timeline
 class Side:
     label: str
     timeline: TimelineResult
+    throughput: list[ThroughputResult]
+
+
+@dataclass
+class Baseline:
+    """celery's PersistentScheduler in the same run: steady lateness and throughput."""
+
+    persistent: PersistentResult
     throughput: list[ThroughputResult]
 
 
@@ -53,7 +63,7 @@ def extract(ref: str, into: Path) -> Path:
     return into
 
 
-def measure_compare(args: argparse.Namespace, workdir: Path) -> tuple[Side, Side]:
+def measure_compare(args: argparse.Namespace, workdir: Path) -> tuple[Side, Side, Baseline]:
     before_root = extract(args.before, workdir / "before-tree")
     with servers(workdir) as (zk, rd):
         fleets = {
@@ -67,7 +77,12 @@ def measure_compare(args: argparse.Namespace, workdir: Path) -> tuple[Side, Side
             timelines = {
                 label: run_timeline(ctx[label], label, BEATLEADER) for label in ("before", "after")
             }
-            throughput: dict[str, list[ThroughputResult]] = {"before": [], "after": []}
+            persistent = run_persistent(ctx["after"])
+            throughput: dict[str, list[ThroughputResult]] = {
+                "before": [],
+                "after": [],
+                "persistent": [],
+            }
             if not args.skip_throughput:
                 for entries in args.entries:
                     for label in ("before", "after"):
@@ -75,6 +90,8 @@ def measure_compare(args: argparse.Namespace, workdir: Path) -> tuple[Side, Side
                             ctx[label], label, BEATLEADER, args.instances, entries
                         )
                         throughput[label].append(found)
+                    found = run_throughput(ctx["after"], "persistent", PERSISTENT, 1, entries)
+                    throughput["persistent"].append(found)
         finally:
             for fleet in fleets.values():
                 fleet.close()
@@ -82,6 +99,7 @@ def measure_compare(args: argparse.Namespace, workdir: Path) -> tuple[Side, Side
     return (
         Side(f"before ({args.before})", timelines["before"], throughput["before"]),
         Side("after (this tree)", timelines["after"], throughput["after"]),
+        Baseline(persistent, throughput["persistent"]),
     )
 
 
@@ -95,34 +113,77 @@ def _cpu(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def print_compare(args: argparse.Namespace, before: Side, after: Side) -> None:
-    rows: list[tuple[str, str, str, str]] = []
+def print_compare(args: argparse.Namespace, before: Side, after: Side, base: Baseline) -> None:
+    rows: list[tuple[str, ...]] = []
 
-    def add(metric: str, b: float | None, a: float | None, text: str = "ms") -> None:
+    def add(
+        metric: str, b: float | None, a: float | None, p: float | None = None, text: str = "ms"
+    ) -> None:
         show = ms if text == "ms" else (lambda v: "n/a" if v is None else f"{v:,.0f} {text}")
-        rows.append((metric, show(b), show(a), _ratio(a, b)))
+        shown_p = "-" if p is None else show(p)
+        ratios = ("-", "-") if p is None else (_ratio(b, p), _ratio(a, p))
+        rows.append((metric, show(b), show(a), shown_p, _ratio(a, b), *ratios))
 
-    bt, at = before.timeline, after.timeline
+    bt, at, ps = before.timeline, after.timeline, base.persistent
     add("crash: SIGKILL leader -> next send", bt.crash.latency_ms, at.crash.latency_ms)
     add("graceful: SIGTERM leader -> next send", bt.handoff.latency_ms, at.handoff.latency_ms)
     for q in (50, 99):
-        add(f"steady lateness p{q}", percentile(bt.lateness, q), percentile(at.lateness, q))
-    add("duplicate sends", bt.duplicates, at.duplicates, "")
-    for b, a in zip(before.throughput, after.throughput, strict=True):
-        add(f"throughput, {b.entries} entries every 1 s", b.sends_per_s, a.sends_per_s, "sends/s")
+        add(
+            f"steady lateness p{q}",
+            percentile(bt.lateness, q),
+            percentile(at.lateness, q),
+            percentile(ps.lateness, q),
+        )
+    add("duplicate sends", bt.duplicates, at.duplicates, text="")
+    targets = lateness_targets(
+        percentile(at.lateness, 50), percentile(at.lateness, 99), percentile(ps.lateness, 99)
+    )
+    for b, a, p in zip(before.throughput, after.throughput, base.throughput, strict=True):
+        add(
+            f"throughput, {b.entries} entries every 1 s",
+            b.sends_per_s,
+            a.sends_per_s,
+            p.sends_per_s,
+            "sends/s",
+        )
         for q in (50, 99):
-            add(f"  lateness p{q}", percentile(b.lateness, q), percentile(a.lateness, q))
+            add(
+                f"  lateness p{q}",
+                percentile(b.lateness, q),
+                percentile(a.lateness, q),
+                percentile(p.lateness, q),
+            )
+        bc, ac, pc = b.cpu_per_1000_sends, a.cpu_per_1000_sends, p.cpu_per_1000_sends
         rows.append(
             (
                 "  CPU-s per 1,000 sends",
-                _cpu(b.cpu_per_1000_sends),
-                _cpu(a.cpu_per_1000_sends),
-                _ratio(a.cpu_per_1000_sends, b.cpu_per_1000_sends),
+                _cpu(bc),
+                _cpu(ac),
+                _cpu(pc),
+                _ratio(ac, bc),
+                _ratio(bc, pc),
+                _ratio(ac, pc),
             )
         )
+        found = throughput_target(a.entries, a.sends_per_s, p.sends_per_s)
+        if found is not None:
+            targets.append(found)
+        targets.append(cpu_target(a.entries, ac, bc))
     print()
     print(
         f"beatleader before ({args.before}) and after (this tree), one run, {args.instances} "
         f"instances, session timeout {args.session_timeout:g} s, timeline {args.seconds:g} s"
     )
-    print_table(rows, ("metric", before.label, after.label, "after / before"))
+    header = (
+        "metric",
+        before.label,
+        after.label,
+        "PersistentScheduler",
+        "after / before",
+        "before / Persistent",
+        "after / Persistent",
+    )
+    print_table(rows, header)
+    print()
+    print("issue 19's targets, from the figures above (scripts/bench/targets.py)")
+    print_table([(t.name, t.found, t.verdict) for t in targets], ("target", "found", "verdict"))
