@@ -41,6 +41,15 @@ one after the other:
    the unguarded worker
    and of history 20 to history 0 (the bar: within 20 %), and the ZooKeeper requests per run
    (the server's ``mntr`` ``zk_packets_received`` over the phase / executions).
+7. **Many contenders** (``scripts/bench/contenders.py``; ``--only-contenders`` runs it alone;
+   ``--skip-contenders``): 3, 50 and ``--contenders`` (500) election contenders on one path
+   (what an ``EmbeddedBeat`` in every web worker makes), each a session of its own: the
+   requests one join and one leave cost all sessions together (ZooKeeper's ``cons``), the wall
+   time of ``beatleader status``, and the takeover after a SIGKILL of the leader.
+
+``--before REF`` runs beatleader at REF beside this tree (timeline and throughput) and
+PersistentScheduler in the same run, and prints issue 19's targets computed on those figures
+(``scripts/bench/targets.py``).
 
 What is measured. Send times are CLOCK_MONOTONIC ms at publication (the filesystem transport's
 message file name; on Redis the ``bench_sent_ms`` header); the sender is celery's ``origin``

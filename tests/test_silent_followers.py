@@ -20,19 +20,16 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
 
-from beatleader.election.leader import LeaderElection
-from beatleader.election.peers import PeerWatch
-from beatleader.observe import Observer, Observers
-from beatleader.zk.layout import ContenderInfo, election_path
+from beatleader.testing import crowd
+from beatleader.testing.crowd import CHILD, Contender, session_requests
+from beatleader.zk.layout import election_path
 from tests.harness import ZooKeeperServer, wait_for
 
 COUNT = 50
@@ -40,59 +37,9 @@ TIMEOUT = 2.0
 
 pytestmark = pytest.mark.slow
 
-CHILD = textwrap.dedent(
-    """
-    import sys
-    from kazoo.client import KazooClient
-    from beatleader.election.leader import LeaderElection
-    from beatleader.election.peers import PeerWatch
-    from beatleader.observe import Observer, Observers
-    from beatleader.zk.layout import ContenderInfo
-    hosts, path, name = sys.argv[1:4]
-    info = ContenderInfo(name, "child", 1, "t", "2026-01-01T00:00:00+00:00", "fp", "app")
-    client = KazooClient(hosts=hosts, timeout=float(sys.argv[4]))
-    client.start(timeout=10)
-    holder = []
-    peers = PeerWatch(client, path, info, Observer(), lambda: holder[0].node)
-    election = LeaderElection(client, path, info.encode(), observer=Observers(peers))
-    holder.append(election)
-    peers.start()
-    election.start()
-    print(hex(client.client_id[0]), flush=True)
-    sys.stdin.read()
-    """
-)
-
-
-@dataclass
-class Contender:
-    name: str
-    client: KazooClient
-    election: LeaderElection
-    peers: PeerWatch
-
-    @property
-    def session(self) -> int:
-        return int(self.client.client_id[0])
-
-    def stop(self) -> None:
-        self.election.stop()
-        self.peers.stop()
-        self.client.stop()
-        self.client.close()
-
 
 def contender(hosts: str, path: str, name: str) -> Contender:
-    info = ContenderInfo(name, "here", 1, "t", "2026-01-01T00:00:00+00:00", "fp", "app")
-    client = KazooClient(hosts=hosts, timeout=TIMEOUT)
-    client.start(timeout=10)
-    holder: list[LeaderElection] = []
-    peers = PeerWatch(client, path, info, Observer(), lambda: holder[0].node)
-    election = LeaderElection(client, path, info.encode(), observer=Observers(peers))
-    holder.append(election)
-    peers.start()
-    election.start()
-    return Contender(name, client, election, peers)
+    return crowd.contender(hosts, path, name, TIMEOUT)
 
 
 class Requests:
@@ -102,11 +49,7 @@ class Requests:
         self.server = server
 
     def now(self) -> dict[int, int]:
-        return {
-            int(c["sid"]): int(c["lcxid"])
-            for c in self.server.connections()
-            if "sid" in c and "lcxid" in c
-        }
+        return session_requests(self.server.connections())
 
     def settled(self, sessions: list[int], quiet: float = 1.0) -> dict[int, int]:
         """The counts once nobody of ``sessions`` made a request for ``quiet`` seconds."""

@@ -23,6 +23,7 @@ from scripts.bench.analysis import ThroughputResult
 from scripts.bench.cluster import Context, Fleet, base_env, servers
 from scripts.bench.common import BEATLEADER, INTERVAL_S, PERSISTENT, REDBEAT, progress
 from scripts.bench.compare import measure_compare, print_compare
+from scripts.bench.contenders import CrowdResult, print_contenders, run_contenders
 from scripts.bench.guard import check_args, run_guard
 from scripts.bench.persistent import run_persistent
 from scripts.bench.report import (
@@ -99,6 +100,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add("--skip-guard", action="store_true", help="do not run the worker guard phase")
     add(
+        "--only-contenders",
+        action="store_true",
+        help="run only the many-contenders phase (scripts/bench/contenders.py, 1 to 2 minutes)",
+    )
+    add("--skip-contenders", action="store_true", help="do not run the many-contenders phase")
+    add(
+        "--contenders",
+        type=int,
+        default=500,
+        help="contenders on one path in the many-contenders phase (also run at 3 and 50)",
+    )
+    add(
         "--only-guard",
         action="store_true",
         help="run only the worker guard phase (1.5 to 2 minutes) and print its figures",
@@ -147,6 +160,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     check_args(parser, args)
     if args.only_guard and (args.only_runtime or args.before):
         parser.error("--only-guard goes with neither --only-runtime nor --before")
+    if args.only_contenders and (args.only_runtime or args.only_guard or args.before):
+        parser.error("--only-contenders goes with none of --only-runtime, --only-guard, --before")
+    if args.contenders < 3:
+        parser.error("--contenders must be at least 3")
     if args.instances < 2:
         parser.error("--instances must be at least 2 (a failover needs a successor)")
     if args.seconds < 9:
@@ -215,9 +232,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_start = os.getloadavg()
     try:
         results: Results | RuntimeResult | GuardResults
+        crowd: list[CrowdResult] = []
+        counts = sorted({3, 50, args.contenders})
         if args.before:
             sides = measure_compare(args, workdir)
             print_compare(args, *sides)
+            return 0
+        if args.only_contenders:
+            print_contenders(run_contenders(workdir, counts))
             return 0
         if args.only_runtime:
             results = measure_runtime_only(args, workdir)
@@ -225,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = measure_guard_only(args, workdir)
         else:
             results = measure(args, workdir)
+            if not args.skip_contenders:
+                crowd = run_contenders(workdir, counts)
     except KeyboardInterrupt:
         progress("interrupted; every process was stopped")
         return 130
@@ -242,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_guard_report(args, results)
     else:
         print_report(args, results)
+        if crowd:
+            print_contenders(crowd)
     if args.json:
         dump_json(args.json, args, results)
     return 0
