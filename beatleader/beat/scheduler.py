@@ -158,7 +158,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     #: Longest wait after repeated ZooKeeper errors in the leader's tick.
     error_retry_max = 10.0
 
-    #: Seconds between reads of ZooKeeper's server time while leading.
+    #: Seconds between reads of ZooKeeper's server time while leading (a read waits, up to as
+    #: long again, for a moment when no run falls due within the commit lead's ceiling).
     clock_probe_interval = 60.0
     #: Seconds before the next read when one was too slow to be precise.
     clock_probe_retry = 1.0
@@ -445,8 +446,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self.old_schedulers = copy.copy(self.schedule)
             self.populate_heap()
         now = time.monotonic()
-        if now >= self._next_probe:
-            self._probe_clock()
+        if now >= self._next_probe and (
+            self._clear_for(self.lead.ceiling, now)
+            or now >= self._next_probe + self.clock_probe_interval  # never clear: probe anyway
+        ):
+            self._probe_clock()  # a write: not in the last moments before a publish
         broker_ready = self.publisher.broker_backoff.ready("broker", now)
         if broker_ready and self.publisher.outbox.publishable(now):
             with sigmask.deferred():  # the runs committed ahead whose due time has come: first
@@ -468,6 +472,16 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             with sigmask.deferred():
                 self._publish_outbox()
         return self._time_to_next()
+
+    def _clear_for(self, seconds: float, now: float) -> bool:
+        """Whether no committed run falls due and no heap event is popped in ``seconds``."""
+        if any(pending.due_at - now < seconds for pending in self.publisher.outbox.runs()):
+            return False
+        if not self._heap:
+            return True
+        when, _, entry = self._heap[0]
+        self._on_server_clock(entry)
+        return bool(when - self._when(entry, 0) - self._lead() >= seconds)
 
     def _lead(self) -> float:
         """Seconds ahead of its due time a run is committed now (0 without ``commit_ahead``)."""
