@@ -280,6 +280,8 @@ class Run:
     request: str | None = None
     #: Why a run that is not sent is skipped (``late``: the misfire grace; ``overlap``).
     reason: str = "late"
+    #: How many scheduled runs a skip stands for (a catch-up skips many in one commit).
+    skips: int = 1
 
 
 def lateness_of(entry: Any) -> float:

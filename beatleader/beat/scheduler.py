@@ -77,6 +77,7 @@ from kazoo.exceptions import KazooException
 
 from beatleader._version import __version__
 from beatleader.beat import sigmask
+from beatleader.beat.catchup import ScheduleTiming
 from beatleader.beat.dynamic import EntryChanges
 from beatleader.beat.failures import PAUSED_REASON, FailureWatch, pause, pause_note
 from beatleader.beat.leadership import Leadership
@@ -239,6 +240,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.overlap = OverlapGate(self.settings.path, self._report)
         #: The pause-on-failure part: counts failed runs, pauses (``failures.py``).
         self.failures = FailureWatch(self.settings.path)
+        #: The schedule policies' part: catch-up, jitter, start, end, max runs (``catchup.py``).
+        self.timing = ScheduleTiming(self.overlap.policy, lambda: float(self.max_interval))
         self._entry_backoff = Backoff(self.entry_retry_first, self.entry_retry_max)
         self._max_seen: dict[str, int] = {}
         #: request node -> its creation time (epoch s), for the requests naming no entry here.
@@ -539,9 +542,12 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         return min(waits)
 
     def _plan(self, entry: beat.ScheduleEntry, delay: float) -> Run:
-        """Step 4: send this run, or skip it when it is later than the misfire grace."""
+        """Step 4: send this run, or skip it when it is later than the misfire grace; an entry
+        with a catch-up or jitter policy is planned by it (``catchup.py``)."""
         grace = self.settings.misfire_grace
         lateness = lateness_of(entry)
+        if self.timing.plans(entry):
+            return self.timing.plan(entry, delay, lateness)
         if grace is not None and lateness > grace:
             logger.warning(
                 "beatleader: skipping %r: due %.1f s ago, more than misfire_grace %g s",
@@ -560,8 +566,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if run.send:
             ordinal = run.entry.total_run_count
             last_task_id, skipped = self._task_id(run.entry.name, ordinal, incarnation), 0
-        else:  # a skip keeps the last sent task's id and counts itself
-            last_task_id, skipped = (previous.last_task_id if previous else None), 1
+        else:  # a skip keeps the last sent task's id and counts the runs it skips
+            last_task_id, skipped = (previous.last_task_id if previous else None), run.skips
         last_run_at = utc_iso(run.entry.last_run_at)
         state = EntryState(
             last_run_at=last_run_at,
@@ -1094,6 +1100,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             delay = float(self.max_interval if next_time_to_run is None else next_time_to_run)
             if delay != delay:  # NaN: no time at all
                 raise ValueError(f"is_due returned {next_time_to_run!r} seconds")
+            due, delay = self.timing.adjust(entry, due, delay)  # jitter, start, end, max runs
         except Exception as exc:
             self._report(
                 f"is_due:{name}",
