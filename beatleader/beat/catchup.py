@@ -103,6 +103,17 @@ class ScheduleTiming:
         after = following + timedelta(seconds=jitter.offset(entry.name, ordinal + 1, policy.jitter))
         return True, max((after - now).total_seconds(), 0.0)
 
+    def done(self, entry: Any) -> bool:
+        """Whether the entry's policy says it runs no more (``max_runs``, past ``end_at``)."""
+        policy = self.policy(entry)
+        if not policy.shapes_times:
+            return False
+        try:
+            scheduled = scheduled_after(entry.schedule, entry.last_run_at)
+        except Exception:
+            scheduled = None
+        return policy.done(entry.total_run_count, scheduled)
+
     def plans(self, entry: Any) -> bool:
         """Whether :meth:`plan` decides this entry's runs (else the global misfire grace)."""
         policy = self.policy(entry)

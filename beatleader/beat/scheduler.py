@@ -1246,6 +1246,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         """Seconds ZooKeeper's server clock is ahead of this instance's (0 until measured)."""
         return self._clock.offset
 
+    def entry_done(self, name: str) -> bool:
+        """Whether entry ``name``'s policy says it runs no more (``max_runs``, ``end_at``)."""
+        entry = self.schedule.get(name)
+        return entry is not None and self.timing.done(entry)
+
     def unpublished(self) -> dict[str, int]:
         """Entry name -> ordinal of every committed run not yet published by this leader."""
         return {
