@@ -88,6 +88,8 @@ class Settings:
     dedup_retention: float = DEFAULT_DEDUP_RETENTION
     #: Runs kept per entry in its history (``beatleader.runs``), whatever the retention.
     history_size: int = DEFAULT_HISTORY_SIZE
+    #: ``cron``: static crontabs follow cron's DST rules (``ZonedCrontab``); ``celery``: celery's.
+    crontab_rules: str = "cron"
 
     @classmethod
     def from_app(cls, app: Any, **overrides: Any) -> Settings:
@@ -231,6 +233,18 @@ def validate_history_size(label: str, value: Any) -> int:
     return int(text)
 
 
+#: ``beatleader_crontab_rules``: whose DST rules a static crontab follows.
+CRONTAB_RULES = ("cron", "celery")
+
+
+def validate_crontab_rules(label: str, value: Any) -> str:
+    """``cron`` (Vixie cron / cronie's DST rules, the default) or ``celery`` (celery's)."""
+    text = str(value).strip().lower()
+    if text not in CRONTAB_RULES:
+        raise _fail(label, value, "expected cron or celery")
+    return text
+
+
 def validate_bool(label: str, value: Any) -> bool:
     """true/false, yes/no, on/off, 1/0 (any case), or a bool."""
     if isinstance(value, bool):
@@ -368,4 +382,5 @@ _SETTINGS: dict[str, tuple[Validator, Any]] = {
     "metrics_address": (validate_address, "127.0.0.1"),
     "dedup_retention": (validate_positive_seconds, DEFAULT_DEDUP_RETENTION),
     "history_size": (validate_history_size, DEFAULT_HISTORY_SIZE),
+    "crontab_rules": (validate_crontab_rules, "cron"),
 }

@@ -109,6 +109,7 @@ from beatleader.observe import Observers
 from beatleader.runs import records
 from beatleader.schedules.describe import publish_schedule
 from beatleader.schedules.policies import publish_options
+from beatleader.schedules.types import cron_rules
 from beatleader.zk import layout
 from beatleader.zk.clocknode import clock_note
 from beatleader.zk.layout import ContenderInfo, EntryState
@@ -279,6 +280,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if self.leadership is None:  # the first time: the static schedule
             self._timezone = self.app.timezone  # read once: a lock-guarded property in celery
             self.merge_inplace(self.app.conf.beat_schedule)
+            if self.settings.crontab_rules == "cron":
+                cron_rules(self.schedule.values())  # a behaviour change: see CHANGELOG
             self.install_default_entries(self.schedule)
             self._freeze_static()
             if self.settings.metrics_port is not None:  # validated: prometheus_client is there
