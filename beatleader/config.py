@@ -92,6 +92,8 @@ class Settings:
     web_token: str | None = field(default=None, repr=False)
     #: ``celery beat`` also serves the read-only dashboard on ``metrics_port`` (docs/web.md).
     web: bool = False
+    #: ``cron``: static crontabs follow cron's DST rules (``ZonedCrontab``); ``celery``: celery's.
+    crontab_rules: str = "cron"
 
     @classmethod
     def from_app(cls, app: Any, **overrides: Any) -> Settings:
@@ -240,6 +242,18 @@ def validate_history_size(label: str, value: Any) -> int:
     return int(text)
 
 
+#: ``beatleader_crontab_rules``: whose DST rules a static crontab follows.
+CRONTAB_RULES = ("cron", "celery")
+
+
+def validate_crontab_rules(label: str, value: Any) -> str:
+    """``cron`` (Vixie cron / cronie's DST rules, the default) or ``celery`` (celery's)."""
+    text = str(value).strip().lower()
+    if text not in CRONTAB_RULES:
+        raise _fail(label, value, "expected cron or celery")
+    return text
+
+
 def validate_bool(label: str, value: Any) -> bool:
     """true/false, yes/no, on/off, 1/0 (any case), or a bool."""
     if isinstance(value, bool):
@@ -379,4 +393,5 @@ _SETTINGS: dict[str, tuple[Validator, Any]] = {
     "history_size": (validate_history_size, DEFAULT_HISTORY_SIZE),
     "web_token": (validate_optional_text, None),
     "web": (validate_bool, False),
+    "crontab_rules": (validate_crontab_rules, "cron"),
 }

@@ -334,3 +334,38 @@ def test_entry_without_timezone_uses_app_zone_and_cron_rules() -> None:
     assert runs_of(server_clock) == at("23:00", "00:00", "01:00", "02:00", "03:00", day=PARIS_FALL)
     zoned_def = Definition("proj.tasks.x", {"crontab": "0 * * * *", "timezone": NEW_YORK})
     assert zoned_def.to_entry(app, "ny").schedule.zone == NEW_YORK
+
+
+HOURLY = [case for case in CASES if case[1] == "0 * * * *"]
+
+
+@pytest.mark.parametrize(("zone", "spec", "start", "expected"), HOURLY,
+                         ids=[f"{z}-{s:%m-%d}" for z, _, s, _ in HOURLY])  # fmt: skip
+def test_a_static_crontab_keeps_cron_rules_by_default(
+    zone: str, spec: str, start: datetime, expected: list[datetime]
+) -> None:
+    """``beatleader_crontab_rules = "cron"`` (the default): the scheduler gives a static
+    ``beat_schedule`` crontab cron's rules (``types.cron_rules``); ``"celery"`` keeps celery's."""
+    from celery.beat import ScheduleEntry
+
+    from beatleader.config import Settings
+
+    app = make_app(zone)
+    assert Settings.from_app(app).crontab_rules == "cron"
+    assert Settings.from_app(app, crontab_rules="celery").crontab_rules == "celery"
+    entry = ScheduleEntry(
+        name="hourly", task="t", schedule=crontab(*fields(spec), app=app), app=app
+    )
+    kept = copy.copy(entry.schedule)
+    schedtypes.cron_rules([entry])
+    assert isinstance(entry.schedule, ZonedCrontab)
+    assert beat_loop(entry.schedule, start, WINDOW[start]) == expected
+    if start in (PARIS_FALL, NY_FALL):  # celery's loses the repeated hour's second run
+        assert beat_loop(kept, start, WINDOW[start]) != expected
+
+
+def test_a_bad_crontab_rules_setting_is_one_line() -> None:
+    from beatleader.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match=r"crontab_rules.*expected cron or celery"):
+        Settings.from_app(make_app(PARIS), crontab_rules="vixie")

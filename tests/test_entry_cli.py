@@ -157,6 +157,27 @@ def test_bad_input_is_one_line_exit_2(env, zk_client, zk_root) -> None:
             ("--pause-after-failures '-1' is negative",),
         ),
         (("add", "x", *task, "--every", "5", "--pause-after-failures", "x"), ("'x' is not an",)),
+        (("add", "x", *task, "--every", "5", "--jitter", "soon"), ("jitter 'soon'", "duration")),
+        (("add", "x", *task, "--every", "5", "--jitter", "10s"), ("not shorter than the inter",)),
+        (("add", "x", *task, "--every", "5", "--catchup", "most"), ("catchup 'most'", "all")),
+        (("add", "x", *task, "--every", "5", "--catchup", "skip"), ("needs catchup_window",)),
+        (("add", "x", *task, "--every", "5", "--catchup-window", "x"), ("catchup_window 'x'",)),
+        (("add", "x", *task, "--every", "5", "--start", "soon"), ("start_at 'soon'",)),
+        (
+            (
+                "add",
+                "x",
+                *task,
+                "--every",
+                "5",
+                "--start",
+                "2030-01-02T00:00+00:00",
+                "--end",
+                "2030-01-01T00:00+00:00",
+            ),
+            ("is not before end_at",),
+        ),
+        (("add", "x", *task, "--every", "5", "--max-runs", "0"), ("max_runs 0",)),
         (("update", "ghost", "--overlap", "skip"), ("no such entry",)),
         (("update", STATIC, "--overlap", "skip"), ("static beat_schedule entry",)),
         (("history", "ghost"), ("no such entry",)),
@@ -170,6 +191,30 @@ def test_bad_input_is_one_line_exit_2(env, zk_client, zk_root) -> None:
     assert definition(zk_client, zk_root, "mine")["options"] == {"beatleader": policy}
     ok(entry(env, "update", "mine", "--overlap", "allow", "--pause-after-failures", "0"))
     assert definition(zk_client, zk_root, "mine")["options"] == {}  # the defaults: nothing kept
+    ok(
+        entry(
+            env,
+            "update",
+            "mine",
+            "--catchup",
+            "skip",
+            "--catchup-window",
+            "1m",
+            "--jitter",
+            "2s",
+            "--start",
+            "2030-01-01T00:00:00+00:00",
+            "--max-runs",
+            "7",
+        )
+    )
+    policy = {"catchup": "skip", "catchup_window": 60.0, "jitter": 2.0,
+              "start_at": "2030-01-01T00:00:00+00:00", "max_runs": 7}  # fmt: skip
+    assert definition(zk_client, zk_root, "mine")["options"] == {"beatleader": policy}
+    ok(entry(env, "update", "mine", "--catchup", "all", "--jitter", "", "--start", "",
+             "--max-runs", "3"))  # fmt: skip
+    policy = {"catchup": "all", "max_runs": 3}
+    assert definition(zk_client, zk_root, "mine")["options"] == {"beatleader": policy}
     # the unknown task passes with --force
     ok(entry(env, "add", "x", "--task", "tests.app.nope", "--every", "5", "--force"))
 

@@ -73,3 +73,35 @@ def test_a_runtime_definition_stores_it_under_options() -> None:
     assert definition.options == {"beatleader": {"overlap": "skip"}}
     hostile, problem = Definition.parse(data.replace(b'"skip"', b'"sometimes"'))
     assert hostile is None and "overlap 'sometimes'" in problem
+
+
+def test_schedule_policy_fields_parse_and_bad_ones_are_one_line() -> None:
+    from datetime import datetime, timezone
+
+    from beatleader.schedules import jitter
+    from beatleader.schedules.checks import DefinitionError
+    from beatleader.schedules.policies import parse_policy
+
+    policy = parse_policy({"catchup_window": "2m", "jitter": 30, "max_runs": 5,
+                           "start_at": "2030-01-01T00:00:00+01:00"})  # fmt: skip
+    assert (policy.catchup, policy.catchup_window, policy.jitter) == ("skip", 120.0, 30.0)
+    assert policy.start_at == datetime(2029, 12, 31, 23, tzinfo=timezone.utc)
+    assert parse_policy(policy.as_options()) == policy
+    assert policy.done(5, None) and not policy.done(4, None)
+    assert parse_policy({"catchup": "all"}).max_catchup == 100
+    for bad, part in [
+        ({"catchup": "most"}, "catchup 'most' is not one of once, skip, all"),
+        ({"catchup": "skip"}, "needs catchup_window"),
+        ({"catchup": "all", "catchup_window": 5}, "applies to catchup skip"),
+        ({"jitter": "soon"}, "jitter 'soon' is not a duration"),
+        ({"jitter": -1}, "jitter -1 is not a duration"),
+        ({"start_at": "2030-01-01T00:00"}, "UTC offset"),
+        ({"max_runs": 0}, "max_runs 0 is not a whole number"),
+    ]:
+        with pytest.raises(DefinitionError, match=part):
+            parse_policy(bad)
+    offsets = [jitter.offset(f"e{n}", 1, 60.0) for n in range(500)]
+    assert all(0 <= o < 60 for o in offsets) and max(offsets) - min(offsets) > 55
+    assert (
+        jitter.offset("e1", 1, 60.0) == jitter.offset("e1", 1, 60.0) != jitter.offset("e1", 2, 60.0)
+    )

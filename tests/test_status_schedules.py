@@ -230,4 +230,5 @@ def test_a_runtime_crontab_is_next_due_by_cron_rules_a_static_one_by_celery() ->
     assert next_due(static, last, now) == datetime(2026, 10, 25, 2, tzinfo=timezone.utc)
     quiet = "2026-10-20T00:00:00+00:00"
     assert next_due(runtime, quiet, now) == next_due(static, quiet, now)
-    assert "cron_rules" not in runtime.as_json()
+    # published, so that a reader computes a static crontab under cron's rules as the leader does
+    assert runtime.as_json()["cron_rules"] is True and "cron_rules" not in static.as_json()

@@ -337,6 +337,8 @@ class Run:
     reason: str = "late"
     #: Monotonic time the run falls due (committed ahead: published then); 0: due already.
     due_at: float = 0.0
+    #: How many scheduled runs a skip stands for (a catch-up skips many in one commit).
+    skips: int = 1
 
 
 def remaining_of(entry: Any) -> float | None:

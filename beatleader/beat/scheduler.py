@@ -63,6 +63,7 @@ runs coalesce).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import heapq
 import logging
@@ -80,6 +81,7 @@ from kazoo.exceptions import KazooException
 
 from beatleader._version import __version__
 from beatleader.beat import sigmask
+from beatleader.beat.catchup import ScheduleTiming
 from beatleader.beat.dynamic import EntryChanges
 from beatleader.beat.failures import PAUSED_REASON, FailureWatch, pause, pause_note
 from beatleader.beat.leadership import Leadership
@@ -112,6 +114,7 @@ from beatleader.observe import Observers
 from beatleader.runs import records
 from beatleader.schedules.describe import publish_schedule
 from beatleader.schedules.policies import publish_options
+from beatleader.schedules.types import cron_rules
 from beatleader.zk import layout
 from beatleader.zk.clocknode import clock_note
 from beatleader.zk.layout import ContenderInfo, EntryState
@@ -265,6 +268,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.overlap = OverlapGate(self.settings.path, self._report)
         #: The pause-on-failure part: counts failed runs, pauses (``failures.py``).
         self.failures = FailureWatch(self.settings.path)
+        #: The schedule policies' part: catch-up, jitter, start, end, max runs (``catchup.py``).
+        self.timing = ScheduleTiming(self.overlap.policy, lambda: float(self.max_interval))
         self._entry_backoff = Backoff(self.entry_retry_first, self.entry_retry_max)
         self._max_seen: dict[str, int] = {}
         #: request node -> its creation time (epoch s), for the requests naming no entry here.
@@ -302,6 +307,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if self.leadership is None:  # the first time: the static schedule
             self._timezone = self.app.timezone  # read once: a lock-guarded property in celery
             self.merge_inplace(self.app.conf.beat_schedule)
+            if self.settings.crontab_rules == "cron":
+                cron_rules(self.schedule.values())  # a behaviour change: see CHANGELOG
             self.install_default_entries(self.schedule)
             self._freeze_static()
             if self.settings.metrics_port is not None:  # validated: prometheus_client is there
@@ -525,7 +532,9 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self._ahead = 0.0
         found = []
         for entry, delay in due:
-            remaining = remaining_of(entry) if lead else 0.0
+            remaining = self.timing.remaining(entry)  # jitter, start: the policy's due time
+            if remaining is None:
+                remaining = remaining_of(entry)
             if remaining is None:  # is_due said "due by then", nothing says when: then
                 found.append((entry, delay, lead, 0.0))
             else:
@@ -611,29 +620,32 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         return min(waits)
 
     def _plan(self, entry: beat.ScheduleEntry, delay: float, ahead: float, lateness: float) -> Run:
-        """Step 4: send this run, or skip it when it is later than the misfire grace.
+        """Step 4: send this run, or skip it when it is later than the misfire grace; an entry
+        with a catch-up or jitter policy is planned by it (``catchup.py``).
 
         A run ``ahead`` of its due time is planned on the clock of its due time: its
         ``last_run_at`` is the due time, and it is published then (``Run.due_at``).
         """
         grace = self.settings.misfire_grace
-        if grace is not None and lateness > grace:
-            logger.warning(
-                "beatleader: skipping %r: due %.1f s ago, more than misfire_grace %g s",
-                entry.name,
-                lateness,
-                grace,
-            )
-            return Run(replaced(entry, last_run_at=entry.default_now()), delay, False, lateness)
-        if not ahead:
-            return Run(next(entry), delay, True, lateness)
-        due_at = time.monotonic() + ahead
+        due_at = time.monotonic() + ahead if ahead else 0.0
         self._ahead = ahead
         try:
-            sent = next(entry)
+            if self.timing.plans(entry):
+                run = self.timing.plan(entry, delay, lateness)
+            elif grace is not None and lateness > grace:
+                logger.warning(
+                    "beatleader: skipping %r: due %.1f s ago, more than misfire_grace %g s",
+                    entry.name,
+                    lateness,
+                    grace,
+                )
+                skip = replaced(entry, last_run_at=entry.default_now())
+                run = Run(skip, delay, False, lateness)
+            else:
+                run = Run(next(entry), delay, True, lateness)
         finally:
             self._ahead = 0.0
-        return Run(sent, delay, True, lateness, due_at=due_at)
+        return dataclasses.replace(run, due_at=due_at) if due_at and run.send else run
 
     def _write_for(self, run: Run) -> Write:
         stored = self._stored.get(run.entry.name)
@@ -643,8 +655,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         if run.send:
             ordinal = run.entry.total_run_count
             last_task_id, skipped = self._task_id(run.entry.name, ordinal, incarnation), 0
-        else:  # a skip keeps the last sent task's id and counts itself
-            last_task_id, skipped = (previous.last_task_id if previous else None), 1
+        else:  # a skip keeps the last sent task's id and counts the runs it skips
+            last_task_id, skipped = (previous.last_task_id if previous else None), run.skips
         last_run_at = utc_iso(run.entry.last_run_at)
         state = EntryState(
             last_run_at=last_run_at,
@@ -1178,6 +1190,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             delay = float(self.max_interval if next_time_to_run is None else next_time_to_run)
             if delay != delay:  # NaN: no time at all
                 raise ValueError(f"is_due returned {next_time_to_run!r} seconds")
+            due, delay = self.timing.adjust(entry, due, delay)  # jitter, start, end, max runs
         except Exception as exc:
             self._report(
                 f"is_due:{name}",
@@ -1345,6 +1358,11 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def clock_offset(self) -> float:
         """Seconds ZooKeeper's server clock is ahead of this instance's (0 until measured)."""
         return self._clock.offset
+
+    def entry_done(self, name: str) -> bool:
+        """Whether entry ``name``'s policy says it runs no more (``max_runs``, ``end_at``)."""
+        entry = self.schedule.get(name)
+        return entry is not None and self.timing.done(entry)
 
     def unpublished(self) -> dict[str, int]:
         """Entry name -> ordinal of every committed run not yet published by this leader."""

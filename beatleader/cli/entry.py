@@ -70,6 +70,17 @@ def schedule_options(func: F) -> F:
             "--pause-after-failures",
             help="Pause the entry after N failed runs in a row (0: never).",
         ),
+        click.option(
+            "--catchup", help="Missed runs after a downtime: once, skip (with a window), all."
+        ),
+        click.option(
+            "--catchup-window", help="With skip: missed runs due longer ago are skipped (30s)."
+        ),
+        click.option("--max-catchup", help="With all: most missed runs sent (default 100)."),
+        click.option("--jitter", help="Spread each run over [due, due + jitter), e.g. 30s."),
+        click.option("--start", help="No run before this ISO 8601 time with offset."),
+        click.option("--end", help="No run after this ISO 8601 time with offset."),
+        click.option("--max-runs", help="The entry is done after N runs."),
         click.option("--force", is_flag=True, help="Accept a task the -A app does not know."),
     ]
     for decorate in reversed(decorators):
@@ -115,13 +126,21 @@ def _spec(values: dict[str, Any]) -> dict[str, Any]:
         "expires": _number(values["expires"], "--expires", float),
         "overlap": values["overlap"],
         "pause_after_failures": _failures(values["pause_after_failures"]),
+        "catchup": values["catchup"],
+        "catchup_window": values["catchup_window"],
+        "max_catchup": _number(values["max_catchup"], "--max-catchup", int),
+        "jitter": values["jitter"],
+        "start_at": values["start"],
+        "end_at": values["end"],
+        "max_runs": _number(values["max_runs"], "--max-runs", int),
         "force": values["force"],
     }
 
 
 _SPEC_NAMES = (
     "task", "every", "cron", "timezone", "at", "args", "kwargs", "queue", "priority", "expires",
-    "overlap", "pause_after_failures", "force",
+    "overlap", "pause_after_failures", "catchup", "catchup_window", "max_catchup", "jitter",
+    "start", "end", "max_runs", "force",
 )  # fmt: skip
 
 

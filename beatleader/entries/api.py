@@ -165,6 +165,13 @@ class EntryStore:
         expires: float | None = None,
         overlap: str | None = None,
         pause_after_failures: int | None = None,
+        catchup: str | None = None,
+        catchup_window: str | float | None = None,
+        max_catchup: int | None = None,
+        jitter: str | float | None = None,
+        start_at: str | datetime | None = None,
+        end_at: str | datetime | None = None,
+        max_runs: int | None = None,
         enabled: bool = True,
         force: bool = False,
     ) -> Definition:
@@ -178,7 +185,15 @@ class EntryStore:
             schedule=schedule,
             args=tuple(json_list(args)),
             kwargs=dict(json_object(kwargs or {})),
-            options=options_of(queue, priority, expires, {}, overlap, pause_after_failures),
+            options=options_of(
+                queue,
+                priority,
+                expires,
+                {},
+                overlap,
+                pause_after_failures,
+                _policy(catchup, catchup_window, max_catchup, jitter, start_at, end_at, max_runs),
+            ),
             enabled=enabled,
             changed_by=self._by(),
             changed_at=utc_now(),
@@ -216,6 +231,13 @@ class EntryStore:
         expires: float | None = None,
         overlap: str | None = None,
         pause_after_failures: int | None = None,
+        catchup: str | None = None,
+        catchup_window: str | float | None = None,
+        max_catchup: int | None = None,
+        jitter: str | float | None = None,
+        start_at: str | datetime | None = None,
+        end_at: str | datetime | None = None,
+        max_runs: int | None = None,
         force: bool = False,
     ) -> Definition:
         """Change the given fields of a runtime entry (None: unchanged)."""
@@ -234,7 +256,15 @@ class EntryStore:
                 args=old.args if args is None else tuple(json_list(args)),
                 kwargs=old.kwargs if kwargs is None else dict(json_object(kwargs)),
                 options=options_of(
-                    queue, priority, expires, old.options, overlap, pause_after_failures
+                    queue,
+                    priority,
+                    expires,
+                    old.options,
+                    overlap,
+                    pause_after_failures,
+                    _policy(
+                        catchup, catchup_window, max_catchup, jitter, start_at, end_at, max_runs
+                    ),
                 ),
                 enabled=old.enabled,
                 changed_by=self._by(),
@@ -428,3 +458,28 @@ def history(app: Any, name: str, limit: int | None = None) -> History:
     """The last runs of entry ``name``, newest first (see :meth:`EntryStore.history`)."""
     with store(app) as entries:
         return entries.history(name, limit)
+
+
+def _policy(
+    catchup: str | None,
+    catchup_window: str | float | None,
+    max_catchup: int | None,
+    jitter: str | float | None,
+    start_at: str | datetime | None,
+    end_at: str | datetime | None,
+    max_runs: int | None,
+) -> dict[str, Any]:
+    """The schedule-policy keyword arguments as ``options["beatleader"]`` fields (None: not
+    given; checked whole by ``parse_policy`` in ``options_of``)."""
+    moments = {
+        key: value.isoformat() if isinstance(value, datetime) else value
+        for key, value in (("start_at", start_at), ("end_at", end_at))
+    }
+    return {
+        "catchup": catchup,
+        "catchup_window": catchup_window,
+        "max_catchup": max_catchup,
+        "jitter": jitter,
+        **moments,
+        "max_runs": max_runs,
+    }

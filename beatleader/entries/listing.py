@@ -30,10 +30,17 @@ from typing import Any
 
 from kazoo.exceptions import NoNodeError
 
+from beatleader.ops.runtimeplans import runtime_plan
 from beatleader.ops.status import read_election, read_schedules
 from beatleader.runs.records import pause_reason
 from beatleader.schedules.definitions import Definition
-from beatleader.schedules.describe import PlannedEntry, describe_entry, next_due, parse_time
+from beatleader.schedules.describe import (
+    PlannedEntry,
+    describe_entry,
+    is_done,
+    next_due,
+    parse_time,
+)
 from beatleader.zk import layout
 from beatleader.zk.layout import EntryState
 from beatleader.zk.multiread import list_children, read_children, read_nodes
@@ -152,11 +159,13 @@ def _static(
     now: datetime,
 ) -> EntryInfo:
     last = state.last_run_at if state else None
-    due = None if paused else next_due(plan, last, now)
+    count = state.total_run_count if state else 0
+    done = is_done(plan, last, count)
+    due = None if paused or done else next_due(plan, last, now, count)
     return EntryInfo(
         name,
         STATIC,
-        "paused" if paused else "enabled",
+        "paused" if paused else "done" if done else "enabled",
         plan.task,
         plan.schedule,
         _iso(due),
@@ -180,8 +189,13 @@ def _runtime(
     if definition is None:
         return EntryInfo(name, RUNTIME, "invalid", None, None, None, last, count, pending, None,
                          None, problem)  # fmt: skip
-    done = _done(definition, last)
-    due = None if done or not definition.enabled else _next_due(definition, last, now, app)
+    plan = runtime_plan(name, definition)
+    done = _done(definition, last) or is_done(plan, last, count)
+    due = (
+        None
+        if done or not definition.enabled
+        else _next_due(name, definition, last, now, app, count)
+    )
     return EntryInfo(
         name,
         RUNTIME,
@@ -224,15 +238,25 @@ def _done(definition: Definition, last_run_at: str | None) -> bool:
 
 
 def _next_due(
-    definition: Definition, last_run_at: str | None, now: datetime, app: Any
+    name: str,
+    definition: Definition,
+    last_run_at: str | None,
+    now: datetime,
+    app: Any,
+    count: int = 0,
 ) -> datetime | None:
     sched = definition.schedule
+    policy = runtime_plan(name, definition).policy
     if "every" in sched:
-        return next_due(PlannedEntry("", every=sched["every"]), last_run_at, now)
+        plan = PlannedEntry(name, every=sched["every"], policy=policy)
+        return next_due(plan, last_run_at, now, count)
     if "crontab" in sched:
         zone = sched.get("timezone") or (str(app.timezone) if app is not None else "UTC")
-        plan = PlannedEntry("", crontab=sched["crontab"], timezone=zone, cron_rules=True)
-        return next_due(plan, last_run_at, now)
+        plan = PlannedEntry(
+            name, crontab=sched["crontab"], timezone=zone,
+            cron_rules=True, policy=policy,
+        )  # fmt: skip
+        return next_due(plan, last_run_at, now, count)
     return definition.at()
 
 

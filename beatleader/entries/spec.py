@@ -87,12 +87,22 @@ def options_of(
     base: Mapping[str, Any],
     overlap: str | None = None,
     pause_after_failures: int | None = None,
+    schedule_policy: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``base`` with the given options replaced (None: unchanged; ``pause_after_failures`` 0:
-    never pause)."""
+    never pause); ``schedule_policy``: policy fields (``catchup``, ``jitter``, ...) to set, a
+    value of ``""`` removes one."""
     options = dict(base)
-    if overlap is not None or pause_after_failures is not None:
+    changes = {k: v for k, v in (schedule_policy or {}).items() if v is not None}
+    if overlap is not None or pause_after_failures is not None or changes:
         policy = dict(options.get(OPTIONS_KEY) or {})
+        for key, value in changes.items():
+            if value == "":
+                policy.pop(key, None)
+            else:
+                policy[key] = value
+        if changes.get("catchup") not in (None, "skip"):
+            policy.pop("catchup_window", None)
         if overlap is not None:
             policy["overlap"] = check_overlap(overlap)
         if pause_after_failures == 0:

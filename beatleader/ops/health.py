@@ -44,6 +44,9 @@ def entry_problem(status: Status, history: History, now: float | None = None) ->
         last = finished[0]
         error = f": {cell(last.error)}" if last.error else ""
         return f"entry {name}: its last finished run (run {last.ordinal}) failed{error}"
+    entry = next((e for e in status.entries if e.name == history.name), None)
+    if entry is not None and entry.done:  # its policy ended it: not overdue
+        return None
     period = entry_period(status, history.name)
     if period is None or not history.guarded or not history.records:
         return None

@@ -101,6 +101,8 @@ class Entry:
     last: RunRecord | None = None
     #: Why and by whom it is paused (its ``paused/`` note); None when it is not paused.
     paused: str | None = None
+    #: Its policy says it runs no more (``max_runs`` reached, past ``end_at``): not overdue.
+    done: bool = False
 
     @property
     def unreadable(self) -> bool:
@@ -123,6 +125,7 @@ class Entry:
             "running": self.last is not None and self.last.outcome is Outcome.RUNNING,
             "last_record": self.last.as_json() if self.last else None,
             "paused": self.paused,
+            "done": self.done,
         }
 
 

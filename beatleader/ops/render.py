@@ -103,7 +103,8 @@ def _entry_row(e: Entry, wide: bool) -> list[Any]:
         row: list[Any] = [e.name, schedule, "(unreadable)", _time(e.next_due, wide), "", "", ""]
         return row + (["", e.plan.task if e.plan else None, "", "", ""] if wide else [])
     last = _time(s.last_run_at, wide) if s else "never"
-    row = [e.name, schedule, last, _time(e.next_due, wide), s.total_run_count if s else 0]
+    due = "done" if e.done else _time(e.next_due, wide)
+    row = [e.name, schedule, last, due, s.total_run_count if s else 0]
     run = e.last
     row += [run.outcome.value, seconds(run.duration)] if run else [None, None]
     if wide:

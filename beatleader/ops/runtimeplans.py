@@ -15,6 +15,7 @@ from typing import Any
 
 from beatleader.schedules.definitions import Definition
 from beatleader.schedules.describe import PlannedEntry
+from beatleader.schedules.policies import policy_of
 from beatleader.zk.layout import definitions_path, unquote_entry_name
 from beatleader.zk.multiread import read_children
 
@@ -27,11 +28,11 @@ def read_runtime_plans(client: Any, root: str) -> dict[str, PlannedEntry]:
     plans = {}
     for quoted, (data, _stat) in read_children(client, definitions_path(root)).items():
         name = unquote_entry_name(quoted)
-        plans[name] = _runtime_plan(name, Definition.parse(data)[0])
+        plans[name] = runtime_plan(name, Definition.parse(data)[0])
     return plans
 
 
-def _runtime_plan(name: str, definition: Definition | None) -> PlannedEntry:
+def runtime_plan(name: str, definition: Definition | None) -> PlannedEntry:
     if definition is None:
         return PlannedEntry(name, schedule="(invalid definition)")
     sched = definition.schedule
@@ -39,4 +40,5 @@ def _runtime_plan(name: str, definition: Definition | None) -> PlannedEntry:
     every = sched.get("every") if definition.enabled else None
     cron = sched.get("crontab") if definition.enabled else None
     zone = sched.get("timezone")
-    return PlannedEntry(name, definition.task, text, every, cron, zone, cron_rules=True)
+    found = policy_of(definition.options)[0].as_options() or None
+    return PlannedEntry(name, definition.task, text, every, cron, zone, True, found)

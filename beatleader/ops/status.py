@@ -46,7 +46,7 @@ from beatleader.ops.model import Contender, Entry, IgnoredNode, ResignResult, St
 from beatleader.ops.runtimeplans import RUNTIME_SCHEDULE, read_runtime_plans
 from beatleader.runs.history import read_latest
 from beatleader.runs.records import pause_reason
-from beatleader.schedules.describe import PlannedEntry, decode_schedule, next_due
+from beatleader.schedules.describe import PlannedEntry, decode_schedule, is_done, next_due
 from beatleader.zk.clocknode import clock_warnings, read_clock
 from beatleader.zk.layout import (
     SOURCES,
@@ -135,12 +135,14 @@ def _with_plans(
     for name in sorted(by_name):
         entry, planned = by_name[name], plans.get(name)
         last = entry.state.last_run_at if entry.state else None
-        due = next_due(planned, last, now) if planned else None
+        count = entry.state.total_run_count if entry.state else 0
+        due = next_due(planned, last, now, count) if planned else None
         result.append(
             dataclasses.replace(
                 entry,
                 plan=planned,
                 next_due=due.isoformat(timespec="seconds") if due else None,
+                done=is_done(planned, last, count),
                 scheduled=None if scheduled is None else name in scheduled,
             )
         )

@@ -16,7 +16,9 @@ znode) and ``entry``; only the instance that leads exports them:
 ``beatleader_last_success_timestamp_seconds``      ZooKeeper's time (the marker's ``mtime``) the
                                                    newest succeeded run seen finished
 ``beatleader_entry_period_seconds``                the interval of an ``every`` entry (absent for
-                                                   crontab and custom schedules)
+                                                   crontab and custom schedules, and for an entry
+                                                   its policy ended: ``max_runs``, ``end_at``,
+                                                   so the overdue alert does not fire)
 =================================================  ============================================
 
 Nothing is computed in the beat loop: a scrape reads, for every entry of the leader's schedule
@@ -385,6 +387,9 @@ def _leader_view(
         if isinstance(state, layout.EntryState):
             states[name] = state
         seconds = _period(getattr(entry, "schedule", None))
+        done = getattr(scheduler, "entry_done", None)
+        if seconds is not None and done is not None and done(name):
+            seconds = None  # its policy ended it: no period, so never overdue
         if seconds is not None:
             periods[name] = seconds
     return states, periods

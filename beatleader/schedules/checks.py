@@ -52,6 +52,12 @@ _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _EVERY = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*", re.IGNORECASE)
 
 
+def duration(text: str) -> float | None:
+    """Seconds of ``"30s"``, ``"90m"``, ``"2h"``, ``"1d"``, ``"45"``; None when it is none."""
+    match = _EVERY.fullmatch(text) if isinstance(text, str) else None
+    return float(match.group(1)) * _UNITS[match.group(2).lower()] if match else None
+
+
 def parse_every(text: str) -> float:
     """Seconds of ``"30s"``, ``"90m"``, ``"2h"``, ``"1d"``, ``"45"`` (seconds)."""
     match = _EVERY.fullmatch(text) if isinstance(text, str) else None

@@ -124,6 +124,14 @@ class Definition:
         found, problem = Definition.parse(data)
         if found is None:
             raise DefinitionError(problem or "invalid definition")
+        policy = found.options.get("beatleader")
+        every = found.schedule.get("every")
+        if isinstance(policy, dict) and every is not None:
+            jitter = policy.get("jitter")
+            if isinstance(jitter, (int, float)) and jitter >= every:
+                raise DefinitionError(
+                    f"--jitter {jitter:g} s is not shorter than the interval --every {every:g} s"
+                )
         return found
 
     @classmethod

@@ -40,6 +40,9 @@ from typing import Any
 from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError
 
+from beatleader.schedules import jitter
+from beatleader.schedules.checks import DefinitionError
+from beatleader.schedules.policies import DEFAULT, RunPolicy, parse_policy, policy_of
 from beatleader.zk import layout
 
 
@@ -53,9 +56,11 @@ class PlannedEntry:
     every: float | None = None  # seconds, celery interval schedules only
     crontab: str | None = None  # "m h dom mon dow", celery crontab schedules only
     timezone: str | None = None  # the crontab's timezone name
-    #: True: the crontab keeps cron's DST rules (a runtime entry's ``ZonedCrontab``); False:
-    #: celery's crontab (``beat_schedule``). Not published: it says how this process computes.
+    #: True: the crontab keeps cron's DST rules (``ZonedCrontab``: a runtime entry's, a static
+    #: one's under ``beatleader_crontab_rules = "cron"``); False: celery's crontab.
     cron_rules: bool = False
+    #: The entry's run policy (``RunPolicy.as_options()``), None when it has the default one.
+    policy: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         fields = {
@@ -64,16 +69,32 @@ class PlannedEntry:
             "every": self.every,
             "crontab": self.crontab,
             "timezone": self.timezone,
+            "policy": self.policy or None,
+            "cron_rules": self.cron_rules or None,
         }
         return {k: v for k, v in fields.items() if v is not None}
+
+    @property
+    def run_policy(self) -> RunPolicy:
+        if not self.policy:
+            return DEFAULT
+        try:
+            return parse_policy(self.policy)
+        except DefinitionError:
+            return DEFAULT
 
 
 def describe_entry(entry: Any) -> PlannedEntry:
     """The :class:`PlannedEntry` of a celery ``ScheduleEntry``."""
     from celery.schedules import crontab, schedule
 
+    from beatleader.schedules.types import ZonedCrontab
+
     sched = entry.schedule
     task = str(entry.task) if entry.task is not None else None
+    options = getattr(entry, "options", None)
+    found = policy_of(options)[0] if isinstance(options, dict) else DEFAULT
+    policy = found.as_options() or None
     if isinstance(sched, crontab):
         spec = " ".join(
             str(part)
@@ -85,15 +106,18 @@ def describe_entry(entry: Any) -> PlannedEntry:
                 sched._orig_day_of_week,
             )
         )
-        return PlannedEntry(entry.name, task, f"crontab {spec}", None, spec, str(sched.tz))
+        rules = isinstance(sched, ZonedCrontab)
+        text = f"crontab {spec}"
+        return PlannedEntry(entry.name, task, text, None, spec, str(sched.tz), rules, policy)
     if type(sched) is schedule:  # a subclass may override is_due: no promise about it
         seconds = sched.run_every.total_seconds()
-        return PlannedEntry(entry.name, task, f"every {_seconds_text(seconds)}", seconds)
+        text = f"every {_seconds_text(seconds)}"
+        return PlannedEntry(entry.name, task, text, seconds, policy=policy)
     try:
         text = repr(sched)
     except Exception:  # a user's schedule class whose __repr__ fails
         text = f"<{type(sched).__qualname__}>"
-    return PlannedEntry(entry.name, task, _one_line(text))
+    return PlannedEntry(entry.name, task, _one_line(text), policy=policy)
 
 
 def _seconds_text(seconds: float) -> str:
@@ -130,6 +154,11 @@ def _planned(name: str, fields: Any) -> PlannedEntry:
     every: Any = fields.get("every")
     # compared, not converted: an integer beyond a float's range is no interval, not an error
     good_every = type(every) in (int, float) and 0 < every <= sys.float_info.max
+    policy: Any = fields.get("policy")
+    try:
+        policy = parse_policy(policy).as_options() or None if isinstance(policy, dict) else None
+    except (DefinitionError, RecursionError, TypeError):
+        policy = None
     return PlannedEntry(
         name,
         _str_or_none(fields.get("task")),
@@ -137,6 +166,8 @@ def _planned(name: str, fields: Any) -> PlannedEntry:
         float(every) if good_every else None,
         _str_or_none(fields.get("crontab")),
         _str_or_none(fields.get("timezone")),
+        fields.get("cron_rules") is True,
+        policy,
     )
 
 
@@ -159,8 +190,40 @@ def _describe_or_name(entry: Any) -> PlannedEntry:
         return PlannedEntry(str(entry.name))
 
 
-def next_due(plan: PlannedEntry, last_run_at: str | None, now: datetime) -> datetime | None:
-    """When ``plan`` is next due after ``last_run_at`` (UTC ISO 8601), or None when unknown."""
+def next_due(
+    plan: PlannedEntry, last_run_at: str | None, now: datetime, run_count: int | None = None
+) -> datetime | None:
+    """When ``plan`` is next due after ``last_run_at`` (UTC ISO 8601), or None when unknown or
+    done; under its policy: not before ``start_at``, plus the jitter of run ``run_count + 1``
+    (the leader's offset: ``schedules/jitter.py``)."""
+    scheduled = _scheduled(plan, last_run_at, now)
+    policy = plan.run_policy
+    if scheduled is None or policy is DEFAULT:
+        return scheduled
+    if policy.done(run_count or 0, scheduled):
+        return None
+    if policy.start_at is not None and scheduled < policy.start_at:
+        scheduled = policy.start_at
+    if run_count is not None and policy.jitter:
+        scheduled += timedelta(seconds=jitter.offset(plan.name, run_count + 1, policy.jitter))
+    return scheduled
+
+
+def is_done(plan: PlannedEntry | None, last_run_at: str | None, run_count: int) -> bool:
+    """Whether the entry's policy says it runs no more (``max_runs`` reached, past ``end_at``)."""
+    if plan is None or plan.run_policy is DEFAULT:
+        return False
+    policy = plan.run_policy
+    if policy.max_runs is not None and run_count >= policy.max_runs:
+        return True
+    if policy.end_at is None:
+        return False
+    now = datetime.now(timezone.utc)
+    scheduled = _scheduled(plan, last_run_at, now)
+    return policy.done(run_count, scheduled or (now if now > policy.end_at else None))
+
+
+def _scheduled(plan: PlannedEntry, last_run_at: str | None, now: datetime) -> datetime | None:
     last = parse_time(last_run_at)
     if plan.every is not None:
         return None if last is None else last + timedelta(seconds=plan.every)

@@ -14,6 +14,7 @@ A ZonedCrontab's DST rules hold for the runs beat asks about through ``is_due`` 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -70,6 +71,26 @@ class OneOff(schedule):  # type: ignore[misc]
 
     def __hash__(self) -> int:
         return hash(self.at)
+
+
+def cron_rules(entries: Iterable[Any]) -> None:
+    """Give each entry whose schedule is exactly celery's ``crontab`` cron's DST rules: the
+    same fields, zone and app in a :class:`ZonedCrontab` (a subclass of the user's is kept)."""
+    for entry in entries:
+        sched: Any = getattr(entry, "schedule", None)
+        if type(sched) is not crontab:
+            continue
+        fields = (
+            sched._orig_minute,
+            sched._orig_hour,
+            sched._orig_day_of_week,
+            sched._orig_day_of_month,
+            sched._orig_month_of_year,
+        )
+        zoned = ZonedCrontab(None, *fields, nowfun=sched.nowfun, app=sched._app)
+        if "tz" in vars(sched):  # a crontab made with its own tz keeps it
+            zoned.tz = sched.tz
+        entry.schedule = zoned
 
 
 class ZonedCrontab(crontab):  # type: ignore[misc]
