@@ -215,6 +215,7 @@ def test_status_json_shape(
             "running": False,
             "last_record": None,
             "paused": None,  # no paused/ note
+            "done": False,  # no run policy says it runs no more
         }
     ]
     assert doc["warnings"] == []

@@ -140,7 +140,7 @@ def _senders(broker: FilesystemBroker) -> set[int]:
 def _dashboard_leader(port: int) -> str | None:
     """The leader pid the mounted dashboard (``/beatleader/``) shows, None when it does not."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/beatleader/", timeout=5) as page:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/beatleader/", timeout=15) as page:
             found = re.search(r'id="leader" data-pid="(\d*)"', page.read().decode())
     except (OSError, urllib.error.URLError):
         return None
@@ -150,7 +150,7 @@ def _dashboard_leader(port: int) -> str | None:
 def _check_dashboard(port: int, leader_pid: int) -> None:
     """The dashboard mounted at ``/beatleader/`` shows the leader; its links stay under it."""
     wait_for(
-        lambda: _dashboard_leader(port) == str(leader_pid), 20, message="the dashboard's leader"
+        lambda: _dashboard_leader(port) == str(leader_pid), 60, message="the dashboard's leader"
     )
     url = f"http://127.0.0.1:{port}/beatleader/static/dashboard.css"
     with urllib.request.urlopen(url, timeout=5) as response:
