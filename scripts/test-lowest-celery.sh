@@ -20,7 +20,7 @@ python="${BEATLEADER_LOWEST_PYTHON:-python3}"  # e.g. python3.10, the lowest Pyt
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check \
     -e . "$LOWEST_CELERY" "$LOWEST_KAZOO" "$LOWEST_DJANGO" "$LOWEST_DJANGO_CELERY_BEAT" \
-    "psycopg2-binary>=2.9" "pytest>=7.4" "pytest-timeout>=2.1"
+    "psycopg2-binary>=2.9" "pytest>=7.4" "pytest-timeout>=2.1" "pytest-xdist>=3.5"
 rm -rf beatleader.egg-info build  # by-products of the editable build; the venv does not use them
 "$venv/bin/python" - "$LOWEST_CELERY" "$LOWEST_KAZOO" "$LOWEST_DJANGO" \
     "$LOWEST_DJANGO_CELERY_BEAT" <<'PY'
@@ -33,7 +33,10 @@ for pin in sys.argv[1:]:
 PY
 # The SQLite case of test_django_beat.py is left out: under Django 4.2, three beat processes and
 # the test writing one SQLite file fail with "database is locked" (its PostgreSQL case runs).
-exec "$venv/bin/python" -m pytest -p no:cacheprovider -q \
+workers="${BEATLEADER_TEST_WORKERS:-2}"  # as scripts/test.sh: one test file per worker at a time
+parallel=()
+[ "$workers" = 1 ] || parallel=(-n "$workers" --dist loadfile)
+exec "$venv/bin/python" -m pytest -p no:cacheprovider -q "${parallel[@]}" \
     --deselect tests/test_django_beat.py::test_sqlite_rows_beside_static_entries_clocked_one_off_status_and_a_kill \
     tests/test_config.py tests/test_state.py tests/test_election.py tests/test_embedded.py \
     tests/test_celery_compat.py tests/test_scheduler_contract.py tests/test_compatibility_doc.py \

@@ -9,7 +9,7 @@
 * :class:`CommitLead`: how long before its due time a run is committed (the commit lead), from
   the latencies of the latest commits.
 * :func:`continuation`: what a new leader continues an entry from, given what it read.
-* :class:`Run`, :func:`lateness_of`, :func:`utc_iso`: one planned run and its timing.
+* :class:`Run`, :func:`remaining_of`, :func:`utc_iso`: one planned run and its timing.
 
 Guarantees (of the decisions; the scheduler carries them out):
 
@@ -349,12 +349,6 @@ def remaining_of(entry: Any) -> float | None:
     except Exception:
         return None
     return remaining if remaining == remaining else None  # NaN: no time at all
-
-
-def lateness_of(entry: Any) -> float:
-    """Seconds since the run of ``entry`` fell due (0 when it cannot be told)."""
-    remaining = remaining_of(entry)
-    return 0.0 if remaining is None else max(-remaining, 0.0)
 
 
 def utc_iso(moment: datetime) -> str:
