@@ -25,12 +25,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kazoo.client import KazooClient
 
 from beatleader.testing import crowd
 from beatleader.testing.crowd import CHILD, Contender, session_requests
 from beatleader.zk.layout import election_path
-from tests.harness import ZooKeeperServer, wait_for
+from tests.harness import ZooKeeperServer, connected_client, wait_for
 
 COUNT = 50
 TIMEOUT = 2.0
@@ -93,21 +92,8 @@ def queue(zk_server: ZooKeeperServer, zk_root: str) -> Iterator[dict[str, Any]]:
 
 
 def _names(server: ZooKeeperServer, path: str) -> list[str]:
-    with _client(server) as client:
+    with connected_client(server.hosts) as client:
         return client.get_children(path) if client.exists(path) else []
-
-
-class _client:
-    def __init__(self, server: ZooKeeperServer) -> None:
-        self.client = KazooClient(hosts=server.hosts, timeout=5)
-
-    def __enter__(self) -> KazooClient:
-        self.client.start(timeout=10)
-        return self.client
-
-    def __exit__(self, *exc: object) -> None:
-        self.client.stop()
-        self.client.close()
 
 
 def _leader(here: list[Contender]) -> Contender | None:

@@ -31,15 +31,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kazoo.client import KazooClient
-
 from beatleader.ops.status import read_status
 from beatleader.testing.crowd import CHILD, Contender, contender, session_requests
 from beatleader.testing.localzk import ZooKeeperServer
 from beatleader.zk.layout import election_path
 from scripts.bench.common import REPO_ROOT, progress
 from scripts.bench.report import print_table
-from tests.harness import wait_for
+from tests.harness import connected_client, wait_for
 
 #: Session timeout of every contender (seconds).
 SESSION_S = 4.0
@@ -82,19 +80,6 @@ def _settled(zk: ZooKeeperServer) -> dict[int, int]:
     return found
 
 
-class _client:
-    def __init__(self, zk: ZooKeeperServer) -> None:
-        self.client = KazooClient(hosts=zk.hosts, timeout=10)
-
-    def __enter__(self) -> KazooClient:
-        self.client.start(timeout=10)
-        return self.client
-
-    def __exit__(self, *exc: object) -> None:
-        self.client.stop()
-        self.client.close()
-
-
 def _cost(before: dict[int, int], after: dict[int, int]) -> int:
     return sum(count - before.get(session, 0) for session, count in after.items())
 
@@ -114,7 +99,7 @@ def _one(zk: ZooKeeperServer, count: int, root: str) -> CrowdResult:
     try:
         assert child.stdout is not None
         child.stdout.readline()  # its session id: it contends (its node comes just after)
-        with _client(zk) as client:
+        with connected_client(zk.hosts) as client:
             wait_for(lambda: client.exists(path) and client.get_children(path), 30)
         for number in range(1, count):
             here.append(contender(zk.hosts, path, f"c{number:04d}", SESSION_S))
