@@ -206,7 +206,7 @@ class FaultScheduler(_BeatleaderScheduler):
         SIGSTOP the process there.
     ``TEST_SLOW_PUBLISH``
         seconds every publish takes (logs ``test: publishing slowly``), inside the gap where
-        SIGTERM must be held.
+        SIGTERM must be held; a backfilled run's too.
     """
 
     def local_time(self) -> float:
@@ -228,6 +228,13 @@ class FaultScheduler(_BeatleaderScheduler):
             _test_log(f"test: publishing slowly run {ordinal} of {entry.name}")
             time.sleep(slow)
         return super().publish_run(entry, ordinal, incarnation)
+
+    def publish_backfill(self, entry: Any, scheduled: Any) -> str:
+        slow = float(os.environ.get("TEST_SLOW_PUBLISH") or 0)
+        if slow:
+            _test_log(f"test: publishing slowly backfill {scheduled.isoformat()} of {entry.name}")
+            time.sleep(slow)
+        return super().publish_backfill(entry, scheduled)
 
 
 def _test_log(line: str) -> None:

@@ -1,6 +1,6 @@
 """``max_runs`` and ``end_at`` with real ``celery beat`` and ``celery worker`` processes.
 
-Static 1 s entries: one with ``max_runs: 3``, one with ``end_at`` 4.5 s after the test starts.
+Static 1 s entries: one with ``max_runs: 3``, one with ``end_at`` 8.5 s after the test starts.
 Asserted on what the worker executed (exactly 3 runs; exactly the runs scheduled up to
 ``end_at``) and that ``status`` shows both as done (no next due time, no overdue problem) and
 the runs-metrics export no period for them (the overdue alert cannot fire).
@@ -29,7 +29,7 @@ def _executed(log: Path, name: str) -> int:
 def test_max_runs_and_end_at_end_an_entry_and_status_shows_it_done(
     beats: Any, workers: Any, zk_client: KazooClient, zk_root: str, execution_log: Path
 ) -> None:
-    end_at = datetime.now(timezone.utc) + timedelta(seconds=4.5)
+    end_at = datetime.now(timezone.utc) + timedelta(seconds=8.5)  # past a slow start
     env = schedule_env(
         three=every(1, options={"beatleader": {"max_runs": 3}}),
         ending=every(1, options={"beatleader": {"end_at": end_at.isoformat()}}),
@@ -53,7 +53,7 @@ def test_max_runs_and_end_at_end_an_entry_and_status_shows_it_done(
     assert ending["total_run_count"] == count and _executed(execution_log, "ending") == count
     last = datetime.fromisoformat(ending["last_run_at"])
     assert last <= end_at < last + timedelta(seconds=1)  # every run scheduled up to end_at ran
-    assert count >= 3
+    assert count >= 2  # the beat starts in a few seconds, slower on a loaded machine
     shown = {e.name: e for e in status.entries}
     assert shown["three"].next_due is None and shown["ending"].next_due is None
     assert not shown["going"].done

@@ -35,6 +35,7 @@ from typing import Any
 from beatleader.beat.planning import Run
 from beatleader.beat.publishing import replaced
 from beatleader.schedules import jitter
+from beatleader.schedules.backfill import frozen, next_after
 from beatleader.schedules.policies import ALL, ONCE, SKIP, RunPolicy
 
 logger = logging.getLogger("beatleader")
@@ -46,8 +47,9 @@ MAX_WALK = 1_000_000
 
 
 def scheduled_after(schedule: Any, moment: datetime) -> datetime:
-    """The first scheduled time of ``schedule`` after a run at ``moment`` (its own arithmetic)."""
-    return schedule.now() + schedule.remaining_estimate(moment)  # type: ignore[no-any-return]
+    """The first scheduled time of ``schedule`` after a run at ``moment`` (its own arithmetic,
+    on a clock read once: ``backfill.frozen``)."""
+    return next_after(frozen(schedule), moment)
 
 
 def missed_times(entry: Any, policy: RunPolicy, now: datetime, limit: int) -> list[datetime]:
@@ -55,8 +57,9 @@ def missed_times(entry: Any, policy: RunPolicy, now: datetime, limit: int) -> li
     within ``start_at``/``end_at``."""
     times: list[datetime] = []
     moment = entry.last_run_at
+    still = frozen(entry.schedule)
     while len(times) < limit:
-        following = scheduled_after(entry.schedule, moment)
+        following = next_after(still, moment)
         if following > now or following <= moment:
             break
         if policy.end_at is not None and following > policy.end_at:

@@ -81,6 +81,7 @@ from kazoo.exceptions import KazooException
 
 from beatleader._version import __version__
 from beatleader.beat import sigmask
+from beatleader.beat.backfill import Backfills
 from beatleader.beat.catchup import ScheduleTiming
 from beatleader.beat.dynamic import EntryChanges
 from beatleader.beat.failures import PAUSED_REASON, FailureWatch, pause, pause_note
@@ -272,6 +273,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.failures = FailureWatch(self.settings.path)
         #: The schedule policies' part: catch-up, jitter, start, end, max runs (``catchup.py``).
         self.timing = ScheduleTiming(self.overlap.policy, lambda: float(self.max_interval))
+        #: Backfill requests: accepted under the fence, published, deleted (``backfill.py``).
+        self.backfill = Backfills(self)
         self._entry_backoff = Backoff(self.entry_retry_first, self.entry_retry_max)
         self._max_seen: dict[str, int] = {}
         #: request node -> its creation time (epoch s), for the requests naming no entry here.
@@ -402,6 +405,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self.publisher.outbox.clear()
         self.overlap.forget()  # a run held in an earlier leadership: the next due run is planned
         self.failures.forget()
+        self.backfill.forget()
         self._stored = stored
         for name, entry in self.schedule.items():
             self._on_server_clock(entry)
@@ -480,6 +484,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         elif broker_ready and len(self.publisher.outbox):
             with sigmask.deferred():
                 self._publish_outbox()
+        if broker_ready and self.backfill.step():
+            return 0.0  # more backfilled runs to publish: due runs go first, then these
         return self._time_to_next()
 
     def _clear_for(self, seconds: float, now: float) -> bool:
@@ -815,16 +821,42 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     ) -> str:
         """Publish run ``ordinal`` of ``entry`` with its task id and run headers; raise if not."""
         task_id = self._task_id(entry.name, ordinal, incarnation)
+        run = layout.run_headers(self.settings.path, entry.name, ordinal, incarnation)
+        logger.info("Scheduler: Sending due task %s (%s)", entry.name, entry.task)
+        self._publish(entry, task_id, run)
+        return task_id
+
+    def publish_backfill(self, entry: beat.ScheduleEntry, scheduled: datetime) -> str:
+        """Publish the backfilled run of ``entry`` scheduled at ``scheduled``; raise if not."""
+        root = self.settings.path
+        task_id = layout.backfill_task_id(root, entry.name, layout.backfill_time(scheduled))
+        run = layout.backfill_headers(root, entry.name, scheduled)
+        logger.info(
+            "Scheduler: Sending backfilled task %s (%s) of %s",
+            entry.name,
+            entry.task,
+            run[layout.HEADER_BACKFILL],
+        )
+        self._publish(entry, task_id, run)
+        return task_id
+
+    def _publish(
+        self, entry: beat.ScheduleEntry, task_id: str, run: Mapping[str, str | int]
+    ) -> None:
         message = replaced(entry)
         options = publish_options(entry.options)  # the run policies stay here
-        headers = {
-            **(options.get("headers") or {}),
-            **layout.run_headers(self.settings.path, entry.name, ordinal, incarnation),
-        }
+        headers = {**(options.get("headers") or {}), **run}
         message.options = {**options, "task_id": task_id, "headers": headers}
-        logger.info("Scheduler: Sending due task %s (%s)", entry.name, entry.task)
         self.apply_async(message, producer=self.producer, advance=False)
-        return task_id
+
+    def _fence(self) -> tuple[str | None, StateStore | None]:
+        """This leader's fence (its contender node) and state store; None when not leading."""
+        election = self._election
+        return (election.node if election is not None else None), self._store
+
+    def _fence_failed(self) -> None:
+        assert self._election is not None
+        self._election.step_down("the fence failed: own contender node is gone")
 
     def _task_id(self, name: str, ordinal: int, incarnation: str | None) -> str:
         return layout.run_task_id(self.settings.path, name, ordinal, incarnation)

@@ -300,6 +300,22 @@ class StateStore:
                     outcome.failed[write.name] = "not applied, and ZooKeeper named no reason"
         return refused
 
+    def annotate(self, fence_node: str, path: str, data: bytes) -> tuple[str, bool]:
+        """Write ``data`` to the node ``path`` (a backfill request it accepts) under the fence.
+
+        Returns ``"written"``, ``"gone"`` or why ZooKeeper refused (a ``repr``), and whether the
+        fence failed.
+        """
+        transaction = self._client.transaction()
+        transaction.check(fence_node, CONTENDER_NODE_VERSION)
+        transaction.set_data(path, data)
+        fence_result, result = transaction.commit()
+        if isinstance(fence_result, Exception) and not isinstance(fence_result, NOT_APPLIED):
+            return "fence", True
+        if isinstance(result, ZnodeStat):
+            return "written", False
+        return ("gone" if isinstance(result, NoNodeError) else repr(result)), False
+
     def discard(self, fence_node: str, paths: Sequence[str]) -> tuple[list[str], bool]:
         """Delete each node of ``paths`` (run-now requests naming no entry) under the fence.
 

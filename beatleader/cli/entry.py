@@ -1,8 +1,8 @@
 """``beatleader entry ...``: change the schedule while beat runs (also ``celery -A proj beatleader
 entry ...``).
 
-Subcommands: ``add``, ``update``, ``remove``, ``pause``, ``resume``, ``run``, ``list``,
-``history``; each
+Subcommands: ``add``, ``update``, ``remove``, ``pause``, ``resume``, ``run``, ``backfill``,
+``list``, ``history``; each
 takes the connection flags of the other commands (``--zk-hosts``, ``--path``, ``-A``,
 ``--zk-auth``, ``--zk-tls*``; ``cli.connection_options``). The work is done by
 :class:`beatleader.entries.api.EntryStore`; this module parses options and prints.
@@ -43,6 +43,7 @@ from beatleader.entries.listing import EntryInfo
 from beatleader.ops.render import cell, epoch_time, seconds, table
 from beatleader.runs.history import History
 from beatleader.runs.records import RunRecord
+from beatleader.schedules.backfill import DEFAULT_MAX
 from beatleader.schedules.checks import exc_line
 from beatleader.schedules.definitions import DefinitionError
 
@@ -255,6 +256,34 @@ def run_command(ctx: click.Context, /, name: str, **options: Any) -> None:
     with entry_store(ctx, options) as store:
         path = store.run(name)
     click.echo(f"requested a run of {cell(name)}: {cell(path)}")
+
+
+@entry_group.command("backfill")
+@click.argument("name")
+@click.option("--from", "start", required=True, help="First time, ISO 8601 with a UTC offset.")
+@click.option("--to", "end", required=True, help="Last time (included), ISO 8601 with offset.")
+@click.option("--max", "limit", default=str(DEFAULT_MAX), help="Refuse a range of more runs.")
+@click.option("--dry-run", is_flag=True, help="List the runs' times; write nothing.")
+@connection_options
+@click.pass_context
+def backfill_command(
+    ctx: click.Context, /, name: str, start: str, end: str, limit: str, dry_run: bool,
+    **options: Any,
+) -> None:  # fmt: skip
+    """Publish every run NAME's schedule has from --from to --to, each once (deterministic
+    task ids from the entry and the run's time: a backfill asked twice runs once with the
+    worker guard)."""
+    count = _number(limit, "--max", int)
+    with entry_store(ctx, options) as store:
+        done = store.backfill(name, start, end, count, dry_run)
+    times = done.times
+    if dry_run and times is not None:
+        for moment in times:
+            click.echo(moment.isoformat())
+        click.echo(f"{len(times)} run(s) of {cell(name)} (dry run: nothing written)")
+        return
+    runs = f"{len(times)} run(s)" if times is not None else "the runs (computed by the leader)"
+    click.echo(f"requested a backfill of {runs} of {cell(name)}: {cell(done.request or '')}")
 
 
 @entry_group.command("list")

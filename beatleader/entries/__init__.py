@@ -1,4 +1,5 @@
-"""Change the schedule while beat runs: ``beatleader.entries.add/update/remove/pause/resume/run``.
+"""Change the schedule while beat runs: ``beatleader.entries.add``, ``update``, ``remove``,
+``pause``, ``resume``, ``run``, ``backfill``.
 
 The Python API of runtime entries (``api``), their arguments (``spec``) and the listing of every
 entry, static and runtime (``listing``). It stands on :mod:`beatleader.ops` (the listing reads
@@ -6,11 +7,13 @@ status), :mod:`beatleader.schedules` and :mod:`beatleader.zk`; :mod:`beatleader.
 """
 
 from beatleader.entries.api import (
+    Backfill,
     DefinitionError,
     EntryInfo,
     EntryStore,
     History,
     add,
+    backfill,
     history,
     list_entries,
     pause,
@@ -22,11 +25,13 @@ from beatleader.entries.api import (
 )
 
 __all__ = [
+    "Backfill",
     "DefinitionError",
     "EntryInfo",
     "EntryStore",
     "History",
     "add",
+    "backfill",
     "history",
     "list_entries",
     "pause",

@@ -26,6 +26,9 @@ bad one raises :class:`~beatleader.schedules.definitions.DefinitionError` with o
   (the second is retried on the fresh definition, :attr:`EntryPolicy.update_attempts` times).
 * ``run`` creates one sequential request node and returns its path; the leader consumes it once
   (in the fenced commit of that run).
+* ``backfill`` checks the range (and, when the schedule can be computed here, refuses more runs
+  than ``max_runs`` and lists the times) before it writes one request node; the leader computes
+  the times again with the entry's own schedule and publishes them (``beat/backfill.py``).
 
 Not guaranteed: that the leader has applied a change when the call returns (it does within about
 a second, when one leads); ZooKeeper errors (unreachable, ``NoAuthError``) propagate as kazoo's
@@ -35,15 +38,17 @@ instances.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from beatleader.config import Settings
-from beatleader.entries.listing import EntryInfo, published_names, read_entries
+from beatleader.entries.listing import EntryInfo, published_names, published_plans, read_entries
 from beatleader.entries.spec import (
     changed_by,
     json_list,
@@ -54,17 +59,21 @@ from beatleader.entries.spec import (
     utc_now,
 )
 from beatleader.runs.history import DEFAULT_LIMIT, History, read_history
+from beatleader.schedules.backfill import DEFAULT_MAX, BackfillRequest, parse_request, times_in
 from beatleader.schedules.definitions import Definition, DefinitionError, check_name, parse_timezone
+from beatleader.schedules.describe import plan_schedule
 from beatleader.zk import layout
 from beatleader.zk.client import make_client
 from beatleader.zk.trust import start_client
 
 __all__ = [
+    "Backfill",
     "DefinitionError",
     "EntryInfo",
     "EntryStore",
     "History",
     "add",
+    "backfill",
     "history",
     "list_entries",
     "pause",
@@ -320,6 +329,60 @@ class EntryStore:
         prefix = layout.request_prefix(self.root, name)
         return str(self.client.create(prefix, note(self._by()), sequence=True, makepath=True))
 
+    def backfill(
+        self,
+        name: str,
+        start: str | datetime,
+        end: str | datetime,
+        max_runs: int = DEFAULT_MAX,
+        dry_run: bool = False,
+    ) -> Backfill:
+        """Ask the leader for every run ``name``'s schedule has from ``start`` to ``end``.
+
+        The times are listed here when this process can compute them (a runtime entry, an
+        interval or crontab the instances published); a range of more than ``max_runs`` runs
+        raises :class:`DefinitionError`. ``dry_run``: list them, write nothing.
+        """
+        name = check_name(name)
+        wanted = parse_request(start, end, max_runs)
+        sched = self._schedule_for_backfill(name)
+        times = None
+        if sched is not None:
+            times = times_in(sched, wanted.start, wanted.end, wanted.limit)
+            if len(times) > wanted.limit:
+                raise DefinitionError(
+                    f"--max {wanted.limit:,}: {name!r} has more runs than that from "
+                    f"{wanted.start.isoformat()} to {wanted.end.isoformat()}; raise --max or "
+                    "split the range"
+                )
+        if dry_run:
+            if times is None:
+                raise DefinitionError(
+                    f"cannot list the runs of {name!r} here: its schedule is neither an interval "
+                    "nor a crontab this process can compute (the leader can: drop --dry-run)"
+                )
+            return Backfill(name, times, None)
+        request = BackfillRequest(wanted.start, wanted.end, wanted.limit, self._by(), utc_now())
+        prefix = layout.backfill_prefix(self.root, name)
+        path = self.client.create(prefix, request.encode(), sequence=True, makepath=True)
+        return Backfill(name, times, str(path))
+
+    def _schedule_for_backfill(self, name: str) -> Any | None:
+        """The schedule of ``name`` as this process can build it; DefinitionError if no entry."""
+        found = self.get(name)
+        if found is not None:
+            try:
+                return found[0].celery_schedule(self.app or _utc_app())
+            except DefinitionError:
+                return None  # e.g. solar without ephem here: the leader computes the times
+        static = _beat_schedule(self.app)
+        plan = published_plans(self.client, self.root).get(name)
+        if plan is not None:
+            return plan_schedule(plan)
+        if name in static:
+            return None  # not published yet: the leader computes the times
+        raise DefinitionError(f"cannot backfill {name!r}: no such entry (see 'entry list')")
+
     def history(self, name: str, limit: int | None = None) -> History:
         """The last ``limit`` runs of ``name`` (default 20), newest
         first (:func:`beatleader.runs.history.read_history`)."""
@@ -447,6 +510,38 @@ def resume(app: Any, name: str) -> str:
 def run(app: Any, name: str) -> str:
     with store(app) as entries:
         return entries.run(name)
+
+
+def backfill(
+    app: Any,
+    name: str,
+    start: str | datetime,
+    end: str | datetime,
+    max_runs: int = DEFAULT_MAX,
+    dry_run: bool = False,
+) -> Backfill:
+    """Backfill ``name`` from ``start`` to ``end`` (see :meth:`EntryStore.backfill`)."""
+    with store(app) as entries:
+        return entries.backfill(name, start, end, max_runs, dry_run)
+
+
+@dataclass(frozen=True)
+class Backfill:
+    """What :meth:`EntryStore.backfill` did: the entry, its runs' scheduled times (UTC; None when
+    only the leader can compute them), and the request node (None for a dry run)."""
+
+    name: str
+    times: list[datetime] | None
+    request: str | None
+
+
+@functools.lru_cache(maxsize=1)
+def _utc_app() -> Any:
+    from celery import Celery
+
+    app = Celery("beatleader-entries", set_as_current=False)
+    app.conf.timezone = "UTC"
+    return app
 
 
 def list_entries(app: Any) -> list[EntryInfo]:

@@ -268,6 +268,29 @@ def _crontab_next(spec: str, tz: str, after: datetime, cron_rules: bool = False)
         return None
 
 
+def plan_schedule(plan: PlannedEntry) -> Any | None:
+    """A celery schedule with the arithmetic of ``plan``'s (an interval or a crontab, with cron's
+    DST rules when it keeps them), for times computed outside the beat (a backfill's dry run);
+    None when the plan does not tell (another kind of schedule, a spec celery refuses)."""
+    from celery.schedules import crontab, schedule
+
+    from beatleader.schedules.types import ZonedCrontab
+
+    tz = plan.timezone or "UTC"
+    if plan.every is not None:
+        return schedule(timedelta(seconds=plan.every), app=_zone_app("UTC"))
+    parts = (plan.crontab or "").split()
+    if len(parts) != 5:
+        return None
+    fields = (*parts[:2], parts[4], parts[2], parts[3])
+    try:
+        if plan.cron_rules:
+            return ZonedCrontab(tz, *fields, app=_zone_app(tz))
+        return crontab(*fields, app=_zone_app(tz))
+    except Exception:  # a spec or timezone celery refuses
+        return None
+
+
 @functools.lru_cache(maxsize=64)
 def _zone_app(tz: str) -> Any:
     """A celery app whose timezone is ``tz``, for crontab arithmetic only (one per zone: making

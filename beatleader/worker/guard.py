@@ -48,6 +48,7 @@ Not guaranteed:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -55,6 +56,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, NoReturn
 
 from celery import signals
@@ -320,6 +322,9 @@ class DedupGuard:
             and ordinal >= 0
             and (incarnation is None or layout.is_incarnation(incarnation))
         )
+        backfill = _header(request, layout.HEADER_BACKFILL)
+        if valid and backfill is not None:
+            return self._backfill_key(root, entry, ordinal, backfill, task_id)
         if not valid or task_id != layout.run_task_id(root, entry, ordinal, incarnation):
             logger.warning(
                 "beatleader.dedup: task %s carries beatleader headers that do not match its id; "
@@ -328,6 +333,31 @@ class DedupGuard:
             )
             return None
         folder = self._folder(root, entry, incarnation)
+        return RunKey(folder=folder, ordinal=ordinal, entry=entry, task_id=task_id)
+
+    def _backfill_key(
+        self, root: str, entry: str, ordinal: int, scheduled: Any, task_id: Any
+    ) -> RunKey | None:
+        """The key of a backfilled run: its entry's folder for its UTC day, by its time."""
+        moment = None
+        if isinstance(scheduled, str):
+            with contextlib.suppress(ValueError):
+                moment = datetime.fromisoformat(scheduled)
+        genuine = (
+            moment is not None
+            and moment.tzinfo is not None
+            and layout.backfill_time(moment) == scheduled
+            and ordinal == layout.backfill_ordinal(moment)
+            and task_id == layout.backfill_task_id(root, entry, scheduled)
+        )
+        if not genuine or moment is None:
+            logger.warning(
+                "beatleader.dedup: task %s carries backfill headers that do not match its id; "
+                "executed unguarded",
+                task_id,
+            )
+            return None
+        folder = self._folder(root, layout.backfill_folder_name(entry, moment), None)
         return RunKey(folder=folder, ordinal=ordinal, entry=entry, task_id=task_id)
 
     def _folder(self, root: str, entry: str, incarnation: str | None) -> str:

@@ -25,6 +25,10 @@ Under an app's root path (``/beatleader/<app.main>`` by default)::
                                         that is paused (runtime entries use their ``enabled``).
     requests/<quoted name>__run__<seq>  persistent SEQUENTIAL JSON {changed_by, changed_at}: one
                                         extra run now, consumed by the leader's fenced commit.
+    backfills/<quoted name>__run__<seq> persistent SEQUENTIAL JSON {from, to, max, changed_by,
+                                        changed_at}: the runs of a past range (``backfill.py``);
+                                        the leader marks it accepted under the fence, publishes
+                                        its runs, then deletes it under the fence.
 
 Entry names are percent-quoted so that any Celery entry name (spaces, slashes, non-ASCII) is a
 single valid znode name; :func:`unquote_entry_name` gives the original back. This module only
@@ -36,7 +40,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -49,6 +53,7 @@ DEDUP = "dedup"
 DEFINITIONS = "definitions"
 PAUSED = "paused"
 REQUESTS = "requests"
+BACKFILLS = "backfills"
 #: Between the quoted entry name and the sequence number of a run request node.
 REQUEST_MARKER = "__run__"
 
@@ -116,6 +121,16 @@ def request_prefix(root: str, name: str) -> str:
     return f"{requests_path(root)}/{quote_entry_name(name)}{REQUEST_MARKER}"
 
 
+def backfills_path(root: str) -> str:
+    """Parent of the backfill requests."""
+    return f"{root}/{BACKFILLS}"
+
+
+def backfill_prefix(root: str, name: str) -> str:
+    """The path to create, SEQUENTIAL, for one backfill request of ``name``."""
+    return f"{backfills_path(root)}/{quote_entry_name(name)}{REQUEST_MARKER}"
+
+
 def request_entry_name(node: str) -> str | None:
     """The entry name of a request node's name (``<quoted>__run__<seq>``), None if not one."""
     quoted, marker, seq = node.rpartition(REQUEST_MARKER)
@@ -162,6 +177,36 @@ def run_task_id(root: str, entry_name: str, ordinal: int, incarnation: str | Non
     return str(uuid.uuid5(TASK_ID_NAMESPACE, name))
 
 
+def backfill_time(scheduled: datetime) -> str:
+    """The canonical text of a backfilled run's scheduled time: UTC, to the millisecond."""
+    return scheduled.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def backfill_task_id(root: str, entry_name: str, scheduled: str) -> str:
+    """The task id of the backfilled run of ``entry_name`` scheduled at ``scheduled``
+    (:func:`backfill_time`): the same whoever publishes it and however often it is asked for;
+    unlike :func:`run_task_id`, it does not depend on the entry's run count or incarnation."""
+    return str(uuid.uuid5(TASK_ID_NAMESPACE, f"{root}\x00{entry_name}\x00backfill\x00{scheduled}"))
+
+
+def backfill_day(scheduled: datetime) -> str:
+    """The UTC day of a backfilled run (its claims folder, ``dedup_folder``)."""
+    return scheduled.astimezone(timezone.utc).date().isoformat()
+
+
+def backfill_ordinal(scheduled: datetime) -> int:
+    """A backfilled run's number in its day's claims folder: milliseconds since 00:00 UTC, + 1."""
+    moment = scheduled.astimezone(timezone.utc)
+    midnight = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    return (moment - midnight) // timedelta(milliseconds=1) + 1
+
+
+def backfill_folder_name(entry_name: str, scheduled: datetime) -> str:
+    """The name, before quoting, of the claims folder of ``entry_name``'s backfilled runs of one
+    UTC day (one folder a day keeps their ordinals, and so the claims' floor, in time order)."""
+    return f"{entry_name}\x00backfill\x00{backfill_day(scheduled)}"
+
+
 def new_incarnation() -> str:
     """A fresh :attr:`EntryState.incarnation`: 16 random hex digits."""
     return uuid.uuid4().hex[:16]
@@ -172,6 +217,8 @@ HEADER_ROOT = "beatleader_root"
 HEADER_ENTRY = "beatleader_entry"
 HEADER_RUN = "beatleader_run"
 HEADER_INCARNATION = "beatleader_incarnation"
+#: On a backfilled run only: its scheduled time (:func:`backfill_time`).
+HEADER_BACKFILL = "beatleader_backfill"
 
 
 def run_headers(
@@ -186,6 +233,16 @@ def run_headers(
     if incarnation is not None:
         headers[HEADER_INCARNATION] = incarnation
     return headers
+
+
+def backfill_headers(root: str, entry_name: str, scheduled: datetime) -> dict[str, str | int]:
+    """The headers of the backfilled run of ``entry_name`` scheduled at ``scheduled``."""
+    return {
+        HEADER_ROOT: root,
+        HEADER_ENTRY: entry_name,
+        HEADER_RUN: backfill_ordinal(scheduled),
+        HEADER_BACKFILL: backfill_time(scheduled),
+    }
 
 
 def utc_now_iso() -> str:

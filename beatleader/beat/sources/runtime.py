@@ -16,6 +16,8 @@ reports to its scheduler through the source protocol (``beat/sources/__init__.py
 * **Run-now requests** (``requests/<name>__run__<seq>``) are kept in :attr:`RuntimeSource.requests`
   for the scheduler, which plans one extra run each and consumes the request in that run's fenced
   commit (``beat/scheduler.py``).
+* **Backfill requests** (``backfills/<name>__run__<seq>``, with their data) are kept in
+  :attr:`RuntimeSource.backfills` for ``beat/backfill.py``.
 
 Guarantees: a malformed, hostile or unreadable definition node is reported once (kind
 ``definition``, ``Observer.problem``) and ignored: the entry it would define is not scheduled, as a
@@ -76,6 +78,8 @@ class RuntimeSource:
         self.definitions: dict[str, Definition] = {}
         #: The run-now requests not consumed yet, oldest first.
         self.requests: list[RunRequest] = []
+        #: The backfill requests not done yet, oldest first, with their data.
+        self.backfills: list[RunRequest] = []
 
     # -- the source protocol --------------------------------------------------------------------
 
@@ -93,6 +97,7 @@ class RuntimeSource:
         reading = finish()
         self.definitions = {}
         self.requests = []
+        self.backfills = []
         changes = self._take_reading(reading)
         self.following = True
         return {name: entry for name, entry in changes.items() if entry is not None}
@@ -124,6 +129,7 @@ class RuntimeSource:
         """Requests consumed or deleted (by their paths): no longer pending here."""
         if paths:
             self.requests = [r for r in self.requests if r.path not in paths]
+            self.backfills = [r for r in self.backfills if r.path not in paths]
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -150,6 +156,8 @@ class RuntimeSource:
             host.pause_static(reading.paused)
         if reading.requests is not None:
             self.requests = reading.requests
+        if reading.backfills is not None:
+            self.backfills = reading.backfills
         return changes
 
     def _take_definition(

@@ -1,12 +1,14 @@
-"""The leader's reads of runtime definitions, pauses and run-now requests, and their watches.
+"""The leader's reads of runtime definitions, pauses, run-now and backfill requests, and watches.
 
 Under the app root (``layout.py``): ``definitions/<quoted name>`` (``definitions.py``),
-``paused/<quoted name>`` and ``requests/<quoted name>__run__<seq>``. :class:`DefinitionWatch` is
-used by the leader only (``runtime.py``), in its tick thread:
+``paused/<quoted name>``, ``requests/<quoted name>__run__<seq>`` and
+``backfills/<quoted name>__run__<seq>`` (each backfill request's data is read with its
+listing). :class:`DefinitionWatch` is used by the leader only (``runtime.py``), in its tick
+thread:
 
 * :meth:`DefinitionWatch.load`, at each takeover: every definition (one listing, then every node
   read by ``multiread.read_nodes``, as ``StateStore.load`` reads the run state), the paused
-  names and the requests, each read leaving a watch: a children watch on the three folders, a
+  names and the requests, each read leaving a watch: a children watch on the four folders, a
   data watch on every definition node.
 * :meth:`DefinitionWatch.refresh`, at each tick while leading: only what the watches reported
   since: one listing when a folder's children changed, one read per definition node added or
@@ -32,7 +34,7 @@ from __future__ import annotations
 import posixpath
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NoNodeError
@@ -53,6 +55,8 @@ class RunRequest:
     path: str
     name: str | None
     sequence: int
+    #: The node's data (a backfill request's range); b"" for a run-now request (not read).
+    data: bytes = b""
 
 
 @dataclass
@@ -67,16 +71,19 @@ class Reading:
     paused: frozenset[str] | None = None
     #: Every run-now request, oldest first (None: not read this time).
     requests: list[RunRequest] | None = None
+    #: Every backfill request, oldest first, with its data (None: not read this time).
+    backfills: list[RunRequest] | None = None
     #: folder path -> why it cannot be listed (an ACL): read as empty, not watched.
     unlisted: dict[str, str] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         changed = self.paused is not None or self.requests is not None
+        changed = changed or self.backfills is not None
         return changed or bool(self.definitions or self.unlisted)
 
 
 class DefinitionWatch:
-    """Reads and watches ``definitions/``, ``paused/`` and ``requests/`` under ``root``.
+    """Reads and watches ``definitions/``, ``paused/``, ``requests/`` and ``backfills/``.
 
     ``generation`` tells the election generation while this instance leads, None otherwise.
     """
@@ -92,12 +99,14 @@ class DefinitionWatch:
         self._definitions = layout.definitions_path(root)
         self._paused = layout.paused_path(root)
         self._requests = layout.requests_path(root)
+        self._backfills = layout.backfills_path(root)
         self._lock = threading.Lock()
         self._armed: int | None = None
         self._known: set[str] = set()
         self._children_changed = False
         self._paused_changed = False
         self._requests_changed = False
+        self._backfills_changed = False
         self._changed: set[str] = set()
 
     @property
@@ -123,6 +132,7 @@ class DefinitionWatch:
         with self._lock:
             self._armed = generation
             self._children_changed = self._paused_changed = self._requests_changed = False
+            self._backfills_changed = False
             self._changed.clear()
         reading = Reading()
         children = self._list(self._definitions, self._on_definitions, reading)
@@ -133,6 +143,7 @@ class DefinitionWatch:
             self._take_reads(pending, reading)
             reading.paused = self._paused_names(reading)
             reading.requests = self._request_nodes(reading)
+            reading.backfills = self._backfill_nodes(reading)
             return reading
 
         return finish
@@ -140,12 +151,14 @@ class DefinitionWatch:
     def refresh(self) -> Reading:
         """What changed since the last load or refresh, as the watches marked it."""
         with self._lock:
-            children, paused, requests = (
+            children, paused, requests, backfills = (
                 self._children_changed,
                 self._paused_changed,
                 self._requests_changed,
+                self._backfills_changed,
             )
             self._children_changed = self._paused_changed = self._requests_changed = False
+            self._backfills_changed = False
             changed, self._changed = self._changed, set()
         reading = Reading()
         if children:
@@ -162,6 +175,8 @@ class DefinitionWatch:
             reading.paused = self._paused_names(reading)
         if requests:
             reading.requests = self._request_nodes(reading)
+        if backfills:
+            reading.backfills = self._backfill_nodes(reading)
         return reading
 
     def _send_reads(self, children: list[str]) -> list[tuple[str, IAsyncResult]]:
@@ -195,13 +210,26 @@ class DefinitionWatch:
         return frozenset(layout.unquote_entry_name(child) for child in children)
 
     def _request_nodes(self, reading: Reading) -> list[RunRequest]:
-        found = []
-        for node in self._list(self._requests, self._on_requests, reading):
-            _, _, tail = node.rpartition(layout.REQUEST_MARKER)
-            sequence = int(tail) if tail.isascii() and tail.isdigit() else -1
-            name = layout.request_entry_name(node)
-            found.append(RunRequest(node, f"{self._requests}/{node}", name, sequence))
-        return sorted(found, key=lambda request: (request.sequence, request.node))
+        nodes = self._list(self._requests, self._on_requests, reading)
+        return _requests(self._requests, nodes)
+
+    def _backfill_nodes(self, reading: Reading) -> list[RunRequest]:
+        """The backfill requests with their data (one multi-read); a node gone meanwhile is
+        left out, one that cannot be read comes with b"" (the scheduler reports it)."""
+        found = _requests(self._backfills, self._list(self._backfills, self._on_backfills, reading))
+        results = read_nodes(self._client, [request.path for request in found])
+        kept = []
+        for request, result in zip(found, results, strict=True):
+            try:
+                data, _ = result.get()
+            except NoNodeError:
+                continue
+            except KazooException as exc:
+                if isinstance(exc, SESSION_ERRORS):
+                    raise
+                data = b""
+            kept.append(replace(request, data=data or b""))
+        return kept
 
     def _list(
         self, path: str, watch: Callable[[WatchedEvent], None], reading: Reading
@@ -251,3 +279,19 @@ class DefinitionWatch:
         if self._acts(event):
             with self._lock:
                 self._requests_changed = True
+
+    def _on_backfills(self, event: WatchedEvent) -> None:
+        if self._acts(event):
+            with self._lock:
+                self._backfills_changed = True
+
+
+def _requests(folder: str, nodes: list[str]) -> list[RunRequest]:
+    """The request nodes ``nodes`` of ``folder``, oldest first (by sequence, then name)."""
+    found = []
+    for node in nodes:
+        _, _, tail = node.rpartition(layout.REQUEST_MARKER)
+        sequence = int(tail) if tail.isascii() and tail.isdigit() else -1
+        name = layout.request_entry_name(node)
+        found.append(RunRequest(node, f"{folder}/{node}", name, sequence))
+    return sorted(found, key=lambda request: (request.sequence, request.node))
