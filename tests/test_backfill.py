@@ -242,3 +242,24 @@ def test_a_backfill_survives_a_leader_kill_and_runs_each_time_once(
     wait_for(lambda: len(_executed(execution_log)) >= 20, 30, message="20 runs executed")
     worker.wait_for_log(r"dropped a delivery of .*already executed", 30, count=first)
     assert sorted(_executed(execution_log)) == sorted(ids)
+
+
+def test_catchup_walks_a_crontab_run_by_run() -> None:
+    """The catch-up walk (``catchup: all``) of a crontab: each missed minute once, in order.
+
+    With the schedule's clock read twice per step, ``now() + remaining_estimate(t)`` fell a few
+    microseconds short of the next run, and the next step found that run again.
+    """
+    from celery import beat
+
+    from beatleader.beat.catchup import missed_times
+    from beatleader.schedules.policies import parse_policy
+
+    app = _utc_app()
+    now = datetime.now(timezone.utc).replace(second=30, microsecond=0)
+    entry = beat.ScheduleEntry(
+        "m", "t", now - timedelta(minutes=10), schedule=crontab(minute="*", app=app), app=app
+    )
+    times = missed_times(entry, parse_policy({"catchup": "all"}), now, 100)
+    assert len(times) == 10 and len(set(times)) == 10
+    assert [t.minute for t in times] == [(now - timedelta(minutes=9 - n)).minute for n in range(10)]
