@@ -77,7 +77,7 @@ def shell(line: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProc
 
 def test_the_commands_work_as_written(env, tmp_path, zk_client, zk_root) -> None:
     lines = [line for line in blocks("sh")[0].splitlines() if line.strip()]
-    assert len(lines) == 14
+    assert len(lines) == 15
     outputs = []
     for line in lines:
         done = shell(line, env, tmp_path)
@@ -100,10 +100,14 @@ def test_the_commands_work_as_written(env, tmp_path, zk_client, zk_root) -> None
     assert zk_client.get_children(layout.paused_path(zk_root)) == []
     requests = zk_client.get_children(layout.requests_path(zk_root))
     assert [layout.request_entry_name(r) for r in requests] == ["nightly-cleanup"]
-    table = outputs[9]  # entry list, before migrate-once is removed
+    backfill = outputs[7].splitlines()  # a week of the 03:00 static crontab, dry run
+    assert backfill[:-1] == [f"2026-11-0{day}T03:00:00+00:00" for day in range(1, 8)]
+    assert backfill[-1] == "7 run(s) of nightly-cleanup (dry run: nothing written)"
+    assert not zk_client.exists(layout.backfills_path(zk_root))
+    table = outputs[10]  # entry list, before migrate-once is removed
     assert "migrate-once" in table and "nightly-cleanup" in table and "static" in table
-    assert outputs[11].startswith("history of poll-feeds") and "(no runs)" in outputs[11]
-    listed = {e["name"]: e for e in json.loads(outputs[13])}
+    assert outputs[12].startswith("history of poll-feeds") and "(no runs)" in outputs[12]
+    listed = {e["name"]: e for e in json.loads(outputs[14])}
     assert set(listed) == {"nightly-cleanup", "poll-feeds", "report-acme"}
     assert listed["nightly-cleanup"]["pending_runs"] == 1
 

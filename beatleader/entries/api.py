@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from celery import beat
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from beatleader.config import Settings
@@ -62,6 +63,7 @@ from beatleader.runs.history import DEFAULT_LIMIT, History, read_history
 from beatleader.schedules.backfill import DEFAULT_MAX, BackfillRequest, parse_request, times_in
 from beatleader.schedules.definitions import Definition, DefinitionError, check_name, parse_timezone
 from beatleader.schedules.describe import plan_schedule
+from beatleader.schedules.types import cron_rules
 from beatleader.zk import layout
 from beatleader.zk.client import make_client
 from beatleader.zk.trust import start_client
@@ -376,11 +378,11 @@ class EntryStore:
             except DefinitionError:
                 return None  # e.g. solar without ephem here: the leader computes the times
         static = _beat_schedule(self.app)
+        if name in static:
+            return _static_schedule(self.app, name, static[name])
         plan = published_plans(self.client, self.root).get(name)
         if plan is not None:
             return plan_schedule(plan)
-        if name in static:
-            return None  # not published yet: the leader computes the times
         raise DefinitionError(f"cannot backfill {name!r}: no such entry (see 'entry list')")
 
     def history(self, name: str, limit: int | None = None) -> History:
@@ -533,6 +535,19 @@ class Backfill:
     name: str
     times: list[datetime] | None
     request: str | None
+
+
+def _static_schedule(app: Any, name: str, spec: Any) -> Any | None:
+    """The schedule of the app's ``beat_schedule`` entry ``name`` as the scheduler runs it
+    (with cron's DST rules unless ``beatleader_crontab_rules`` is "celery"); None if it cannot
+    be built here (the leader reports it)."""
+    try:
+        entry = beat.ScheduleEntry(name=name, app=app, **{"schedule": spec["schedule"]})
+        if Settings.from_app(app).crontab_rules == "cron":
+            cron_rules([entry])
+    except Exception:  # a user's schedule or settings: the leader computes the times
+        return None
+    return entry.schedule
 
 
 @functools.lru_cache(maxsize=1)
