@@ -75,3 +75,46 @@ def test_jittered_runs_start_at_their_offsets_under_both_leaders(
     # at most two runs per entry fall in the failover (kill + 2 s session timeout + takeover)
     assert checked - late >= 3 * len(NAMES) and late <= 2 * len(NAMES), (checked, late)
     assert max(offsets) - min(offsets) > JITTER / 3  # spread over the window
+
+
+def test_a_jittered_entry_without_catchup_is_skipped_past_the_global_misfire_grace(
+    zk_server: Any, zk_client: KazooClient, zk_root: str
+) -> None:
+    """``jitter`` alone does not opt an entry out of ``beatleader_misfire_grace``: its run, 60 s
+    late after a takeover, is skipped (as any entry's is), not sent. In process, real ZooKeeper."""
+    import json
+    from datetime import datetime, timedelta, timezone
+
+    from beatleader.config import Settings
+    from beatleader.observe import Observers
+    from tests.app import make_app
+    from tests.test_outbox import Recorder, Recording, elected, run_until, write_state
+
+    long_ago = (datetime.now(timezone.utc) - timedelta(seconds=60)).isoformat()
+    for name in ("j", "plain"):
+        state = layout.EntryState(long_ago, 4, None, "test", incarnation="00112233445566ff")
+        write_state(zk_client, zk_root, name, state.encode())
+    entries = {
+        "j": every(30, options={"beatleader": {"jitter": "1s"}}),
+        "plain": every(30),
+    }
+    app = make_app({"TEST_SCHEDULE": json.dumps(entries)}, set_as_current=False)
+    settings = Settings.from_app(
+        app, zk_hosts=zk_server.hosts, path=zk_root, session_timeout=2, misfire_grace=5
+    )
+    scheduler = Recording(
+        app, beatleader_settings=settings, beatleader_observers=Observers(Recorder())
+    )
+    scheduler.published = []
+    try:
+        elected(scheduler)
+
+        def skipped(name: str) -> int:
+            return int((entry_state(zk_client, zk_root, name) or {}).get("skipped_count", 0))
+
+        run_until(scheduler, lambda: skipped("j") and skipped("plain"), timeout=15)
+        assert scheduler.published == []  # neither late run was sent
+        for name in ("j", "plain"):
+            assert (entry_state(zk_client, zk_root, name) or {})["total_run_count"] == 4
+    finally:
+        scheduler.close()

@@ -129,9 +129,16 @@ class ScheduleTiming:
             scheduled = None
         return policy.done(entry.total_run_count, scheduled)
 
-    def plans(self, entry: Any) -> bool:
-        """Whether :meth:`plan` decides this entry's runs (else the global misfire grace)."""
+    def plans(self, entry: Any, past_grace: float | None = None) -> bool:
+        """Whether :meth:`plan` decides this entry's runs (else the global misfire grace).
+
+        ``past_grace``: seconds the run is later than the global ``misfire_grace`` (None: no
+        grace set). An entry with jitter and no ``catchup`` of its own is skipped past the
+        grace as every other entry is; within it, :meth:`plan` keeps its scheduled time.
+        """
         policy = self.policy(entry)
+        if policy.catchup is None and past_grace is not None and past_grace > 0:
+            return False
         return policy.catchup is not None or policy.jitter is not None
 
     def plan(self, entry: Any, delay: float, lateness: float) -> Run:

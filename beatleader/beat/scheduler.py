@@ -638,7 +638,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         due_at = time.monotonic() + ahead if ahead else 0.0
         self._ahead = ahead
         try:
-            if self.timing.plans(entry):
+            if self.timing.plans(entry, None if grace is None else lateness - grace):
                 run = self.timing.plan(entry, delay, lateness)
             elif grace is not None and lateness > grace:
                 logger.warning(
