@@ -91,8 +91,8 @@ def test_schedule_policy_fields_parse_and_bad_ones_are_one_line() -> None:
     assert parse_policy({"catchup": "all"}).max_catchup == 100
     for bad, part in [
         ({"catchup": "most"}, "catchup 'most' is not one of once, skip, all"),
-        ({"catchup": "skip"}, "needs catchup_window"),
-        ({"catchup": "all", "catchup_window": 5}, "applies to catchup skip"),
+        ({"catchup": "skip"}, "needs options.beatleader.catchup_window"),
+        ({"catchup": "all", "catchup_window": 5}, "applies to options.beatleader.catchup skip"),
         ({"jitter": "soon"}, "jitter 'soon' is not a duration"),
         ({"jitter": -1}, "jitter -1 is not a duration"),
         ({"start_at": "2030-01-01T00:00"}, "UTC offset"),

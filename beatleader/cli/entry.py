@@ -107,9 +107,25 @@ def entry_store(
         if must_exist and client.exists(target.settings.path) is None:
             raise CliError(missing_path(client, target))
         try:
-            yield EntryStore(client, target.settings.path, target.app)
+            store = EntryStore(client, target.settings.path, target.app)
+            store.option_names = OPTION_FLAGS
+            yield store
         except (DefinitionError, ConfigError) as exc:
             raise CliError(str(exc), EXIT_UNREACHABLE) from None
+
+
+#: The flag of each schedule-policy option, for the errors of ``entries.spec.options_of``.
+OPTION_FLAGS = {
+    "overlap": "--overlap",
+    "pause_after_failures": "--pause-after-failures",
+    "catchup": "--catchup",
+    "catchup_window": "--catchup-window",
+    "max_catchup": "--max-catchup",
+    "jitter": "--jitter",
+    "start_at": "--start",
+    "end_at": "--end",
+    "max_runs": "--max-runs",
+}
 
 
 def _spec(values: dict[str, Any]) -> dict[str, Any]:

@@ -99,6 +99,10 @@ class EntryPolicy:
 class EntryStore:
     """The operations on one app's root, on a started client (see the module docstring)."""
 
+    #: What an error calls each schedule-policy option: the keyword arguments here; the command
+    #: line sets its flags (``--catchup-window``).
+    option_names: Mapping[str, str] = {}
+
     def __init__(self, client: Any, root: str, app: Any = None, actor: str | None = None) -> None:
         self.client = client
         self.root = root
@@ -204,6 +208,7 @@ class EntryStore:
                 overlap,
                 pause_after_failures,
                 _policy(catchup, catchup_window, max_catchup, jitter, start_at, end_at, max_runs),
+                self.option_names,
             ),
             enabled=enabled,
             changed_by=self._by(),
@@ -276,6 +281,7 @@ class EntryStore:
                     _policy(
                         catchup, catchup_window, max_catchup, jitter, start_at, end_at, max_runs
                     ),
+                    self.option_names,
                 ),
                 enabled=old.enabled,
                 changed_by=self._by(),

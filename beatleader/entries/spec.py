@@ -88,10 +88,11 @@ def options_of(
     overlap: str | None = None,
     pause_after_failures: int | None = None,
     schedule_policy: Mapping[str, Any] | None = None,
+    names: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """``base`` with the given options replaced (None: unchanged; ``pause_after_failures`` 0:
     never pause); ``schedule_policy``: policy fields (``catchup``, ``jitter``, ...) to set, a
-    value of ``""`` removes one."""
+    value of ``""`` removes one; ``names``: what an error calls each field (``parse_policy``)."""
     options = dict(base)
     changes = {k: v for k, v in (schedule_policy or {}).items() if v is not None}
     if overlap is not None or pause_after_failures is not None or changes:
@@ -103,13 +104,15 @@ def options_of(
                 policy[key] = value
         if changes.get("catchup") not in (None, "skip"):
             policy.pop("catchup_window", None)
+        label = dict(names or {})
         if overlap is not None:
-            policy["overlap"] = check_overlap(overlap)
+            policy["overlap"] = check_overlap(overlap, label.get("overlap", "overlap"))
         if pause_after_failures == 0:
             policy.pop("pause_after_failures", None)
         elif pause_after_failures is not None:
-            policy["pause_after_failures"] = check_failures(pause_after_failures)
-        fields = parse_policy(policy).as_options()
+            what = label.get("pause_after_failures", "pause_after_failures")
+            policy["pause_after_failures"] = check_failures(pause_after_failures, what)
+        fields = parse_policy(policy, names=label).as_options()
         if fields:
             options[OPTIONS_KEY] = fields
         else:

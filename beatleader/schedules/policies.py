@@ -179,8 +179,18 @@ class RunPolicy:
 DEFAULT = RunPolicy()
 
 
-def parse_policy(value: Any, where: str = "options.beatleader") -> RunPolicy:
-    """The policy of a stored or given ``{"overlap": ..., "pause_after_failures": N}``."""
+def parse_policy(
+    value: Any, where: str = "options.beatleader", names: Mapping[str, str] | None = None
+) -> RunPolicy:
+    """The policy of a stored or given ``{"overlap": ..., "pause_after_failures": N}``.
+
+    An error names a field ``<where>.<field>``, or with ``names`` as the caller calls it (a
+    command-line flag, a keyword argument): ``names[field]``, the field itself if not listed.
+    """
+
+    def at(field: str) -> str:
+        return f"{where}.{field}" if names is None else names.get(field, field)
+
     if not isinstance(value, Mapping):
         raise DefinitionError(f"{where} must be a mapping like {{'overlap': 'skip'}}")
     unknown = sorted(str(key) for key in value if key not in _FIELDS)
@@ -189,33 +199,38 @@ def parse_policy(value: Any, where: str = "options.beatleader") -> RunPolicy:
             f"{where} has unknown field(s) {', '.join(map(shown, unknown))}; "
             f"known: {', '.join(_FIELDS)}"
         )
-    window = check_seconds(value.get("catchup_window"), f"{where}.catchup_window")
-    catchup = check_catchup(value.get("catchup"), f"{where}.catchup")
+    window = check_seconds(value.get("catchup_window"), at("catchup_window"))
+    catchup = check_catchup(value.get("catchup"), at("catchup"))
     if window is not None and catchup is None:
         catchup = SKIP  # a window says what to skip
     if catchup == SKIP and window is None:
-        raise DefinitionError(f"{where}.catchup skip needs catchup_window (seconds, e.g. 30s)")
+        raise DefinitionError(
+            f"{at('catchup')} skip needs {at('catchup_window')} (seconds, e.g. 30s)"
+        )
     if window is not None and catchup != SKIP:
-        raise DefinitionError(f"{where}.catchup_window applies to catchup skip, not {catchup}")
-    start_at = check_time(value.get("start_at"), f"{where}.start_at")
-    end_at = check_time(value.get("end_at"), f"{where}.end_at")
+        raise DefinitionError(
+            f"{at('catchup_window')} applies to {at('catchup')} skip, not {catchup}"
+        )
+    start_at = check_time(value.get("start_at"), at("start_at"))
+    end_at = check_time(value.get("end_at"), at("end_at"))
     if start_at is not None and end_at is not None and start_at >= end_at:
         raise DefinitionError(
-            f"{where}.start_at {start_at.isoformat()} is not before end_at {end_at.isoformat()}"
+            f"{at('start_at')} {start_at.isoformat()} is not before {at('end_at')} "
+            f"{end_at.isoformat()}"
         )
-    max_catchup = check_count(value.get("max_catchup"), f"{where}.max_catchup")
+    max_catchup = check_count(value.get("max_catchup"), at("max_catchup"))
     return RunPolicy(
-        overlap=check_overlap(value.get("overlap", ALLOW), f"{where}.overlap"),
+        overlap=check_overlap(value.get("overlap", ALLOW), at("overlap")),
         pause_after_failures=check_failures(
-            value.get("pause_after_failures"), f"{where}.pause_after_failures"
+            value.get("pause_after_failures"), at("pause_after_failures")
         ),
         catchup=catchup,
         catchup_window=window,
         max_catchup=DEFAULT_MAX_CATCHUP if max_catchup is None else max_catchup,
-        jitter=check_seconds(value.get("jitter"), f"{where}.jitter"),
+        jitter=check_seconds(value.get("jitter"), at("jitter")),
         start_at=start_at,
         end_at=end_at,
-        max_runs=check_count(value.get("max_runs"), f"{where}.max_runs"),
+        max_runs=check_count(value.get("max_runs"), at("max_runs")),
     )
 
 
