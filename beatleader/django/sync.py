@@ -9,7 +9,8 @@ While this instance leads (and has taken over), the thread
   ``update_entries``, and publishes the descriptions of the database entries for ``status``;
   every ``DatabaseScheduler.full_read_interval`` seconds it reads them whatever the marker says
   (django-celery-beat does the same every 5 minutes: a queryset ``update`` or ``loaddata`` does
-  not move the marker);
+  not move the marker); with them, the one-off rows that ran and were disabled, which are only
+  described (as done), never scheduled;
 * writes back run state: ``last_run_at`` and ``total_run_count`` of each published run, and
   ``enabled=False`` for a finished one-off or an expired row, as django-celery-beat does.
 
@@ -42,7 +43,7 @@ from celery import Celery, beat
 
 from beatleader.beat.planning import Backoff
 from beatleader.beat.publishing import replaced
-from beatleader.django.rows import RowEntry, read_rows
+from beatleader.django.rows import RowEntry, finished_rows, read_rows
 
 logger = logging.getLogger("beatleader.django")
 
@@ -139,6 +140,7 @@ class DatabaseSync:
         self._full_read = False
         self._bad: dict[str, str] = {}
         self._rows: dict[str, RowEntry] = {}  # the last read, for the description
+        self._finished: dict[str, RowEntry] = {}  # finished one-offs, described as done
         self._described: Any = None
         self._describe_retry = 0.0
         self._thread = threading.Thread(target=self._run, name="beatleader-django", daemon=True)
@@ -243,8 +245,8 @@ class DatabaseSync:
 
     def _describe(self) -> None:
         """Publish the rows' descriptions when they changed; after a failure, once per check."""
-        rows = self._rows
-        key = sorted((name, e.row.signature if e.row else "") for name, e in rows.items())
+        rows = {**self._finished, **self._rows}
+        key = sorted((name, *_described(e)) for name, e in rows.items())
         now = time.monotonic()
         if key == self._described or now < self._describe_retry:
             return
@@ -342,8 +344,18 @@ class DatabaseSync:
             if self._bad.get(name) != why:
                 logger.error("beatleader: periodic task %r is not scheduled: %s", name, why)
         self._bad = bad
+        names, model, entry_class = host.static_names, host.Model, host.row_entry_class
+        self._finished = finished_rows(host.app, names, model, entry_class)
         self._rows = entries
         return marker, entries
+
+
+def _described(entry: RowEntry) -> tuple[str, int]:
+    """What a row's description depends on: its signature, and a one-off's run count."""
+    row = entry.row
+    if row is None:
+        return "", 0
+    return row.signature, entry.total_run_count if row.one_off else 0
 
 
 def _close_connection() -> None:
