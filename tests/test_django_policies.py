@@ -32,7 +32,7 @@ from beatleader.runs.history import read_history
 from beatleader.schedules import jitter
 from beatleader.zk import layout
 from tests.django_support import add_row, row
-from tests.harness import FilesystemBroker, entry_state, read_executions, wait_for
+from tests.harness import FilesystemBroker, entry_state, free_port, read_executions, wait_for
 from tests.test_django_beat import (
     BOOT,
     EDIT_DELAY,
@@ -44,6 +44,7 @@ from tests.test_django_beat import (
     start_beats,
     stop_all,
 )
+from tests.test_metrics import try_scrape, value
 
 JITTER = 1.5
 HOUR = 3600
@@ -69,7 +70,9 @@ def test_row_policies_are_honoured_never_published_and_finished_rows_show_done(
     add_row("once", every=1, one_off=True)
     add_row("expired", every=1, expires=now - timedelta(seconds=1))
     workers(env={"TEST_DEDUP": "1"}).wait_ready()
-    started = start_beats(beats, url, count=1, BEATLEADER_HISTORY_SIZE="100")
+    port = free_port()
+    env = {"BEATLEADER_HISTORY_SIZE": "100", "BEATLEADER_METRICS_PORT": str(port)}
+    started = start_beats(beats, url, count=1, **env)
     beat = leading(zk_client, zk_root, started)
     # a row that runs a few times, then expires (added now: the beat's start takes a while)
     expires = timezone.now() + timedelta(seconds=EDIT_DELAY + SLACK + 2)
@@ -88,6 +91,20 @@ def test_row_policies_are_honoured_never_published_and_finished_rows_show_done(
 
     finished = ("three", "once", "expired", "expiring")
     wait_for(lambda: all(shown()[n].done for n in finished), EDIT_DELAY + SLACK, message="done")
+
+    def periods() -> dict[str, float | None] | None:
+        samples = try_scrape(port)
+        if samples is None:
+            return None
+        metric = "beatleader_entry_period_seconds"
+        names = ("jit", "three", "expiring", "burst")
+        return {name: value(samples, metric, path=zk_root, entry=name) for name in names}
+
+    # the leader's run metrics: no period for a done row (an overdue alert cannot fire)
+    exported = wait_for(
+        lambda: (found := periods()) and found["jit"] == 2.0 and found, 30, message="metrics"
+    )
+    assert exported == {"jit": 2.0, "three": None, "expiring": None, "burst": float(HOUR)}
     status = read_status(zk_client, zk_root)  # while the beat runs: the rows are described
     listed = {e.name: e for e in read_entries(zk_client, zk_root, {})}
     stop_all(started)
