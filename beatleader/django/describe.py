@@ -24,8 +24,9 @@ marker, or after the last leader stopped (it then shows the last schedule a lead
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
@@ -42,10 +43,17 @@ logger = logging.getLogger("beatleader.django")
 SOURCE = "django"
 
 
-def publish_rows(client: Any, root: str, fence: str, entries: list[Any]) -> None:
-    """Write ``sources/django`` describing ``entries``, fenced by the contender node ``fence``."""
+def publish_rows(
+    client: Any, root: str, fence: str, entries: list[Any], counts: Mapping[str, int] | None = None
+) -> None:
+    """Write ``sources/django`` describing ``entries``, fenced by the contender node ``fence``.
+
+    ``counts``: the leader's run count of each entry it schedules (see :func:`row_policy`).
+    """
     path = layout.source_path(root, SOURCE)
-    data = encode_schedule([describe_row(entry) for entry in entries])
+    now = datetime.now(timezone.utc)
+    found = counts or {}
+    data = encode_schedule([describe_row(e, found.get(e.name), now) for e in entries])
     for _ in range(2):
         try:
             _, stat = client.get(path)
@@ -66,20 +74,34 @@ def publish_rows(client: Any, root: str, fence: str, entries: list[Any]) -> None
     raise RuntimeError(f"{path} changed under the leader twice in a row")
 
 
-def describe_row(entry: Any) -> PlannedEntry:
+def describe_row(entry: Any, count: int | None = None, now: datetime | None = None) -> PlannedEntry:
     """``describe_entry``, with the policy of :func:`row_policy` for a row's entry."""
     plan = describe_entry(entry)
     if not isinstance(entry, RowEntry) or entry.row is None:
         return plan
-    return replace(plan, policy=row_policy(entry, plan.policy) or None)
+    return replace(plan, policy=row_policy(entry, plan.policy, count, now) or None)
 
 
-def row_policy(entry: RowEntry, policy: dict[str, Any] | None) -> dict[str, Any]:
+def row_policy(
+    entry: RowEntry,
+    policy: dict[str, Any] | None,
+    count: int | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
     """``policy`` (the row's ``headers`` one, as stored) with the row's own fields: the later
-    start, the earlier end, the fewer runs; ``policy`` as it is when they make no valid one."""
+    start, the earlier end, the fewer runs; ``policy`` as it is when they make no valid one.
+
+    A row past its ``expires`` at ``now`` that ran (``count``: the leader's run count) is also
+    limited to the runs it had: its ``is_due`` sends nothing after ``expires``, even a run
+    scheduled before it that was not sent in time (a beat down at that moment), which ``end_at``
+    alone would show as due.
+    """
     row = entry.row
     assert row is not None
     fields = dict(policy or {})
+    limits = [fields["max_runs"]] if isinstance(fields.get("max_runs"), int) else []
+    if row.expires is not None and now is not None and now >= row.expires and count:
+        limits.append(count)
     if row.start_time is not None:
         start = _later(fields.get("start_at"), row.start_time)
         fields["start_at"] = start.isoformat()
@@ -87,9 +109,9 @@ def row_policy(entry: RowEntry, policy: dict[str, Any] | None) -> dict[str, Any]
         end = _earlier(fields.get("end_at"), row.expires)
         fields["end_at"] = end.isoformat()
     if row.one_off:
-        armed = entry.base if entry.base is not None else row.db_count
-        known = fields.get("max_runs")
-        fields["max_runs"] = min(armed + 1, known) if isinstance(known, int) else armed + 1
+        limits.append((entry.base if entry.base is not None else row.db_count) + 1)
+    if limits:
+        fields["max_runs"] = min(limits)
     try:
         return parse_policy(fields).as_options()
     except DefinitionError:

@@ -312,8 +312,13 @@ class DatabaseScheduler(Scheduler):
         fence = election.node if election is not None else None
         if fence is None or client is None:
             return False
+        counts: dict[str, int] = {}
+        for entry in entries:  # one lookup each: the tick thread may change the schedule
+            live = self.schedule.get(entry.name)
+            if live is not None:
+                counts[entry.name] = int(live.total_run_count)
         try:
-            publish_rows(client, self.settings.path, fence, entries)
+            publish_rows(client, self.settings.path, fence, entries, counts)
         except Exception as exc:
             self._report("django:describe", "describe", f"cannot publish the rows ({exc!r})")
             return False

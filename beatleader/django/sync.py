@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from celery import Celery, beat
@@ -246,7 +246,8 @@ class DatabaseSync:
     def _describe(self) -> None:
         """Publish the rows' descriptions when they changed; after a failure, once per check."""
         rows = {**self._finished, **self._rows}
-        key = sorted((name, *_described(e)) for name, e in rows.items())
+        moment = datetime.now(timezone.utc)
+        key = sorted((name, *_described(e, moment)) for name, e in rows.items())
         now = time.monotonic()
         if key == self._described or now < self._describe_retry:
             return
@@ -350,12 +351,14 @@ class DatabaseSync:
         return marker, entries
 
 
-def _described(entry: RowEntry) -> tuple[str, int]:
-    """What a row's description depends on: its signature, and a one-off's run count."""
+def _described(entry: RowEntry, now: datetime) -> tuple[str, int, bool]:
+    """What a row's description depends on: its signature, a one-off's run count, and whether
+    it expired (``describe.row_policy``): a row that expires is described again."""
     row = entry.row
     if row is None:
-        return "", 0
-    return row.signature, entry.total_run_count if row.one_off else 0
+        return "", 0, False
+    count = entry.total_run_count if row.one_off else 0
+    return row.signature, count, entry.expired(now)
 
 
 def _close_connection() -> None:
