@@ -212,3 +212,6 @@ def test_a_row_is_described_with_its_own_fields_as_policy(use_db) -> None:
     assert set(done) == {"ran"}
     assert describe_row(done["ran"]).policy == {"max_runs": 2}
     assert done["ran"].finished
+    add_row("later", every=1, one_off=True, enabled=False, total_run_count=1)
+    assert set(finished_rows(app, frozenset(), limit=1)) == {"later"}  # the last changed
+    assert set(finished_rows(app, frozenset({"later"}))) == {"ran"}  # a static name: not a row

@@ -30,6 +30,10 @@ from celery.utils.time import maybe_make_aware
 #: django-celery-beat's "do not ask again" delay (seconds), for a finished or expired row.
 NEVER = 100_000_000.0
 
+#: Most finished one-off rows described for ``status`` (the last changed): an app that makes a
+#: one-off row per job keeps thousands, and the description must stay under ZooKeeper's 1 MB.
+FINISHED_LIMIT = 1000
+
 #: What a row is read with: its schedule rows in the same query.
 SCHEDULE_FIELDS = ("interval", "crontab", "solar", "clocked")
 
@@ -164,9 +168,14 @@ def read_rows(
 
 
 def finished_rows(
-    app: Any, skip: frozenset[str], model_class: Any = None, entry_class: Any = None
+    app: Any,
+    skip: frozenset[str],
+    model_class: Any = None,
+    entry_class: Any = None,
+    limit: int = FINISHED_LIMIT,
 ) -> dict[str, RowEntry]:
-    """The one-off rows that ran and were disabled since (name -> entry), for ``status`` only.
+    """The one-off rows that ran and were disabled since (name -> entry), for ``status`` only:
+    the ``limit`` last changed (``date_changed``, then the newest row).
 
     They are not scheduled; :mod:`beatleader.django.describe` lists them as done. A row that
     cannot be converted is left out (nothing is logged: it does not run either way).
@@ -175,9 +184,11 @@ def finished_rows(
         from django_celery_beat.models import PeriodicTask
 
         model_class = PeriodicTask
-    rows = model_class._default_manager.filter(
-        enabled=False, one_off=True, total_run_count__gt=0
-    ).select_related(*SCHEDULE_FIELDS)
+    rows = (
+        model_class._default_manager.filter(enabled=False, one_off=True, total_run_count__gt=0)
+        .select_related(*SCHEDULE_FIELDS)
+        .order_by("-date_changed", "-pk")[:limit]
+    )
     found: dict[str, RowEntry] = {}
     for model in rows:
         if model.name in skip:
