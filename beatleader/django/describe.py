@@ -9,8 +9,10 @@ overwrite a newer description. ``status`` reads every ``sources/*`` node as one 
 A row's policy in the description (``status`` and ``entry list`` compute *done* and the next
 due time from it) is its ``headers`` ``{"beatleader": {...}}`` plus what the model has fields
 for (:func:`row_policy`): ``start_time`` as ``start_at``, ``expires`` as ``end_at``, ``one_off``
-as ``max_runs`` (the run count when it was armed, plus one). A one-off row that ran and was
-disabled since is described too, as done: it is a finished entry, not an orphan.
+as ``max_runs`` (the run count when it was armed, plus one); a row past its ``expires`` that
+ran, also as ``max_runs`` (the leader's run count: nothing more is sent). A one-off row that ran
+and was disabled since is described too, as done: it is a finished entry, not an orphan (the
+``rows.FINISHED_LIMIT`` last changed of them). The node is written again when a row expires.
 
 Guarantees: written only by the leader, only when the content changed, fenced; a failure is
 logged (once per change) and retried with the next change check, never raised; a row whose
@@ -18,7 +20,9 @@ fields make no valid policy (``start_time`` not before ``expires``) is described
 ``headers``' policy alone.
 
 Not guaranteed: that the node is current between a change and the next check of the change
-marker, or after the last leader stopped (it then shows the last schedule a leader had).
+marker, or after the last leader stopped (it then shows the last schedule a leader had); a
+one-off row edited after its run and before the leader wrote that run back (armed again,
+``scheduler.py``) is described as done until it runs again.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ While this instance leads (and has taken over), the thread
   not move the marker); with them, the one-off rows that ran and were disabled, which are only
   described (as done), never scheduled;
 * writes back run state: ``last_run_at`` and ``total_run_count`` of each published run, and
-  ``enabled=False`` for a finished one-off or an expired row, as django-celery-beat does.
+  ``enabled=False`` for a finished one-off, as django-celery-beat does (an expired row is left
+  enabled: it is never due again, and ``status`` shows it as done).
 
 Guarantees: a follower makes no database request; the thread writes only while this instance
 leads (a write queued by a leader that lost leadership is dropped: the next leader writes the
