@@ -30,6 +30,10 @@ from celery.utils.time import maybe_make_aware
 #: django-celery-beat's "do not ask again" delay (seconds), for a finished or expired row.
 NEVER = 100_000_000.0
 
+#: Most finished one-off rows described for ``status`` (the last changed): an app that makes a
+#: one-off row per job keeps thousands, and the description must stay under ZooKeeper's 1 MB.
+FINISHED_LIMIT = 1000
+
 #: What a row is read with: its schedule rows in the same query.
 SCHEDULE_FIELDS = ("interval", "crontab", "solar", "clocked")
 
@@ -163,6 +167,41 @@ def read_rows(
     return entries, bad
 
 
+def finished_rows(
+    app: Any,
+    skip: frozenset[str],
+    model_class: Any = None,
+    entry_class: Any = None,
+    limit: int = FINISHED_LIMIT,
+) -> dict[str, RowEntry]:
+    """The one-off rows that ran and were disabled since (name -> entry), for ``status`` only:
+    the ``limit`` last changed (``date_changed``, then the newest row).
+
+    They are not scheduled; :mod:`beatleader.django.describe` lists them as done. A row that
+    cannot be converted is left out (nothing is logged: it does not run either way).
+    """
+    if model_class is None:
+        from django_celery_beat.models import PeriodicTask
+
+        model_class = PeriodicTask
+    rows = (
+        model_class._default_manager.filter(enabled=False, one_off=True, total_run_count__gt=0)
+        .select_related(*SCHEDULE_FIELDS)
+        .order_by("-date_changed", "-pk")[:limit]
+    )
+    found: dict[str, RowEntry] = {}
+    for model in rows:
+        if model.name in skip:
+            continue
+        try:
+            entry = row_entry(model, app, entry_class)
+        except Exception:  # unusable: it would not run if enabled either
+            continue
+        entry.base = entry.total_run_count - 1  # armed before its last run: finished
+        found[model.name] = entry
+    return found
+
+
 def model_entry(model: Any, app: Any, entry_class: Any = None) -> Any:
     """One row converted by ``entry_class`` (a ``ModelEntry``), refusing instead of writing.
 
@@ -170,11 +209,13 @@ def model_entry(model: Any, app: Any, entry_class: Any = None) -> Any:
     """
     if model.scheduler is None:
         raise BadRow("it has no interval, crontab, solar or clocked schedule")
-    for field in ("args", "kwargs"):
+    for field in ("args", "kwargs", "headers"):
         try:
-            json.loads(getattr(model, field) or ("[]" if field == "args" else "{}"))
+            value = json.loads(getattr(model, field) or ("[]" if field == "args" else "{}"))
         except ValueError as exc:
             raise BadRow(f"its {field} are not JSON ({exc})") from None
+        if field == "headers" and not isinstance(value, dict):
+            raise BadRow('its headers are not a JSON object like {"x-origin": "admin"}')
     return converter(entry_class)(model, app=app)
 
 

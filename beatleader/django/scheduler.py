@@ -33,7 +33,10 @@ django-celery-beat's own ``ModelEntry`` (``rows.py``).
   ``all_as_schedule()`` read outside the beat's own methods are a read-only view of the rows
   (read on demand); inside ``tick`` a follower reads nothing.
 * **Status.** The leader publishes the rows' descriptions under ``sources/django``
-  (``describe.py``), which ``beatleader status`` lists with the static entries.
+  (``describe.py``), which ``beatleader status`` lists with the static entries; a row's
+  ``start_time``, ``expires`` and ``one_off`` count there as its ``start_at``, ``end_at`` and
+  ``max_runs``, so a one-off after its run and a row past its ``expires`` show as done (and
+  :meth:`DatabaseScheduler.entry_done` exports no period for them).
 
 Guarantees (besides :class:`beatleader.Scheduler`'s): a follower makes no database request;
 database errors are logged once per change of state, retried, and never stop beat; every row
@@ -309,13 +312,28 @@ class DatabaseScheduler(Scheduler):
         fence = election.node if election is not None else None
         if fence is None or client is None:
             return False
+        counts: dict[str, int] = {}
+        for entry in entries:  # one lookup each: the tick thread may change the schedule
+            live = self.schedule.get(entry.name)
+            if live is not None:
+                counts[entry.name] = int(live.total_run_count)
         try:
-            publish_rows(client, self.settings.path, fence, entries)
+            publish_rows(client, self.settings.path, fence, entries, counts)
         except Exception as exc:
             self._report("django:describe", "describe", f"cannot publish the rows ({exc!r})")
             return False
         self._resolved("django:describe")
         return True
+
+    def entry_done(self, name: str) -> bool:
+        """As :meth:`beatleader.Scheduler.entry_done`, and a row that ran its one-off run or is
+        past its ``expires`` (no period is exported for it: never overdue)."""
+        if super().entry_done(name):
+            return True
+        entry = self.schedule.get(name)
+        if not isinstance(entry, RowEntry) or entry.row is None:
+            return False
+        return entry.finished or entry.expired(maybe_make_aware(entry.default_now()))
 
     # -- the dynamic seam -------------------------------------------------------------------------
 

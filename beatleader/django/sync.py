@@ -9,9 +9,11 @@ While this instance leads (and has taken over), the thread
   ``update_entries``, and publishes the descriptions of the database entries for ``status``;
   every ``DatabaseScheduler.full_read_interval`` seconds it reads them whatever the marker says
   (django-celery-beat does the same every 5 minutes: a queryset ``update`` or ``loaddata`` does
-  not move the marker);
+  not move the marker); with them, the one-off rows that ran and were disabled, which are only
+  described (as done), never scheduled;
 * writes back run state: ``last_run_at`` and ``total_run_count`` of each published run, and
-  ``enabled=False`` for a finished one-off or an expired row, as django-celery-beat does.
+  ``enabled=False`` for a finished one-off, as django-celery-beat does (an expired row is left
+  enabled: it is never due again, and ``status`` shows it as done).
 
 Guarantees: a follower makes no database request; the thread writes only while this instance
 leads (a write queued by a leader that lost leadership is dropped: the next leader writes the
@@ -35,14 +37,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from celery import Celery, beat
 
 from beatleader.beat.planning import Backoff
 from beatleader.beat.publishing import replaced
-from beatleader.django.rows import RowEntry, read_rows
+from beatleader.django.rows import RowEntry, finished_rows, read_rows
 
 logger = logging.getLogger("beatleader.django")
 
@@ -139,6 +141,7 @@ class DatabaseSync:
         self._full_read = False
         self._bad: dict[str, str] = {}
         self._rows: dict[str, RowEntry] = {}  # the last read, for the description
+        self._finished: dict[str, RowEntry] = {}  # finished one-offs, described as done
         self._described: Any = None
         self._describe_retry = 0.0
         self._thread = threading.Thread(target=self._run, name="beatleader-django", daemon=True)
@@ -243,8 +246,9 @@ class DatabaseSync:
 
     def _describe(self) -> None:
         """Publish the rows' descriptions when they changed; after a failure, once per check."""
-        rows = self._rows
-        key = sorted((name, e.row.signature if e.row else "") for name, e in rows.items())
+        rows = {**self._finished, **self._rows}
+        moment = datetime.now(timezone.utc)
+        key = sorted((name, *_described(e, moment)) for name, e in rows.items())
         now = time.monotonic()
         if key == self._described or now < self._describe_retry:
             return
@@ -342,8 +346,20 @@ class DatabaseSync:
             if self._bad.get(name) != why:
                 logger.error("beatleader: periodic task %r is not scheduled: %s", name, why)
         self._bad = bad
+        names, model, entry_class = host.static_names, host.Model, host.row_entry_class
+        self._finished = finished_rows(host.app, names, model, entry_class)
         self._rows = entries
         return marker, entries
+
+
+def _described(entry: RowEntry, now: datetime) -> tuple[str, int, bool]:
+    """What a row's description depends on: its signature, a one-off's run count, and whether
+    it expired (``describe.row_policy``): a row that expires is described again."""
+    row = entry.row
+    if row is None:
+        return "", 0, False
+    count = entry.total_run_count if row.one_off else 0
+    return row.signature, count, entry.expired(now)
 
 
 def _close_connection() -> None:
