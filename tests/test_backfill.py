@@ -180,6 +180,29 @@ def _leader_pid(client: KazooClient, root: str) -> int | None:
     return queue[0]["pid"] if queue else None
 
 
+def _leading(beats: Any, workers: Any, client: KazooClient, root: str, **beat: Any) -> Any:
+    """The runtime entry defined, a guarded worker ready, a beat leading: (worker, beat)."""
+    _define(client, root)
+    worker = workers(env={"TEST_DEDUP": "1"})
+    worker.wait_ready()
+    leader = beats(**beat)
+    wait_for(lambda: _leader_pid(client, root) == leader.pid, 30, message="the beat leads")
+    return worker, leader
+
+
+def _backfill(zk_server: Any, zk_root: str) -> None:
+    result = cli(zk_server, zk_root, "entry", "backfill", ENTRY, *RANGE)
+    assert result.returncode == 0, result.stderr
+    assert "requested a backfill of 20 run(s)" in result.stdout
+
+
+def _each_once(worker: Any, log: Path, ids: list[str], dropped: int) -> None:
+    """The worker executed each of ``ids`` once, nothing else, and dropped ``dropped`` copies."""
+    wait_for(lambda: len(_executed(log)) >= len(ids), 30, message="every run executed")
+    worker.wait_for_log(r"dropped a delivery of .*already executed", 30, count=dropped)
+    assert sorted(_executed(log)) == sorted(ids)
+
+
 def test_a_backfill_asked_twice_runs_each_time_once(
     beats: Any,
     workers: Any,
@@ -189,22 +212,13 @@ def test_a_backfill_asked_twice_runs_each_time_once(
     execution_log: Path,
     broker_dir: Path,
 ) -> None:
-    _define(zk_client, zk_root)
-    worker = workers(env={"TEST_DEDUP": "1"})
-    worker.wait_ready()
-    beat = beats()
-    wait_for(lambda: _leader_pid(zk_client, zk_root) == beat.pid, 30, message="the beat leads")
-    for _ in range(2):
-        result = cli(zk_server, zk_root, "entry", "backfill", ENTRY, *RANGE)
-        assert result.returncode == 0, result.stderr
-        assert "requested a backfill of 20 run(s)" in result.stdout
+    worker, beat = _leading(beats, workers, zk_client, zk_root)
+    _backfill(zk_server, zk_root)
+    _backfill(zk_server, zk_root)
     beat.wait_for_log(r"backfill request \S+ done: 20 run\(s\)", 30, count=2)
     assert _backfills(zk_client, zk_root) == []
     ids = _ids(zk_root)
-    wait_for(lambda: len(_executed(execution_log)) >= 20, 30, message="20 runs executed")
-    worker.wait_for_log(r"dropped a delivery of .*already executed", 30, count=20)
-    executed = _executed(execution_log)
-    assert sorted(executed) == sorted(ids)  # each run once, no other
+    _each_once(worker, execution_log, ids, 20)
     published = _published(broker_dir)
     assert [published[task_id] for task_id in ids] == [2] * 20  # asked twice: sent twice
     # the entry's own schedule did not move: no run of its own, its state untouched
@@ -221,15 +235,11 @@ def test_a_backfill_survives_a_leader_kill_and_runs_each_time_once(
     execution_log: Path,
     broker_dir: Path,
 ) -> None:
-    _define(zk_client, zk_root)
-    worker = workers(env={"TEST_DEDUP": "1"})
-    worker.wait_ready()
-    doomed = beats(env={"TEST_SLOW_PUBLISH": "0.2"}, scheduler=FAULTS)
-    wait_for(lambda: _leader_pid(zk_client, zk_root) == doomed.pid, 30, message="first leads")
+    slow = {"env": {"TEST_SLOW_PUBLISH": "0.2"}, "scheduler": FAULTS}
+    worker, doomed = _leading(beats, workers, zk_client, zk_root, **slow)
     successor = beats()
     wait_for(lambda: len(contenders(zk_client, zk_root)) == 2, 30, message="2 contenders")
-    result = cli(zk_server, zk_root, "entry", "backfill", ENTRY, *RANGE)
-    assert result.returncode == 0, result.stderr
+    _backfill(zk_server, zk_root)
     doomed.wait_for_log(r"test: publishing slowly backfill", 30, count=8)
     doomed.kill()
     wait_for(lambda: _leader_pid(zk_client, zk_root) == successor.pid, 30, message="takeover")
@@ -237,11 +247,9 @@ def test_a_backfill_survives_a_leader_kill_and_runs_each_time_once(
     assert _backfills(zk_client, zk_root) == []
     ids = _ids(zk_root)
     published = _published(broker_dir)
-    first = sum(published[task_id] == 2 for task_id in ids)
-    assert first >= 7  # the ones the first leader sent before the kill, sent again
-    wait_for(lambda: len(_executed(execution_log)) >= 20, 30, message="20 runs executed")
-    worker.wait_for_log(r"dropped a delivery of .*already executed", 30, count=first)
-    assert sorted(_executed(execution_log)) == sorted(ids)
+    again = sum(published[task_id] == 2 for task_id in ids)
+    assert again >= 7  # the ones the first leader sent before the kill, sent again
+    _each_once(worker, execution_log, ids, again)
 
 
 def test_catchup_walks_a_crontab_run_by_run() -> None:

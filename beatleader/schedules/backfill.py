@@ -27,12 +27,11 @@ from typing import Any
 
 from celery.schedules import schedule
 
-from beatleader.schedules.checks import DefinitionError, shown
+from beatleader.schedules.checks import DefinitionError, parse_at, shown
 
 __all__ = [
     "DEFAULT_MAX",
     "BackfillRequest",
-    "parse_moment",
     "parse_request",
     "times_in",
 ]
@@ -84,27 +83,9 @@ class BackfillRequest:
         )
 
 
-def parse_moment(value: Any, option: str) -> datetime:
-    """An aware time from ISO 8601 text with a UTC offset (or an aware ``datetime``)."""
-    moment: datetime | None
-    if isinstance(value, datetime):
-        moment = value
-    else:
-        try:
-            moment = datetime.fromisoformat(value) if isinstance(value, str) else None
-        except ValueError:
-            moment = None
-    if moment is None or moment.tzinfo is None or moment.utcoffset() is None:
-        raise DefinitionError(
-            f"{option} {shown(value)} is not an ISO 8601 time with a UTC offset, "
-            "e.g. 2026-12-01T09:00:00+01:00"
-        )
-    return moment
-
-
 def parse_request(start: Any, end: Any, limit: Any = DEFAULT_MAX) -> BackfillRequest:
     """A checked range and cap; one-line :class:`DefinitionError` naming the option if not."""
-    first, last = parse_moment(start, "--from"), parse_moment(end, "--to")
+    first, last = parse_at(start, "--from"), parse_at(end, "--to")
     if first > last:
         raise DefinitionError(
             f"--from {first.isoformat()} is after --to {last.isoformat()}: give the earlier first"

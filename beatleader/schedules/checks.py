@@ -88,15 +88,18 @@ def parse_cron(text: str) -> str:
     return " ".join(parts)
 
 
-def parse_at(text: str) -> datetime:
-    """An aware datetime from ISO 8601 with a UTC offset (``2026-12-01T09:00:00+01:00``)."""
-    try:
-        moment = datetime.fromisoformat(text) if isinstance(text, str) else None
-    except ValueError:
-        moment = None
+def parse_at(text: Any, what: str = "--at") -> datetime:
+    """An aware datetime from ISO 8601 with a UTC offset (``2026-12-01T09:00:00+01:00``), or an
+    aware ``datetime``; else a one-line error naming ``what``."""
+    moment = text if isinstance(text, datetime) else None
+    if isinstance(text, str):
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            moment = None
     if moment is None or moment.tzinfo is None or moment.utcoffset() is None:
         raise DefinitionError(
-            f"--at {shown(text)} is not an ISO 8601 time with a UTC offset, "
+            f"{what} {shown(text)} is not an ISO 8601 time with a UTC offset, "
             "e.g. 2026-12-01T09:00:00+01:00"
         )
     return moment

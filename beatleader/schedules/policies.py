@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from beatleader.schedules.checks import DefinitionError, duration, shown
+from beatleader.schedules.checks import DefinitionError, duration, parse_at, shown
 
 __all__ = [
     "CATCHUP_MODES",
@@ -261,20 +261,7 @@ def check_seconds(value: Any, what: str) -> float | None:
 
 def check_time(value: Any, what: str) -> datetime | None:
     """An aware datetime from ISO 8601 with a UTC offset (or an aware datetime)."""
-    if value is None:
-        return None
-    moment: datetime | None = value if isinstance(value, datetime) else None
-    if isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            moment = None
-    if moment is None or moment.tzinfo is None or moment.utcoffset() is None:
-        raise DefinitionError(
-            f"{what} {shown(value)} is not an ISO 8601 time with a UTC offset, "
-            "e.g. 2026-12-01T09:00:00+01:00"
-        )
-    return moment
+    return None if value is None else parse_at(value, what)
 
 
 def check_count(value: Any, what: str) -> int | None:
