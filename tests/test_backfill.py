@@ -28,6 +28,7 @@ from celery import Celery
 from celery.schedules import crontab, schedule
 from kazoo.client import KazooClient
 
+from beatleader.entries.api import EntryStore
 from beatleader.schedules.backfill import BackfillRequest, parse_request, times_in
 from beatleader.schedules.checks import DefinitionError
 from beatleader.schedules.types import ZonedCrontab
@@ -241,6 +242,8 @@ def test_a_backfill_survives_a_leader_kill_and_runs_each_time_once(
     wait_for(lambda: len(contenders(zk_client, zk_root)) == 2, 30, message="2 contenders")
     _backfill(zk_server, zk_root)
     doomed.wait_for_log(r"test: publishing slowly backfill", 30, count=8)
+    listed = {e.name: e for e in EntryStore(zk_client, zk_root).list_entries()}
+    assert listed[ENTRY].pending_backfills == 1  # what `entry list` and the dashboard show
     doomed.kill()
     wait_for(lambda: _leader_pid(zk_client, zk_root) == successor.pid, 30, message="takeover")
     successor.wait_for_log(r"backfill request \S+ done: 20 run\(s\)", 30)

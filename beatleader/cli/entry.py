@@ -374,6 +374,14 @@ def _history_row(r: RunRecord, wide: bool) -> list[Any]:
     ]
 
 
+def _pending_cell(info: EntryInfo) -> str:
+    """PENDING: run-now requests, and backfills not done yet (``2``, ``1 backfill``)."""
+    parts = [str(info.pending_runs)] if info.pending_runs else []
+    if info.pending_backfills:
+        parts.append(f"{info.pending_backfills} backfill")
+    return " + ".join(parts)
+
+
 def render_entries(found: list[EntryInfo]) -> str:
     """The table of ``entry list`` (times UTC); problems listed below it."""
     if not found:
@@ -388,7 +396,7 @@ def render_entries(found: list[EntryInfo]) -> str:
             e.task,
             e.next_due,
             e.total_run_count,
-            e.pending_runs or "",
+            _pending_cell(e),
         ]
         for e in found
     ]

@@ -71,6 +71,8 @@ class EntryInfo:
     definition: Definition | None = None
     #: Why and by whom a paused entry was paused (its ``paused/`` note), when it says.
     pause_note: str | None = None
+    #: Backfill requests not done yet (``entry backfill``).
+    pending_backfills: int = 0
 
     @property
     def enabled(self) -> bool:
@@ -88,6 +90,7 @@ class EntryInfo:
             "last_run_at": self.last_run_at,
             "total_run_count": self.total_run_count,
             "pending_runs": self.pending_runs,
+            "pending_backfills": self.pending_backfills,
             "changed_by": self.changed_by,
             "changed_at": self.changed_at,
             "problem": self.problem,
@@ -139,6 +142,9 @@ def read_entries(
             info = _ignored(info)
         found.append(info)
     found = [replace(i, pause_note=notes.get(i.name)) if i.state == "paused" else i for i in found]
+    backfills = _pending(client, root, layout.backfills_path(root))
+    found = [replace(i, pending_backfills=backfills[i.name]) if i.name in backfills else i
+             for i in found]  # fmt: skip
     return sorted(found, key=lambda i: (i.name, i.source))
 
 
@@ -272,10 +278,10 @@ def _app_plan(app: Any, name: str, spec: Any) -> PlannedEntry | None:
         return None
 
 
-def _pending(client: Any, root: str) -> Counter[str]:
-    names = (
-        layout.request_entry_name(c) for c in list_children(client, layout.requests_path(root))
-    )
+def _pending(client: Any, root: str, folder: str | None = None) -> Counter[str]:
+    """Entry name -> its requests in ``folder`` (default: the run-now requests)."""
+    path = folder or layout.requests_path(root)
+    names = (layout.request_entry_name(c) for c in list_children(client, path))
     return Counter(n for n in names if n is not None)
 
 

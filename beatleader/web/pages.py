@@ -305,6 +305,8 @@ def _entry_row(row: Row, viewer: Viewer) -> str:
         state.append('<span class="state s-running">running</span>')
     if row.pending_runs:
         state.append(f'<span class="state">{row.pending_runs} run-now pending</span>')
+    if row.pending_backfills:
+        state.append(f'<span class="state">{row.pending_backfills} backfill pending</span>')
     actions = f"<td>{_actions(row, viewer)}</td>" if viewer.writable else ""
     return (
         f'<tr data-entry="{text(row.name, 10_000)}" data-state="{text(row.state)}">'
@@ -379,6 +381,7 @@ def entry_page(
         ("last run (UTC)", iso(row.last_run_at)),
         ("runs sent", text(row.total_run_count)),
         ("run-now pending", text(row.pending_runs)),
+        ("backfills pending", text(row.pending_backfills)),
         ("paused", text(row.paused)),
         ("changed by", text(row.changed_by)),
         ("changed at", iso(row.changed_at)),

@@ -83,6 +83,8 @@ class Row:
     total_run_count: int = 0
     last: RunRecord | None = None
     pending_runs: int = 0
+    #: Backfill requests not done yet.
+    pending_backfills: int = 0
     #: Why and by whom it is paused, when it is.
     paused: str | None = None
     changed_by: str | None = None
@@ -110,6 +112,7 @@ class Row:
             "last_duration": self.last.duration if self.last else None,
             "running": self.running,
             "pending_runs": self.pending_runs,
+            "pending_backfills": self.pending_backfills,
             "paused": self.paused,
             "changed_by": self.changed_by,
             "changed_at": self.changed_at,
@@ -242,6 +245,7 @@ def _rows(status: Status, infos: list[EntryInfo], sources: dict[str, str]) -> li
                 total_run_count=info.total_run_count,
                 last=entry.last if entry else None,
                 pending_runs=info.pending_runs,
+                pending_backfills=info.pending_backfills,
                 paused=info.pause_note or (entry.paused if entry else None),
                 changed_by=info.changed_by,
                 changed_at=info.changed_at,
