@@ -46,8 +46,24 @@ MAX_WALK = 1_000_000
 
 
 def scheduled_after(schedule: Any, moment: datetime) -> datetime:
-    """The first scheduled time of ``schedule`` after a run at ``moment`` (its own arithmetic)."""
-    return schedule.now() + schedule.remaining_estimate(moment)  # type: ignore[no-any-return]
+    """The first scheduled time of ``schedule`` after a run at ``moment`` (its own arithmetic).
+
+    ``remaining_estimate`` reads the schedule's clock again: on a clock that moved meanwhile,
+    ``now + remaining`` would come out early by those microseconds, and a run stored with that
+    time as its ``last_run_at`` would be found due again at the same scheduled time (a jittered
+    crontab run sent twice, with ordinals 1 and 2). So the schedule's ``nowfun`` (celery's
+    ``BaseSchedule.now`` asks it first) answers the one reading while it works the time out; a
+    schedule without a settable ``nowfun`` is asked as it is."""
+    now = schedule.now()
+    try:
+        saved = schedule.nowfun
+        schedule.nowfun = lambda: now
+    except Exception:  # a user's schedule without the attribute: its own clock, as before
+        return now + schedule.remaining_estimate(moment)  # type: ignore[no-any-return]
+    try:
+        return now + schedule.remaining_estimate(moment)  # type: ignore[no-any-return]
+    finally:
+        schedule.nowfun = saved
 
 
 def missed_times(entry: Any, policy: RunPolicy, now: datetime, limit: int) -> list[datetime]:
