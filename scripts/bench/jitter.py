@@ -255,10 +255,10 @@ def print_jitter(result: JitterResult) -> None:
             *(f"{_s(r.first_s)} .. {_s(r.last_s)}" for r in (plain, jittered)),
         ),
         ("spread (first..last)", *(_s(r.spread_s) for r in (plain, jittered))),
-        ("covers of the window", *(_pct(r.coverage) for r in (plain, jittered))),
+        ("first..last / window", *(_pct(r.coverage) for r in (plain, jittered))),
         ("peak sends in any one second", *(str(r.peak_1s) for r in (plain, jittered))),
         (
-            f"sends per {width:g} s of the window",
+            f"sends per {width:.3g} s of the window",
             *(" ".join(map(str, r.buckets)) for r in (plain, jittered)),
         ),
         ("fullest / mean bucket (1 = even)", *(_x(r.evenness) for r in (plain, jittered))),

@@ -195,7 +195,7 @@ def checks(plain: Spread, jittered: Spread) -> list[Check]:
     found.append(
         Check(
             all(jittered.buckets),
-            f"{jittered.label}: every {jittered.window_s / len(jittered.buckets):g} s bucket "
+            f"{jittered.label}: every {jittered.window_s / len(jittered.buckets):.3g} s bucket "
             f"holds sends ({', '.join(map(str, jittered.buckets))})",
         )
     )
