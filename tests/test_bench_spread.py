@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from beatleader.schedules import jitter
+from scripts.bench.cli import parse_args
 from scripts.bench.jitter import Plan, hourly_plan
 from scripts.bench.spread import Arrival, Spread, buckets, checks, peak_per_second, spread
 
@@ -115,3 +116,17 @@ def test_the_plan_schedules_both_sets_and_knows_their_due_times() -> None:
     offset = jitter.offset("jitter-001", 1, 10)
     assert 0 < offset < 10
     assert due["jitter-001"] == at.timestamp() + 60 + offset
+
+
+def test_the_jitter_flags_and_their_bad_values(capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse_args(["--only-jitter"])
+    assert (args.only_jitter, args.jitter_entries, args.jitter_window) == (True, 500, 60)
+    for bad, message in [
+        (["--only-jitter", "--only-guard"], "--only-jitter goes with none of"),
+        (["--jitter-window", "0"], "--jitter-window must be in [1, 600] seconds"),
+        (["--jitter-entries", "1000"], "--jitter-entries must be in [1, 999]"),
+    ]:
+        with pytest.raises(SystemExit) as exited:
+            parse_args(bad)
+        assert exited.value.code == 2
+        assert message in capsys.readouterr().err

@@ -47,7 +47,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Failover, lateness and throughput of beatleader vs celery-redbeat vs "
         "celery's PersistentScheduler, measured now on this machine (see the module docstring). "
-        "Default total runtime: about 12 minutes.",
+        "Default total runtime: about 12 minutes, plus 3 to 4 for the jitter phase.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument

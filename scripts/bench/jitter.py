@@ -44,6 +44,7 @@ import redis
 
 from beatleader.ops.status import read_status
 from beatleader.schedules import jitter
+from beatleader.testing.localproc import LoggedProcess
 from scripts.bench.cluster import Context, Fleet, base_env, servers
 from scripts.bench.common import BEATLEADER, QUEUE, SENT_MS_HEADER, now_ms, progress
 from scripts.bench.report import print_table
@@ -164,7 +165,7 @@ def run_plan(fleet: Fleet, zk_hosts: str, client: redis.Redis, plan: Plan) -> Ji
         ready_before_s = wait_ready(zk_hosts, plan, beat.log_tail)
         progress(f"  the beat leads with {2 * plan.entries} entries, {ready_before_s:.1f} s before")
         end = plan.jittered_at.timestamp() + plan.window_s + GRACE_S
-        arrivals = consume(client, set(plan.due()), end)
+        arrivals = consume(client, set(plan.due()), end, beat)
     finally:
         beat.stop()
         client.flushall()
@@ -215,12 +216,14 @@ def wait_ready(zk_hosts: str, plan: Plan, log_tail: Callable[[int], str]) -> flo
     return plan.plain_at.timestamp() - time.time()
 
 
-def consume(client: redis.Redis, names: set[str], end: float) -> list[Arrival]:
+def consume(client: redis.Redis, names: set[str], end: float, beat: LoggedProcess) -> list[Arrival]:
     """Every message of ``names`` taken off ``QUEUE`` until ``end`` (epoch seconds), or until
-    each name arrived; stamped with the wall clock as it is taken."""
+    each name arrived; stamped with the wall clock as it is taken. The beat must live on."""
     arrivals: list[Arrival] = []
     seen: set[str] = set()
     while time.time() < end and not names <= seen:
+        if not beat.alive:
+            raise RuntimeError(f"jitter: the beat exited; log tail:\n{beat.log_tail(30)}")
         popped = client.brpop([QUEUE], timeout=1)
         if popped is None:
             continue
