@@ -55,7 +55,8 @@ one after the other:
    after the scheduled minute, the peak sends in any one second, the sends per sixth of the
    window and the fullest / mean bucket, the largest distance to each send's due time; then
    PASS / FAIL (without jitter within 2 s; with it the peak second at most a tenth of the sends,
-   first..last over 80 % of the window, no empty bucket; every entry sent once).
+   or 3 x the even rate in a short window, first..last over 80 % of the window, no empty
+   bucket; every entry sent once).
 
 ``--before REF`` runs beatleader at REF beside this tree (timeline and throughput) and
 PersistentScheduler in the same run, and prints issue 19's targets computed on those figures

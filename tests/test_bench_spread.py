@@ -10,7 +10,15 @@ import pytest
 from beatleader.schedules import jitter
 from scripts.bench.cli import parse_args
 from scripts.bench.jitter import Plan, hourly_plan
-from scripts.bench.spread import Arrival, Spread, buckets, checks, peak_per_second, spread
+from scripts.bench.spread import (
+    Arrival,
+    Spread,
+    buckets,
+    checks,
+    peak_cap,
+    peak_per_second,
+    spread,
+)
 
 T0 = 1_800_000_000.0  # a scheduled minute (epoch seconds)
 
@@ -84,6 +92,12 @@ def test_checks_fail_what_the_phase_must_not_show() -> None:
     assert "jitter: first..last covers 66% of the 60 s window (at least 80%)" in failed
     twice = spread("jitter", [Arrival("a", T0 + 1), Arrival("a", T0 + 30)], T0, 60, 2)
     assert not checks(plain, twice)[1].ok  # two sends of one entry: not each entry once
+
+
+def test_the_peak_cap_is_a_tenth_or_three_times_the_even_rate() -> None:
+    assert peak_cap(500, 60) == 50  # a tenth (the even rate is 8.3 a second)
+    assert peak_cap(50, 10) == 15  # 5 a second however even: three times that
+    assert peak_cap(100, 60) == 10
 
 
 def test_hourly_plan_is_the_next_whole_minute_after_the_lead_and_wraps_the_hour() -> None:
