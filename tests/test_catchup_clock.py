@@ -9,6 +9,8 @@ moves it on by 1 ms, so the old arithmetic is early by at least that.
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -61,3 +63,30 @@ def test_a_jittered_run_stored_at_its_scheduled_time_is_not_due_again() -> None:
     # Due next at 02:21:00 + the offset of ordinal 2, not at 02:20:00 + that offset.
     expected = 55 + jitter.offset("jitter-000", 2, 10.0)
     assert abs(delay - expected) < 0.1, delay
+
+
+class Slow(schedule):  # type: ignore[misc]
+    """An interval schedule whose ``remaining_estimate`` takes 1 ms (a thread switch inside)."""
+
+    def remaining_estimate(self, last_run_at: datetime) -> timedelta:
+        time.sleep(0.001)
+        return super().remaining_estimate(last_run_at)  # type: ignore[no-any-return]
+
+
+def test_two_threads_working_out_times_leave_the_schedule_its_clock() -> None:
+    # The beat's tick and the metrics scrape (``Scheduler.entry_done``) both ask; interleaved
+    # pins of one schedule would leave it answering one frozen time for good.
+    slow = Slow(timedelta(seconds=7), app=_app())
+    results: list[datetime] = []
+
+    def ask() -> None:
+        for _ in range(30):
+            results.append(scheduled_after(slow, START))
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert slow.nowfun is None  # its own clock again
+    assert set(results) == {START + timedelta(seconds=7)}

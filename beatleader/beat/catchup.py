@@ -27,6 +27,7 @@ sends one run (the walk stops).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -41,6 +42,8 @@ logger = logging.getLogger("beatleader")
 
 __all__ = ["ScheduleTiming", "scheduled_after"]
 
+#: Held while ``scheduled_after`` pins a schedule's clock (see there).
+_PINNING = threading.Lock()
 #: Most scheduled times one decision walks (a month of runs every 3 s); older ones are not seen.
 MAX_WALK = 1_000_000
 
@@ -53,17 +56,20 @@ def scheduled_after(schedule: Any, moment: datetime) -> datetime:
     time as its ``last_run_at`` would be found due again at the same scheduled time (a jittered
     crontab run sent twice, with ordinals 1 and 2). So the schedule's ``nowfun`` (celery's
     ``BaseSchedule.now`` asks it first) answers the one reading while it works the time out; a
-    schedule without a settable ``nowfun`` is asked as it is."""
-    now = schedule.now()
-    try:
-        saved = schedule.nowfun
-        schedule.nowfun = lambda: now
-    except Exception:  # a user's schedule without the attribute: its own clock, as before
-        return now + schedule.remaining_estimate(moment)  # type: ignore[no-any-return]
-    try:
-        return now + schedule.remaining_estimate(moment)  # type: ignore[no-any-return]
-    finally:
-        schedule.nowfun = saved
+    schedule without a settable ``nowfun`` is asked as it is. One thread at a time (``_PINNING``):
+    the metrics scrape asks ``done`` from its own thread, and two pins of one schedule interleaved
+    would leave it pinned for good."""
+    with _PINNING:
+        now = schedule.now()
+        try:
+            saved = schedule.nowfun
+            schedule.nowfun = lambda: now
+        except Exception:  # a user's schedule without the attribute: its own clock, as before
+            return now + schedule.remaining_estimate(moment)  # type: ignore[no-any-return]
+        try:
+            return now + schedule.remaining_estimate(moment)  # type: ignore[no-any-return]
+        finally:
+            schedule.nowfun = saved
 
 
 def missed_times(entry: Any, policy: RunPolicy, now: datetime, limit: int) -> list[datetime]:
