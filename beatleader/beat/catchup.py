@@ -43,7 +43,7 @@ logger = logging.getLogger("beatleader")
 __all__ = ["ScheduleTiming", "scheduled_after"]
 
 #: Held while ``scheduled_after`` pins a schedule's clock (see there).
-_PINNING = threading.Lock()
+_PINNING = threading.RLock()  # reentrant: a schedule of the user's may ask within
 #: Most scheduled times one decision walks (a month of runs every 3 s); older ones are not seen.
 MAX_WALK = 1_000_000
 
