@@ -46,6 +46,17 @@ one after the other:
    (what an ``EmbeddedBeat`` in every web worker makes), each a session of its own: the
    requests one join and one leave cost all sessions together (ZooKeeper's ``cons``), the wall
    time of ``beatleader status``, and the takeover after a SIGKILL of the leader.
+8. **Jitter** (``scripts/bench/jitter.py``; ``--only-jitter`` runs it alone, 3 to 4 minutes;
+   ``--skip-jitter``): ONE ``celery beat -S beatleader`` with ``--jitter-entries`` (500) static
+   entries on the hourly crontab ``M * * * *`` (``M``: the first whole minute at least 45 s
+   away) and 500 more on ``M+1 * * * *`` with ``options.beatleader.jitter`` =
+   ``--jitter-window`` (60 s), Redis broker, no worker: this process takes each message off the
+   queue as it lands (``BRPOP``) and stamps it. For both sets side by side: the sends, first..last
+   after the scheduled minute, the peak sends in any one second, the sends per sixth of the
+   window and the fullest / mean bucket, the largest distance to each send's due time; then
+   PASS / FAIL (without jitter within 2 s; with it the peak second at most a tenth of the sends,
+   or 3 x the even rate in a short window, first..last over 80 % of the window, no empty
+   bucket; every entry sent once).
 
 ``--before REF`` runs beatleader at REF beside this tree (timeline and throughput) and
 PersistentScheduler in the same run, and prints issue 19's targets computed on those figures

@@ -18,6 +18,9 @@ is measured and how), one module per concern:
 ``guard``
     the worker guard's cost: one prefork worker draining pre-published runs, unguarded and
     guarded (history 0, history 20, optionally at a git ref); executions/s, ZooKeeper requests.
+``jitter``
+    500 entries on an hourly crontab without and with ``jitter``: one beat, every message taken
+    off Redis as it lands; ``spread`` (pure, unit-tested) turns the arrivals into figures.
 ``compare``
     ``--before REF``: beatleader at a git ref beside this tree, the same phases alternating, and
     PersistentScheduler in the same run; prints issue 19's targets on those figures.

@@ -1,11 +1,12 @@
 """The command line: the flags, the order of the phases, the work folder, the exit codes.
 
-``main`` runs every phase (``measure``), or with ``--only-runtime`` only the runtime entries
-part (``measure_runtime_only``), or with ``--only-guard`` only the worker guard's phase
-(``measure_guard_only``), or with ``--before REF`` beatleader at REF beside this tree
-(``compare.py``), then prints the report; SIGINT and SIGTERM unwind through the
-cleanups, so every process started is stopped, and the work folder (beat logs) is removed unless
-``--keep`` or an error.
+``main`` runs every phase (``measure``, then the contenders and the jitter phase), or with
+``--only-runtime`` only the runtime entries part (``measure_runtime_only``), or with
+``--only-guard`` only the worker guard's phase (``measure_guard_only``), or with
+``--only-contenders`` / ``--only-jitter`` only that phase, or with ``--before REF``
+beatleader at REF beside this tree (``compare.py``), then prints the report; SIGINT and
+SIGTERM unwind through the cleanups, so every process started is stopped, and the work folder
+(beat logs) is removed unless ``--keep`` or an error.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from scripts.bench.common import BEATLEADER, INTERVAL_S, PERSISTENT, REDBEAT, pr
 from scripts.bench.compare import measure_compare, print_compare
 from scripts.bench.contenders import CrowdResult, print_contenders, run_contenders
 from scripts.bench.guard import check_args, run_guard
+from scripts.bench.jitter import JitterResult, measure_jitter_only, print_jitter
 from scripts.bench.persistent import run_persistent
 from scripts.bench.report import (
     GuardResults,
@@ -45,7 +47,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Failover, lateness and throughput of beatleader vs celery-redbeat vs "
         "celery's PersistentScheduler, measured now on this machine (see the module docstring). "
-        "Default total runtime: about 12 minutes.",
+        "Default total runtime: about 12 minutes, plus 3 to 4 for the jitter phase.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
@@ -112,6 +114,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="contenders on one path in the many-contenders phase (also run at 3 and 50)",
     )
     add(
+        "--only-jitter",
+        action="store_true",
+        help="run only the jitter phase (scripts/bench/jitter.py, 3 to 4 minutes)",
+    )
+    add("--skip-jitter", action="store_true", help="do not run the jitter phase")
+    add(
+        "--jitter-entries",
+        type=int,
+        default=500,
+        help="entries of each set of the jitter phase (one set without jitter, one with)",
+    )
+    add(
+        "--jitter-window",
+        type=float,
+        default=60,
+        help="the jitter of the jittered set, its window (seconds)",
+    )
+    add(
         "--only-guard",
         action="store_true",
         help="run only the worker guard phase (1.5 to 2 minutes) and print its figures",
@@ -162,6 +182,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--only-guard goes with neither --only-runtime nor --before")
     if args.only_contenders and (args.only_runtime or args.only_guard or args.before):
         parser.error("--only-contenders goes with none of --only-runtime, --only-guard, --before")
+    only = [args.only_runtime, args.only_guard, args.only_contenders, bool(args.before)]
+    if args.only_jitter and any(only):
+        parser.error(
+            "--only-jitter goes with none of --only-runtime, --only-guard, --only-contenders, "
+            "--before"
+        )
+    if not 1 <= args.jitter_entries <= 999:
+        parser.error("--jitter-entries must be in [1, 999]")
+    if not 1 <= args.jitter_window <= 600:
+        parser.error("--jitter-window must be in [1, 600] seconds")
     if args.contenders < 3:
         parser.error("--contenders must be at least 3")
     if args.instances < 2:
@@ -233,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         results: Results | RuntimeResult | GuardResults
         crowd: list[CrowdResult] = []
+        spread: JitterResult | None = None
         counts = sorted({3, 50, args.contenders})
         if args.before:
             sides = measure_compare(args, workdir)
@@ -240,6 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.only_contenders:
             print_contenders(run_contenders(workdir, counts))
+            return 0
+        if args.only_jitter:
+            print_jitter(measure_jitter_only(args, workdir))
             return 0
         if args.only_runtime:
             results = measure_runtime_only(args, workdir)
@@ -249,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = measure(args, workdir)
             if not args.skip_contenders:
                 crowd = run_contenders(workdir, counts)
+            if not args.skip_jitter:
+                spread = measure_jitter_only(args, workdir)
     except KeyboardInterrupt:
         progress("interrupted; every process was stopped")
         return 130
@@ -268,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_report(args, results)
         if crowd:
             print_contenders(crowd)
+        if spread is not None:
+            print_jitter(spread)
     if args.json:
         dump_json(args.json, args, results)
     return 0
