@@ -1,0 +1,264 @@
+"""A static hourly crontab across real DST changes, on real processes (``0 * * * *``).
+
+Each case runs its own ZooKeeper server and ``celery beat -S beatleader.Scheduler`` on one fake
+wall clock (``beatleader.testing.faketime``: libfaketime, 60 times as fast as the real clock,
+monotonic clocks real, so ZooKeeper's and kazoo's session timers run in real time). The beat
+schedules on ZooKeeper's clock (its clock probe), which is the same fake clock. The clock starts
+a few fake minutes before the first expected run and the beat lives through the transition; one
+celery worker on the real clock executes every case's runs. The cases run at once (about 75 s
+in all). Asserted, per case:
+
+* the leader's records of the entry (each run's ``last_run_at``): exactly the expected runs,
+  each at its scheduled instant (UTC) or after it by less than ``LATE`` of fake time (at 60x a
+  real stall of a second is a fake minute; the runs expected are an hour apart, so a record
+  names one instant only), and no other run up to the end of the case's window;
+* the worker executed each of those runs (its task id, so its ordinal) exactly once.
+
+Cases: Paris fall back (2026-10-25 01:00 UTC: 02:00 CEST, then 02:00 CET, so 00:00 and 01:00
+UTC), Paris spring forward (2026-03-29 01:00 UTC: 01:00 CET, then 03:00 CEST), New York fall
+back (2026-11-01 06:00 UTC: 01:00 EDT then 01:00 EST, so 05:00 and 06:00 UTC) and spring forward
+(2026-03-08 07:00 UTC: 01:00 EST, then 03:00 EDT), under the default
+``beatleader_crontab_rules = "cron"``; and Paris fall back under ``"celery"``: celery's crontab
+loses the run at 02:00 CET (celery #10107), as docs/compatibility.md says. The same instants
+and rules, on a simulated clock without processes: tests/test_dst_crontab.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from beatleader.testing import faketime, localzk
+from beatleader.testing.faketime import FakeClock, FakeClockZooKeeper
+from beatleader.zk import layout
+from tests.cluster import schedule_env
+from tests.harness import (
+    REPO_ROOT,
+    BeatProcess,
+    WorkerProcess,
+    connected_client,
+    entry_state,
+    leader,
+    read_executions,
+    wait_for,
+)
+
+MISSING = faketime.missing_requirements() + localzk.missing_requirements()
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(bool(MISSING), reason="needs " + ", ".join(MISSING)),
+]
+
+UTC = timezone.utc
+PARIS, NEW_YORK = "Europe/Paris", "America/New_York"
+ENTRY = "hourly"
+ROOT = "/dst"
+#: Fake seconds per real second.
+RATE = 60.0
+#: The fake clock starts this long before a case's first expected run (ZooKeeper's JVM and the
+#: beat start and lead meanwhile: about two fake minutes on an idle machine).
+LEAD_IN = timedelta(minutes=8)
+#: A case's window ends this long after its last expected run.
+TAIL = timedelta(minutes=4)
+#: A run recorded this much (fake time) after its scheduled instant is still that instant's.
+LATE = timedelta(minutes=5)
+#: ZooKeeper session timeout: libfaketime shortens kazoo's ``select`` timeouts by ``RATE``, so
+#: its read timeout (2/3 of this) is 0.67 real seconds.
+SESSION_TIMEOUT = 60
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+@dataclass
+class Case:
+    name: str
+    zone: str
+    rules: str
+    expected: list[datetime]
+    #: The last instant the window must cover (default: the last expected run).
+    covers: datetime | None = None
+    beat: BeatProcess | None = None
+    server: FakeClockZooKeeper | None = None
+    clock: FakeClock | None = None
+    records: list[list[Any]] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
+    led_at_end: bool = False
+
+    @property
+    def end(self) -> datetime:
+        """The end of the case's window (fake time): the beat is stopped then."""
+        return (self.covers or self.expected[-1]) + TAIL
+
+    def diagnostics(self) -> list[tuple[str, str]]:
+        out = []
+        if self.beat is not None:
+            out.append((f"{self.name} beat", self.beat.log_tail(40)))
+        if self.server is not None:
+            out.extend((f"{self.name} {title}", text) for title, text in self.server.diagnostics())
+        return out
+
+
+def cases() -> list[Case]:
+    return [
+        Case("paris-fall-cron", PARIS, "cron", [utc(2026, 10, 25, 0), utc(2026, 10, 25, 1)]),
+        Case("paris-spring-cron", PARIS, "cron", [utc(2026, 3, 29, 0), utc(2026, 3, 29, 1)]),
+        Case("ny-fall-cron", NEW_YORK, "cron", [utc(2026, 11, 1, 5), utc(2026, 11, 1, 6)]),
+        Case("ny-spring-cron", NEW_YORK, "cron", [utc(2026, 3, 8, 6), utc(2026, 3, 8, 7)]),
+        # celery's rules, the window of paris-fall-cron: 02:00 CET (01:00 UTC) is lost
+        Case(
+            "paris-fall-celery",
+            PARIS,
+            "celery",
+            [utc(2026, 10, 25, 0)],
+            covers=utc(2026, 10, 25, 1),
+        ),
+    ]
+
+
+CASE_NAMES = [case.name for case in cases()]
+
+
+class Lived:
+    """Every case, lived through; ``diagnostics`` for a failed test's report."""
+
+    def __init__(self, cases: list[Case], executions: list[dict[str, Any]]) -> None:
+        self.cases = {case.name: case for case in cases}
+        self.executions = executions
+
+    def diagnostics(self) -> list[tuple[str, str]]:
+        return [section for case in self.cases.values() for section in case.diagnostics()]
+
+
+def _beat_env(case: Case, server: FakeClockZooKeeper, common: dict[str, str]) -> dict[str, str]:
+    return {
+        **common,
+        "BEATLEADER_ZK_HOSTS": server.hosts,
+        "BEATLEADER_PATH": f"{ROOT}/{case.name}",
+        "BEATLEADER_SESSION_TIMEOUT": str(SESSION_TIMEOUT),
+        "BEATLEADER_CRONTAB_RULES": case.rules,
+        "TEST_TIMEZONE": case.zone,
+        "TEST_MAX_INTERVAL": "5",  # fake seconds: the beat samples the clock often
+        **schedule_env(**{ENTRY: {"crontab": "0 * * * *"}}),
+    }
+
+
+def _record_times(state: dict[str, Any]) -> list[datetime]:
+    return [datetime.fromtimestamp(record[1], UTC) for record in state.get("recent", [])]
+
+
+@pytest.fixture(scope="module")
+def lived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lived]:
+    """Start every case at once, live through each window, stop; then read what ran."""
+    base = tmp_path_factory.mktemp("dst-live")
+    broker, log = base / "broker", base / "executions.jsonl"
+    broker.mkdir()
+    common = {
+        "TEST_BROKER_DIR": str(broker),
+        "TEST_EXECUTION_LOG": str(log),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
+        ),
+    }
+    all_cases = cases()
+    with contextlib.ExitStack() as stack:
+        worker = stack.enter_context(WorkerProcess(base / "procs", common))  # the real clock
+        for case in all_cases:
+            clock = FakeClock(case.expected[0] - LEAD_IN, RATE, base / case.name / "site")
+            server = FakeClockZooKeeper(base / case.name / "zookeeper")
+            server.clock, case.clock, case.server = clock, clock, server
+            server.launch()
+            stack.callback(server.kill)  # a throwaway server: no graceful stop to wait for
+        for case in all_cases:
+            assert case.server is not None and case.clock is not None
+            case.server.wait_serving(60)
+            env = case.clock.env({**os.environ, **_beat_env(case, case.server, common)})
+            case.beat = stack.enter_context(BeatProcess(base / "procs", env, name=case.name))
+        worker.wait_ready(60)
+        clients = {
+            case.name: stack.enter_context(connected_client(case.server.hosts))
+            for case in all_cases
+            if case.server is not None
+        }
+        for case in all_cases:  # the slowest window ends last: wait on each in turn
+            assert case.clock is not None and case.beat is not None
+            root = f"{ROOT}/{case.name}"
+            client = clients[case.name]
+            clock, end = case.clock, case.end
+            wait_for(
+                lambda clock=clock, end=end: clock.now() >= end,  # type: ignore[misc]
+                clock.real_seconds((end - clock.now()).total_seconds()) + 30,
+                interval=0.2,
+                message=f"{case.name}: the fake clock reaches {end:%H:%M} UTC",
+            )
+            found = leader(client, root)
+            case.led_at_end = bool(found and found.get("pid") == case.beat.pid)
+            case.beat.terminate()
+            case.beat.wait_exit(30)
+            case.state = entry_state(client, root, ENTRY) or {}
+            case.records = [list(record) for record in case.state.get("recent", [])]
+            print(
+                f"{case.name}: ran at",
+                [f"{t:%m-%d %H:%M:%S.%f}" for t in _record_times(case.state)],
+            )
+
+        def ids_of(case: Case) -> set[str]:
+            count = int(case.state.get("total_run_count", 0))
+            incarnation = case.state.get("incarnation")
+            root = f"{ROOT}/{case.name}"
+            return {layout.run_task_id(root, ENTRY, n, incarnation) for n in range(1, count + 1)}
+
+        wanted = set().union(*(ids_of(case) for case in all_cases))
+        wait_for(
+            lambda: wanted <= {line["id"] for line in read_executions(log)},
+            30,
+            message="the worker executed every recorded run",
+        )
+        yield Lived(all_cases, read_executions(log))
+
+
+def _matches(recorded: list[datetime], expected: list[datetime]) -> bool:
+    return len(recorded) == len(expected) and all(
+        timedelta(0) <= got - want < LATE for got, want in zip(recorded, expected, strict=True)
+    )
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_hourly_crontab_across_a_dst_change(lived: Lived, name: str) -> None:
+    case = lived.cases[name]
+    recorded = _record_times(case.state)
+    shown = [f"{moment:%Y-%m-%d %H:%M:%S.%f} UTC" for moment in recorded]
+    want = [f"{moment:%Y-%m-%d %H:%M} UTC" for moment in case.expected]
+    assert case.led_at_end, f"{name}: the beat did not lead to the end of its window"
+    assert _matches(recorded, case.expected), f"{name}: ran at {shown}, expected {want}"
+    assert all(status == "sent" for _, _, status in case.records), case.records
+    assert [record[0] for record in case.records] == list(range(1, len(case.expected) + 1))
+    assert case.state["total_run_count"] == len(case.expected)
+    root = f"{ROOT}/{name}"
+    incarnation = case.state.get("incarnation")
+    ids = {
+        layout.run_task_id(root, ENTRY, ordinal, incarnation): ordinal
+        for ordinal in range(1, len(case.expected) + 1)
+    }
+    executed: dict[int, int] = {}
+    for line in lived.executions:
+        if line["id"] in ids:
+            executed[ids[line["id"]]] = executed.get(ids[line["id"]], 0) + 1
+    assert executed == dict.fromkeys(ids.values(), 1), executed
+
+
+def test_the_rules_differ_where_documented(lived: Lived) -> None:
+    """Same zone, same window: cron's rules run 02:00 CET (01:00 UTC), celery's do not."""
+    cron, celery = lived.cases["paris-fall-cron"], lived.cases["paris-fall-celery"]
+    assert cron.end == celery.end and celery.led_at_end
+    second = utc(2026, 10, 25, 1)
+    assert any(timedelta(0) <= t - second < LATE for t in _record_times(cron.state))
+    assert not any(abs(t - second) < LATE for t in _record_times(celery.state))
