@@ -20,16 +20,21 @@ back (2026-11-01 06:00 UTC: 01:00 EDT then 01:00 EST, so 05:00 and 06:00 UTC) an
 (2026-03-08 07:00 UTC: 01:00 EST, then 03:00 EDT), under the default
 ``beatleader_crontab_rules = "cron"``; and Paris fall back under ``"celery"``: celery's crontab
 loses the run at 02:00 CET (celery #10107), as docs/compatibility.md says. The same instants
-and rules, on a simulated clock without processes: tests/test_dst_crontab.py.
+and rules, on a simulated clock without processes: tests/test_dst_crontab.py. Three fast tests
+at the end check the fake clock itself (one timeline, ``time.sleep`` on it, stale segments).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,10 +55,7 @@ from tests.harness import (
 )
 
 MISSING = faketime.missing_requirements() + localzk.missing_requirements()
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(bool(MISSING), reason="needs " + ", ".join(MISSING)),
-]
+needs_faketime = pytest.mark.skipif(bool(MISSING), reason="needs " + ", ".join(MISSING))
 
 UTC = timezone.utc
 PARIS, NEW_YORK = "Europe/Paris", "America/New_York"
@@ -231,6 +233,8 @@ def _matches(recorded: list[datetime], expected: list[datetime]) -> bool:
     )
 
 
+@pytest.mark.slow
+@needs_faketime
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_hourly_crontab_across_a_dst_change(lived: Lived, name: str) -> None:
     case = lived.cases[name]
@@ -255,6 +259,8 @@ def test_hourly_crontab_across_a_dst_change(lived: Lived, name: str) -> None:
     assert executed == dict.fromkeys(ids.values(), 1), executed
 
 
+@pytest.mark.slow
+@needs_faketime
 def test_the_rules_differ_where_documented(lived: Lived) -> None:
     """Same zone, same window: cron's rules run 02:00 CET (01:00 UTC), celery's do not."""
     cron, celery = lived.cases["paris-fall-cron"], lived.cases["paris-fall-celery"]
@@ -262,3 +268,53 @@ def test_the_rules_differ_where_documented(lived: Lived) -> None:
     second = utc(2026, 10, 25, 1)
     assert any(timedelta(0) <= t - second < LATE for t in _record_times(cron.state))
     assert not any(abs(t - second) < LATE for t in _record_times(celery.state))
+
+
+# -- the fake clock itself (fast) -------------------------------------------------------------
+
+
+def test_a_fake_clock_env_names_libfaketime_and_keeps_the_path(tmp_path: Path) -> None:
+    clock = FakeClock(utc(2026, 11, 1, 4, 58), RATE, tmp_path / "site")
+    env = clock.env({"PYTHONPATH": "/somewhere", "LD_PRELOAD": "/other.so"})
+    assert env["LD_PRELOAD"] == f"{faketime.LIBFAKETIME}:/other.so"
+    assert env["PYTHONPATH"] == f"{tmp_path / 'site'}:/somewhere"
+    assert env["FAKETIME_DONT_FAKE_MONOTONIC"] == "1"
+    assert re.fullmatch(r"-\d+\.\d{3} x60", env["FAKETIME"]), env["FAKETIME"]
+    assert (tmp_path / "site" / "sitecustomize.py").exists()
+    assert timedelta(0) <= clock.now() - utc(2026, 11, 1, 4, 58) < timedelta(minutes=1)
+    with pytest.raises(ValueError, match="aware"):
+        FakeClock(datetime(2026, 1, 1), RATE, tmp_path)
+    with pytest.raises(ValueError, match="rate must be positive"):
+        FakeClock(utc(2026, 1, 1), 0, tmp_path)
+
+
+@needs_faketime
+def test_a_python_child_reads_the_fake_clock_and_sleeps_on_it(tmp_path: Path) -> None:
+    """One timeline: the child's first reading is the clock's, to a few fake seconds; its
+    ``time.sleep`` works (libfaketime's own fails, see ``faketime``) and lasts fake seconds."""
+    clock = FakeClock(utc(2026, 3, 8, 6, 59), RATE, tmp_path / "site")
+    code = "import time; a = time.time(); time.sleep(30); print(a, time.time())"
+    before = clock.epoch()
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=clock.env(), capture_output=True, text=True, timeout=30
+    )
+    after = clock.epoch()
+    assert done.returncode == 0, done.stderr
+    first, second = map(float, done.stdout.split())
+    assert before <= first <= after, (before, first, after)
+    assert 30 <= second - first < 30 + (after - before), (second - first, after - before)
+    assert after - before < 30 * 0.5 * RATE  # 30 fake seconds took well under 30 real ones
+
+
+def test_stale_segments_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    gone, alive = int(dead.stdout), os.getpid()
+    names = [f"{prefix}{pid}" for prefix in ("faketime_shm_", "sem.faketime_sem_")
+             for pid in (gone, alive)]  # fmt: skip
+    for name in [*names, "faketime_shm_x", "unrelated_1"]:
+        (tmp_path / name).write_bytes(b"")
+    removed = faketime.remove_stale_segments(tmp_path)
+    assert sorted(p.name for p in removed) == sorted(n for n in names if str(gone) in n)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([*(n for n in names if str(alive) in n), "faketime_shm_x", "unrelated_1"])

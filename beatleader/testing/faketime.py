@@ -22,12 +22,19 @@ Guarantees:
   child also gets a ``sitecustomize`` (in ``site_dir``, first on ``PYTHONPATH``) that makes
   ``time.sleep(s)`` a ``select`` timeout: ``s`` fake seconds, as libfaketime means a sleep.
 
+* libfaketime keeps a shared-memory segment and a semaphore per faked process
+  (``/dev/shm/faketime_shm_<pid>``, ``sem.faketime_sem_<pid>``) and cannot remove them when the
+  process is killed; a leftover makes a later process with the same pid fail at start
+  (``shm_open failed: File exists``). :meth:`FakeClock.env` first removes every such pair whose
+  process no longer exists, so a killed run's leftovers cannot break the next one.
+
 Not guaranteed: anything about processes started without the environment (the test itself, a
 worker) beyond their real clock; a program that reads the clock without libc (a static binary).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Mapping
@@ -39,6 +46,9 @@ from beatleader.testing.localzk import ZooKeeperServer, _live_processes
 
 #: Where Debian's ``libfaketime`` package puts the library.
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+#: Where libfaketime keeps its per-process shared memory and semaphores.
+SHM_DIR = Path("/dev/shm")
+_SHM_PREFIXES = ("faketime_shm_", "sem.faketime_sem_")
 
 SITECUSTOMIZE = '''\
 """Written by beatleader.testing.faketime: time.sleep under libfaketime (see there)."""
@@ -59,6 +69,30 @@ _time.sleep = _sleep
 def missing_requirements() -> list[str]:
     """What this machine lacks to fake a clock (empty when nothing is missing)."""
     return [] if LIBFAKETIME.exists() else [f"{LIBFAKETIME} (Debian package faketime)"]
+
+
+def remove_stale_segments(shm_dir: Path = SHM_DIR) -> list[Path]:
+    """Remove libfaketime's segments of processes that no longer exist; returns those removed."""
+    removed = []
+    for path in sorted(shm_dir.glob("*faketime_s*_*")):
+        prefix = next((p for p in _SHM_PREFIXES if path.name.startswith(p)), None)
+        pid_text = path.name[len(prefix) :] if prefix else ""
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class FakeClock:
@@ -90,6 +124,7 @@ class FakeClock:
 
     def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
         """``base`` (default: ``os.environ``) with this clock, for a process started right now."""
+        remove_stale_segments()
         env = dict(os.environ if base is None else base)
         real = time.time()
         offset = self.epoch(real) - real
@@ -106,7 +141,10 @@ class FakeClock:
 
 
 class FakeClockZooKeeper(ZooKeeperServer):
-    """A :class:`ZooKeeperServer` whose JVM reads ``clock`` (set ``clock`` before starting)."""
+    """A :class:`ZooKeeperServer` whose JVM reads ``clock`` (set ``clock`` before starting).
+
+    A JVM on libfaketime exits slowly on SIGTERM (seconds): :meth:`kill` a throwaway one.
+    """
 
     clock: FakeClock | None = None
 
@@ -123,3 +161,15 @@ class FakeClockZooKeeper(ZooKeeperServer):
             self.command(), self.log_path, cwd=self.base_dir, env=self.clock.env()
         )
         _live_processes.add(self._proc)
+
+    def stop(self, timeout: float = 10) -> int | None:
+        """As :meth:`ZooKeeperServer.stop`, then remove libfaketime's segments left behind."""
+        returncode = super().stop(timeout)
+        remove_stale_segments()
+        return returncode
+
+    def kill(self) -> int | None:
+        """As :meth:`ZooKeeperServer.kill`, then remove libfaketime's segments left behind."""
+        returncode = super().kill()
+        remove_stale_segments()
+        return returncode
