@@ -12,7 +12,9 @@ in all). Asserted, per case:
   each at its scheduled instant (UTC) or after it by less than ``LATE`` of fake time (at 60x a
   real stall of a second is a fake minute; the runs expected are an hour apart, so a record
   names one instant only), and no other run up to the end of the case's window;
-* the worker executed each of those runs (its task id, so its ordinal) exactly once.
+* the worker executed each of those runs (its task id, so its ordinal) exactly once;
+* ZooKeeper ran on the fake clock (its stamp of the beat's last clock probe lies in the window)
+  and the beat's clock agreed with it to ``MAX_SKEW``.
 
 Cases: Paris fall back (2026-10-25 01:00 UTC: 02:00 CEST, then 02:00 CET, so 00:00 and 01:00
 UTC), Paris spring forward (2026-03-29 01:00 UTC: 01:00 CET, then 03:00 CEST), New York fall
@@ -42,6 +44,7 @@ import pytest
 from beatleader.testing import faketime, localzk
 from beatleader.testing.faketime import FakeClock, FakeClockZooKeeper
 from beatleader.zk import layout
+from beatleader.zk.clocknode import ClockReading, read_clock
 from tests.cluster import schedule_env
 from tests.harness import (
     REPO_ROOT,
@@ -70,6 +73,9 @@ LEAD_IN = timedelta(minutes=8)
 TAIL = timedelta(minutes=4)
 #: A run recorded this much (fake time) after its scheduled instant is still that instant's.
 LATE = timedelta(minutes=5)
+#: Fake seconds the beat's clock may differ from ZooKeeper's (both start on one timeline, to
+#: the fake length of a process start; a probe's reading also counts its round trip at 60x).
+MAX_SKEW = 10.0
 #: ZooKeeper session timeout: libfaketime shortens kazoo's ``select`` timeouts by ``RATE``, so
 #: its read timeout (2/3 of this) is 0.67 real seconds.
 SESSION_TIMEOUT = 60
@@ -93,6 +99,9 @@ class Case:
     records: list[list[Any]] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
     led_at_end: bool = False
+    clock_reading: ClockReading | None = None
+    #: The fake time when ``clock_reading`` was read.
+    read_at: datetime | None = None
 
     @property
     def end(self) -> datetime:
@@ -201,6 +210,7 @@ def lived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lived]:
                 interval=0.2,
                 message=f"{case.name}: the fake clock reaches {end:%H:%M} UTC",
             )
+            case.clock_reading, case.read_at = read_clock(client, root), clock.now()
             found = leader(client, root)
             case.led_at_end = bool(found and found.get("pid") == case.beat.pid)
             case.beat.terminate()
@@ -210,6 +220,8 @@ def lived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lived]:
             print(
                 f"{case.name}: ran at",
                 [f"{t:%m-%d %H:%M:%S.%f}" for t in _record_times(case.state)],
+                "; last clock probe:",
+                case.clock_reading,
             )
 
         def ids_of(case: Case) -> set[str]:
@@ -242,6 +254,14 @@ def test_hourly_crontab_across_a_dst_change(lived: Lived, name: str) -> None:
     shown = [f"{moment:%Y-%m-%d %H:%M:%S.%f} UTC" for moment in recorded]
     want = [f"{moment:%Y-%m-%d %H:%M} UTC" for moment in case.expected]
     assert case.led_at_end, f"{name}: the beat did not lead to the end of its window"
+    # ZooKeeper is on the fake clock (its stamp of the beat's clock probe lies in the window)
+    # and the beat's clock agrees with it: the beat's last probe, its local time - ZooKeeper's
+    reading = case.clock_reading
+    assert reading is not None, f"{name}: the beat never probed ZooKeeper's clock"
+    stamped = datetime.fromisoformat(reading.at)
+    assert case.read_at is not None
+    assert case.expected[0] - LEAD_IN <= stamped <= case.read_at, (name, reading, case.read_at)
+    assert abs(reading.skew) < MAX_SKEW, (name, reading)
     assert _matches(recorded, case.expected), f"{name}: ran at {shown}, expected {want}"
     assert all(status == "sent" for _, _, status in case.records), case.records
     assert [record[0] for record in case.records] == list(range(1, len(case.expected) + 1))
