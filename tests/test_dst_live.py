@@ -22,8 +22,10 @@ back (2026-11-01 06:00 UTC: 01:00 EDT then 01:00 EST, so 05:00 and 06:00 UTC) an
 (2026-03-08 07:00 UTC: 01:00 EST, then 03:00 EDT), under the default
 ``beatleader_crontab_rules = "cron"``; and Paris fall back under ``"celery"``: celery's crontab
 loses the run at 02:00 CET (celery #10107), as docs/compatibility.md says. The same instants
-and rules, on a simulated clock without processes: tests/test_dst_crontab.py. Three fast tests
-at the end check the fake clock itself (one timeline, ``time.sleep`` on it, stale segments).
+and rules, on a simulated clock without processes: tests/test_dst_crontab.py (a
+fast test here checks that each case's expected runs are what it computes, cron's reference or
+celery's crontab; for an hourly spec the two differ only at a fall-back). Three more fast tests
+check the fake clock itself (one timeline, ``time.sleep`` on it, stale segments).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -338,3 +341,21 @@ def test_stale_segments_of_dead_processes_are_removed(tmp_path: Path) -> None:
     assert sorted(p.name for p in removed) == sorted(n for n in names if str(gone) in n)
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted([*(n for n in names if str(alive) in n), "faketime_shm_x", "unrelated_1"])
+
+
+def test_the_expected_runs_are_those_of_the_simulated_clock() -> None:
+    """Each case's expected runs, over its whole window, are what tests/test_dst_crontab.py
+    computes without processes: cron's minute-by-minute reference for ``"cron"``, a beat loop
+    over celery's own crontab for ``"celery"``."""
+    from celery.schedules import crontab
+
+    from tests.test_dst_crontab import beat_loop, fields, make_app, reference
+
+    for case in cases():
+        start, end = case.expected[0] - LEAD_IN, case.end
+        if case.rules == "cron":
+            found = reference(crontab(*fields("0 * * * *")), ZoneInfo(case.zone), start, end)
+        else:
+            plain = crontab(*fields("0 * * * *"), app=make_app(case.zone))
+            found = beat_loop(plain, start, (end - start) / timedelta(hours=1))
+        assert found == case.expected, case.name
