@@ -44,8 +44,14 @@ from pathlib import Path
 from beatleader.testing.localproc import LoggedProcess
 from beatleader.testing.localzk import ZooKeeperServer, _live_processes
 
-#: Where Debian's ``libfaketime`` package puts the library.
-LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+def _library() -> Path:
+    found = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
+    return found[0] if found else Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+#: Where Debian's ``libfaketime`` package puts the library (``/usr/lib/<multiarch>/faketime``).
+LIBFAKETIME = _library()
 #: Where libfaketime keeps its per-process shared memory and semaphores.
 SHM_DIR = Path("/dev/shm")
 _SHM_PREFIXES = ("faketime_shm_", "sem.faketime_sem_")
