@@ -202,7 +202,7 @@ def lived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lived]:
             for case in all_cases
             if case.server is not None
         }
-        for case in all_cases:  # the slowest window ends last: wait on each in turn
+        for case in all_cases:  # windows as long, started in this order: each ends in turn
             assert case.clock is not None and case.beat is not None
             root = f"{ROOT}/{case.name}"
             client = clients[case.name]
