@@ -1,4 +1,4 @@
-"""A static hourly crontab across real DST changes, on real processes (``0 * * * *``).
+"""Static crontabs across real DST changes, on real processes (``0 * * * *``, ``30 2 * * *``).
 
 Each case runs its own ZooKeeper server and ``celery beat -S beatleader.Scheduler`` on one fake
 wall clock (``beatleader.testing.faketime``: libfaketime, 60 times as fast as the real clock,
@@ -6,18 +6,20 @@ monotonic clocks real, so ZooKeeper's and kazoo's session timers run in real tim
 schedules on ZooKeeper's clock (its clock probe), which is the same fake clock. The clock starts
 a few fake minutes before the first expected run and the beat lives through the transition; one
 celery worker on the real clock executes every case's runs. The cases run at once (about 75 s
-in all). Asserted, per case:
+in all). Asserted, per case and entry:
 
 * the leader's records of the entry (each run's ``last_run_at``): exactly the expected runs,
   each at its scheduled instant (UTC) or after it by less than ``LATE`` of fake time (at 60x a
   real stall of a second is a fake minute; the runs expected are an hour apart, so a record
   names one instant only), and no other run up to the end of the case's window;
 * the worker executed each of those runs (its task id, so its ordinal) exactly once;
-* ZooKeeper ran on the fake clock (its stamp of the beat's last clock probe lies in the window)
-  and the beat's clock agreed with it to ``MAX_SKEW``.
+* per case, the beat led to the end of the window, ZooKeeper ran on the fake clock (its stamp
+  of the beat's last clock probe lies in the window) and the beat's clock agreed with it to
+  ``MAX_SKEW``.
 
 Cases: Paris fall back (2026-10-25 01:00 UTC: 02:00 CEST, then 02:00 CET, so 00:00 and 01:00
-UTC), Paris spring forward (2026-03-29 01:00 UTC: 01:00 CET, then 03:00 CEST), New York fall
+UTC), Paris spring forward (2026-03-29 01:00 UTC: 01:00 CET, then 03:00 CEST; there also
+``30 2 * * *``, whose 02:30 does not exist that day: once, at the gap's end), New York fall
 back (2026-11-01 06:00 UTC: 01:00 EDT then 01:00 EST, so 05:00 and 06:00 UTC) and spring forward
 (2026-03-08 07:00 UTC: 01:00 EST, then 03:00 EDT), under the default
 ``beatleader_crontab_rules = "cron"``; and Paris fall back under ``"celery"``: celery's crontab
@@ -65,7 +67,7 @@ needs_faketime = pytest.mark.skipif(bool(MISSING), reason="needs " + ", ".join(M
 
 UTC = timezone.utc
 PARIS, NEW_YORK = "Europe/Paris", "America/New_York"
-ENTRY = "hourly"
+HOURLY, DAILY = "hourly", "at-0230"
 ROOT = "/dst"
 #: Fake seconds per real second.
 RATE = 60.0
@@ -93,23 +95,33 @@ class Case:
     name: str
     zone: str
     rules: str
-    expected: list[datetime]
+    #: Entry name -> its runs expected in the window (UTC); each entry's spec is ``SPECS[name]``.
+    runs: dict[str, list[datetime]]
     #: The last instant the window must cover (default: the last expected run).
     covers: datetime | None = None
     beat: BeatProcess | None = None
     server: FakeClockZooKeeper | None = None
     clock: FakeClock | None = None
-    records: list[list[Any]] = field(default_factory=list)
-    state: dict[str, Any] = field(default_factory=dict)
+    #: Entry name -> its stored state (``entry_state``) once the beat stopped.
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)
     led_at_end: bool = False
     clock_reading: ClockReading | None = None
     #: The fake time when ``clock_reading`` was read.
     read_at: datetime | None = None
 
     @property
+    def start(self) -> datetime:
+        """The fake clock's start: ``LEAD_IN`` before the first expected run."""
+        return min(min(runs) for runs in self.runs.values()) - LEAD_IN
+
+    @property
     def end(self) -> datetime:
         """The end of the case's window (fake time): the beat is stopped then."""
-        return (self.covers or self.expected[-1]) + TAIL
+        return (self.covers or max(max(runs) for runs in self.runs.values())) + TAIL
+
+    @property
+    def root(self) -> str:
+        return f"{ROOT}/{self.name}"
 
     def diagnostics(self) -> list[tuple[str, str]]:
         out = []
@@ -120,24 +132,44 @@ class Case:
         return out
 
 
+#: Entry name -> crontab spec.
+SPECS = {HOURLY: "0 * * * *", DAILY: "30 2 * * *"}
+
+
 def cases() -> list[Case]:
     return [
-        Case("paris-fall-cron", PARIS, "cron", [utc(2026, 10, 25, 0), utc(2026, 10, 25, 1)]),
-        Case("paris-spring-cron", PARIS, "cron", [utc(2026, 3, 29, 0), utc(2026, 3, 29, 1)]),
-        Case("ny-fall-cron", NEW_YORK, "cron", [utc(2026, 11, 1, 5), utc(2026, 11, 1, 6)]),
-        Case("ny-spring-cron", NEW_YORK, "cron", [utc(2026, 3, 8, 6), utc(2026, 3, 8, 7)]),
+        Case(
+            "paris-fall-cron", PARIS, "cron", {HOURLY: [utc(2026, 10, 25, 0), utc(2026, 10, 25, 1)]}
+        ),
+        # the spring-forward skips 02:30 CET: cron runs it once, when the gap ends (03:00 CEST)
+        Case(
+            "paris-spring-cron",
+            PARIS,
+            "cron",
+            {
+                HOURLY: [utc(2026, 3, 29, 0), utc(2026, 3, 29, 1)],
+                DAILY: [utc(2026, 3, 29, 1)],
+            },
+        ),
+        Case(
+            "ny-fall-cron", NEW_YORK, "cron", {HOURLY: [utc(2026, 11, 1, 5), utc(2026, 11, 1, 6)]}
+        ),
+        Case(
+            "ny-spring-cron", NEW_YORK, "cron", {HOURLY: [utc(2026, 3, 8, 6), utc(2026, 3, 8, 7)]}
+        ),
         # celery's rules, the window of paris-fall-cron: 02:00 CET (01:00 UTC) is lost
         Case(
             "paris-fall-celery",
             PARIS,
             "celery",
-            [utc(2026, 10, 25, 0)],
+            {HOURLY: [utc(2026, 10, 25, 0)]},
             covers=utc(2026, 10, 25, 1),
         ),
     ]
 
 
 CASE_NAMES = [case.name for case in cases()]
+ENTRY_CASES = [(case.name, entry) for case in cases() for entry in case.runs]
 
 
 class Lived:
@@ -155,17 +187,27 @@ def _beat_env(case: Case, server: FakeClockZooKeeper, common: dict[str, str]) ->
     return {
         **common,
         "BEATLEADER_ZK_HOSTS": server.hosts,
-        "BEATLEADER_PATH": f"{ROOT}/{case.name}",
+        "BEATLEADER_PATH": case.root,
         "BEATLEADER_SESSION_TIMEOUT": str(SESSION_TIMEOUT),
         "BEATLEADER_CRONTAB_RULES": case.rules,
         "TEST_TIMEZONE": case.zone,
         "TEST_MAX_INTERVAL": "5",  # fake seconds: the beat samples the clock often
-        **schedule_env(**{ENTRY: {"crontab": "0 * * * *"}}),
+        **schedule_env(**{entry: {"crontab": SPECS[entry]} for entry in case.runs}),
     }
 
 
 def _record_times(state: dict[str, Any]) -> list[datetime]:
     return [datetime.fromtimestamp(record[1], UTC) for record in state.get("recent", [])]
+
+
+def _run_ids(case: Case, entry: str) -> dict[str, int]:
+    """Task id -> ordinal of every run of ``entry`` the leader recorded."""
+    state = case.states.get(entry, {})
+    count, incarnation = int(state.get("total_run_count", 0)), state.get("incarnation")
+    return {
+        layout.run_task_id(case.root, entry, ordinal, incarnation): ordinal
+        for ordinal in range(1, count + 1)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +228,7 @@ def lived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lived]:
     with contextlib.ExitStack() as stack:
         worker = stack.enter_context(WorkerProcess(base / "procs", common))  # the real clock
         for case in all_cases:
-            clock = FakeClock(case.expected[0] - LEAD_IN, RATE, base / case.name / "site")
+            clock = FakeClock(case.start, RATE, base / case.name / "site")
             server = FakeClockZooKeeper(base / case.name / "zookeeper")
             server.clock, case.clock, case.server = clock, clock, server
             server.launch()
@@ -204,7 +246,6 @@ def lived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lived]:
         }
         for case in all_cases:  # windows as long, started in this order: each ends in turn
             assert case.clock is not None and case.beat is not None
-            root = f"{ROOT}/{case.name}"
             client = clients[case.name]
             clock, end = case.clock, case.end
             wait_for(
@@ -213,27 +254,17 @@ def lived(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lived]:
                 interval=0.2,
                 message=f"{case.name}: the fake clock reaches {end:%H:%M} UTC",
             )
-            case.clock_reading, case.read_at = read_clock(client, root), clock.now()
-            found = leader(client, root)
+            case.clock_reading, case.read_at = read_clock(client, case.root), clock.now()
+            found = leader(client, case.root)
             case.led_at_end = bool(found and found.get("pid") == case.beat.pid)
             case.beat.terminate()
             case.beat.wait_exit(30)
-            case.state = entry_state(client, root, ENTRY) or {}
-            case.records = [list(record) for record in case.state.get("recent", [])]
-            print(
-                f"{case.name}: ran at",
-                [f"{t:%m-%d %H:%M:%S.%f}" for t in _record_times(case.state)],
-                "; last clock probe:",
-                case.clock_reading,
-            )
-
-        def ids_of(case: Case) -> set[str]:
-            count = int(case.state.get("total_run_count", 0))
-            incarnation = case.state.get("incarnation")
-            root = f"{ROOT}/{case.name}"
-            return {layout.run_task_id(root, ENTRY, n, incarnation) for n in range(1, count + 1)}
-
-        wanted = set().union(*(ids_of(case) for case in all_cases))
+            for entry in case.runs:
+                case.states[entry] = entry_state(client, case.root, entry) or {}
+                times = [f"{t:%m-%d %H:%M:%S.%f}" for t in _record_times(case.states[entry])]
+                print(f"{case.name} {entry}: ran at {times}")
+            print(f"{case.name}: last clock probe {case.clock_reading}")
+        wanted = {i for case in all_cases for entry in case.runs for i in _run_ids(case, entry)}
         wait_for(
             lambda: wanted <= {line["id"] for line in read_executions(log)},
             30,
@@ -251,35 +282,39 @@ def _matches(recorded: list[datetime], expected: list[datetime]) -> bool:
 @pytest.mark.slow
 @needs_faketime
 @pytest.mark.parametrize("name", CASE_NAMES)
-def test_hourly_crontab_across_a_dst_change(lived: Lived, name: str) -> None:
+def test_the_beat_and_zookeeper_lived_on_one_fake_clock(lived: Lived, name: str) -> None:
+    """The beat led to the end of its window; ZooKeeper was on the fake clock (its stamp of the
+    beat's last clock probe lies in the window) and the beat's clock agreed with it."""
     case = lived.cases[name]
-    recorded = _record_times(case.state)
-    shown = [f"{moment:%Y-%m-%d %H:%M:%S.%f} UTC" for moment in recorded]
-    want = [f"{moment:%Y-%m-%d %H:%M} UTC" for moment in case.expected]
     assert case.led_at_end, f"{name}: the beat did not lead to the end of its window"
-    # ZooKeeper is on the fake clock (its stamp of the beat's clock probe lies in the window)
-    # and the beat's clock agrees with it: the beat's last probe, its local time - ZooKeeper's
     reading = case.clock_reading
     assert reading is not None, f"{name}: the beat never probed ZooKeeper's clock"
     stamped = datetime.fromisoformat(reading.at)
     assert case.read_at is not None
-    assert case.expected[0] - LEAD_IN <= stamped <= case.read_at, (name, reading, case.read_at)
-    assert abs(reading.skew) < MAX_SKEW, (name, reading)
-    assert _matches(recorded, case.expected), f"{name}: ran at {shown}, expected {want}"
-    assert all(status == "sent" for _, _, status in case.records), case.records
-    assert [record[0] for record in case.records] == list(range(1, len(case.expected) + 1))
-    assert case.state["total_run_count"] == len(case.expected)
-    root = f"{ROOT}/{name}"
-    incarnation = case.state.get("incarnation")
-    ids = {
-        layout.run_task_id(root, ENTRY, ordinal, incarnation): ordinal
-        for ordinal in range(1, len(case.expected) + 1)
-    }
+    assert case.start <= stamped <= case.read_at, (name, reading, case.read_at)
+    assert abs(reading.skew) < MAX_SKEW, (name, reading)  # its local time - ZooKeeper's
+
+
+@pytest.mark.slow
+@needs_faketime
+@pytest.mark.parametrize(("name", "entry"), ENTRY_CASES, ids=[f"{c}-{e}" for c, e in ENTRY_CASES])
+def test_crontab_runs_across_a_dst_change(lived: Lived, name: str, entry: str) -> None:
+    case = lived.cases[name]
+    state, expected = case.states[entry], case.runs[entry]
+    recorded = _record_times(state)
+    shown = [f"{moment:%Y-%m-%d %H:%M:%S.%f} UTC" for moment in recorded]
+    want = [f"{moment:%Y-%m-%d %H:%M} UTC" for moment in expected]
+    assert _matches(recorded, expected), f"{name} {entry}: ran at {shown}, expected {want}"
+    records = state.get("recent", [])
+    assert all(status == "sent" for _, _, status in records), records
+    assert [record[0] for record in records] == list(range(1, len(expected) + 1))
+    assert state["total_run_count"] == len(expected)
+    ids = _run_ids(case, entry)
     executed: dict[int, int] = {}
     for line in lived.executions:
         if line["id"] in ids:
             executed[ids[line["id"]]] = executed.get(ids[line["id"]], 0) + 1
-    assert executed == dict.fromkeys(ids.values(), 1), executed
+    assert executed == dict.fromkeys(range(1, len(expected) + 1), 1), executed
 
 
 @pytest.mark.slow
@@ -289,8 +324,8 @@ def test_the_rules_differ_where_documented(lived: Lived) -> None:
     cron, celery = lived.cases["paris-fall-cron"], lived.cases["paris-fall-celery"]
     assert cron.end == celery.end and celery.led_at_end
     second = utc(2026, 10, 25, 1)
-    assert any(timedelta(0) <= t - second < LATE for t in _record_times(cron.state))
-    assert not any(abs(t - second) < LATE for t in _record_times(celery.state))
+    assert any(timedelta(0) <= t - second < LATE for t in _record_times(cron.states[HOURLY]))
+    assert not any(abs(t - second) < LATE for t in _record_times(celery.states[HOURLY]))
 
 
 # -- the fake clock itself (fast) -------------------------------------------------------------
@@ -352,10 +387,11 @@ def test_the_expected_runs_are_those_of_the_simulated_clock() -> None:
     from tests.test_dst_crontab import beat_loop, fields, make_app, reference
 
     for case in cases():
-        start, end = case.expected[0] - LEAD_IN, case.end
-        if case.rules == "cron":
-            found = reference(crontab(*fields("0 * * * *")), ZoneInfo(case.zone), start, end)
-        else:
-            plain = crontab(*fields("0 * * * *"), app=make_app(case.zone))
-            found = beat_loop(plain, start, (end - start) / timedelta(hours=1))
-        assert found == case.expected, case.name
+        for entry, expected in case.runs.items():
+            spec, start, end = SPECS[entry], case.start, case.end
+            if case.rules == "cron":
+                found = reference(crontab(*fields(spec)), ZoneInfo(case.zone), start, end)
+            else:
+                plain = crontab(*fields(spec), app=make_app(case.zone))
+                found = beat_loop(plain, start, (end - start) / timedelta(hours=1))
+            assert found == expected, (case.name, entry)
