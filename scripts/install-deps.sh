@@ -17,6 +17,7 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)  # 
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # the TLS tests make their certificates
 [ -x /usr/bin/chromium ] || missing+=(chromium)  # the dashboard's browser tests (tests/test_web_browser.py)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)  # selenium drives chromium through it
+ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || missing+=(faketime)  # tests/test_dst_live.py: a sped-up fake clock
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing Debian packages: ${missing[*]}"
     sudo=""

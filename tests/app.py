@@ -23,6 +23,8 @@ Shaped entirely by environment variables, read when the module is imported:
     ``"options"`` (apply_async options).
 ``TEST_MAX_INTERVAL``
     ``beat_max_loop_interval`` in seconds.
+``TEST_TIMEZONE``
+    celery's ``timezone`` setting (default ``UTC``), e.g. ``Europe/Paris`` for the DST tests.
 ``TEST_RESULT_DIR``
     ``file://`` result backend with ``result_expires=60`` (celery adds ``celery.backend_cleanup``).
 ``TEST_EXECUTION_LOG``
@@ -86,7 +88,7 @@ def make_app(environ: Mapping[str, str], *, set_as_current: bool = True) -> Cele
 def build_config(environ: Mapping[str, str]) -> dict[str, Any]:
     """The celery settings ``environ`` asks for."""
     conf: dict[str, Any] = {
-        "timezone": "UTC",
+        "timezone": environ.get("TEST_TIMEZONE") or "UTC",
         "enable_utc": True,
         "task_always_eager": False,
         "broker_url": "memory://",
