@@ -425,3 +425,23 @@ def test_sync_writes_no_file_and_info_names_zookeeper(factory, tmp_path, monkeyp
     scheduler.sync()
     assert list(tmp_path.iterdir()) == []
     assert scheduler.info.startswith(f"ZooKeeper {factory.hosts}")
+
+
+def test_a_fresh_entry_runs_on_zookeepers_clock_when_this_machine_is_ahead(
+    zk_server, zk_root
+) -> None:
+    """celery sets a new entry's ``last_run_at`` from the app's clock; on a machine a month
+    ahead of ZooKeeper, that held the entry's first run back a month. It runs within seconds."""
+    app = make_app({"TEST_SCHEDULE": json.dumps({ENTRY: every(1)})}, set_as_current=False)
+    real_now = app.now
+    app.now = lambda: real_now() + timedelta(days=30)  # type: ignore[method-assign]
+    settings = Settings.from_app(app, zk_hosts=zk_server.hosts, path=zk_root, session_timeout=2)
+    scheduler = Recording(app, beatleader_settings=settings, beatleader_observers=Observers())
+    scheduler.published = []
+    try:
+        elected(scheduler)
+        run_until(scheduler, lambda: len(scheduler.published) >= 2, timeout=15)
+        last = scheduler.schedule[ENTRY].last_run_at
+        assert abs((last - datetime.now(timezone.utc)).total_seconds()) < 5  # ZooKeeper's time
+    finally:
+        scheduler.close()

@@ -411,6 +411,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             self._on_server_clock(entry)
             if name in stored:
                 self._continue(entry, stored[name])
+            else:
+                self._not_ahead(entry)
         self._load_dynamic(stored)
         for name, ordinal in self.publisher.marks.items():
             found = stored.get(name)
@@ -1154,6 +1156,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             found = stored.get(name) if stored is not None else self._load_one(name)
             if found is not None:
                 self._continue(entry, found)
+            else:
+                self._not_ahead(entry)
         self._dynamic_names.add(name)
         self._schedule(name, entry)
         logger.log(level, "beatleader: entry %r %s", name, "changed" if current else "added")
@@ -1168,6 +1172,18 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
             is_due, delay = self.safe_is_due(entry)
             when = self._when(entry, 0 if is_due else delay)
             heapq.heappush(self._heap, beat.event_t(when, 5, entry))
+
+    def _not_ahead(self, entry: beat.ScheduleEntry) -> None:
+        """An entry that never ran: celery set its ``last_run_at`` from this machine's clock;
+        one ahead of ZooKeeper's (a skewed machine) would hold its first run back that long (a
+        crontab's run due meanwhile is lost), so it is ZooKeeper's now at most."""
+        now = self.server_now()
+        try:
+            ahead = entry.last_run_at is not None and entry.last_run_at > now
+        except TypeError:  # a naive time from a user's entry: left as it is
+            return
+        if ahead:
+            entry.last_run_at = now
 
     def _load_one(self, name: str) -> StoredState | None:
         """The stored run state of one entry (one read), adopted."""
