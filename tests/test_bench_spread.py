@@ -11,6 +11,7 @@ from beatleader.schedules import jitter
 from scripts.bench.cli import parse_args
 from scripts.bench.jitter import Plan, hourly_plan
 from scripts.bench.spread import (
+    CLOCK_TOLERANCE_S,
     Arrival,
     Spread,
     buckets,
@@ -38,6 +39,11 @@ def test_buckets_slice_the_window_and_count_the_rest_apart() -> None:
     assert found == [2, 1, 0, 1, 0, 1]
     assert outside == 2  # 60.0 (the window is half-open) and -0.1
     assert buckets([1.0, 2.0, 9.0], 10, 5) == ([1, 1, 0, 0, 1], 0)  # slices of 2 s
+    # A few milliseconds early (ZooKeeper's time read on this clock) is on time; more is not.
+    assert buckets([-0.003, -CLOCK_TOLERANCE_S, -CLOCK_TOLERANCE_S - 0.001], 10, 5) == (
+        [2, 0, 0, 0, 0],
+        1,
+    )
     with pytest.raises(ValueError, match="window > 0"):
         buckets([1.0], 0)
 

@@ -8,7 +8,8 @@ samples in ``tests/test_bench_spread.py``. Every time is in seconds; the window 
   only the whole seconds of the clock), so a burst split across a second's boundary still counts
   whole.
 * ``buckets``: sends per equal slice of the window (``BUCKETS`` of them, 10 s for a 60 s window);
-  sends before the scheduled time or at/after its end are counted apart (``outside``).
+  sends before the scheduled time (by more than ``CLOCK_TOLERANCE_S``) or at/after its end are
+  counted apart (``outside``).
 * ``evenness``: the fullest bucket over the mean bucket (1.0: perfectly even; ``BUCKETS``: every
   send in one bucket).
 * ``coverage``: (last - first) / window.
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "BUCKETS",
+    "CLOCK_TOLERANCE_S",
     "Arrival",
     "Check",
     "Spread",
@@ -36,6 +38,10 @@ __all__ = [
 
 #: The window is cut into this many equal buckets (10 s each for a 60 s window).
 BUCKETS = 6
+#: The beat schedules on ZooKeeper's server time, which it estimates from a znode's ``mtime``
+#: (milliseconds) and a round trip; this machine's clock may read a send a few milliseconds
+#: before the minute. A send at most this early counts as on time (in the first bucket).
+CLOCK_TOLERANCE_S = 0.05
 #: With jitter, the peak second may hold at most this share of the sends (500 -> 50), or
 #: ``JITTER_PEAK_RATE`` times the even rate (sends / window) when that is more (a short window:
 #: 50 sends over 10 s are 5 a second however even).
@@ -111,14 +117,15 @@ def peak_per_second(times: Sequence[float], width: float = 1.0) -> int:
 
 
 def buckets(offsets: Sequence[float], window: float, count: int = BUCKETS) -> tuple[list[int], int]:
-    """Sends per ``count`` equal slices of ``[0, window)``, and the sends outside it."""
+    """Sends per ``count`` equal slices of ``[0, window)``, and the sends outside it (an offset
+    in ``[-CLOCK_TOLERANCE_S, 0)`` counts in the first slice)."""
     if window <= 0 or count < 1:
         raise ValueError(f"buckets need a window > 0 and count >= 1, not {window}, {count}")
     found = [0] * count
     outside = 0
     for offset in offsets:
-        if 0 <= offset < window:
-            found[min(int(offset / window * count), count - 1)] += 1
+        if -CLOCK_TOLERANCE_S <= offset < window:
+            found[min(max(int(offset / window * count), 0), count - 1)] += 1
         else:
             outside += 1
     return found, outside
