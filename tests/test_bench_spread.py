@@ -35,14 +35,16 @@ def test_peak_counts_a_burst_split_across_a_second_boundary_whole() -> None:
 
 
 def test_buckets_slice_the_window_and_count_the_rest_apart() -> None:
-    found, outside = buckets([0.0, 9.99, 10.0, 59.9, 60.0, -0.1, 35.0], 60)
+    found, outside = buckets([0.0, 9.99, 10.0, 59.9, 60.1, -0.1, 35.0], 60)
     assert found == [2, 1, 0, 1, 0, 1]
-    assert outside == 2  # 60.0 (the window is half-open) and -0.1
+    assert outside == 2  # 60.1 and -0.1
     assert buckets([1.0, 2.0, 9.0], 10, 5) == ([1, 1, 0, 0, 1], 0)  # slices of 2 s
-    # A few milliseconds early (ZooKeeper's time read on this clock) is on time; more is not.
-    assert buckets([-0.003, -CLOCK_TOLERANCE_S, -CLOCK_TOLERANCE_S - 0.001], 10, 5) == (
-        [2, 0, 0, 0, 0],
-        1,
+    # A few milliseconds outside (ZooKeeper's time read on this clock, the publication) counts
+    # in the nearest slice; more is outside.
+    early, late = -CLOCK_TOLERANCE_S, 10 + CLOCK_TOLERANCE_S
+    assert buckets([-0.003, early, early - 0.001, 10.001, late, late - 0.001], 10, 5) == (
+        [2, 0, 0, 0, 2],
+        2,
     )
     with pytest.raises(ValueError, match="window > 0"):
         buckets([1.0], 0)

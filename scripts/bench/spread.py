@@ -8,7 +8,7 @@ samples in ``tests/test_bench_spread.py``. Every time is in seconds; the window 
   only the whole seconds of the clock), so a burst split across a second's boundary still counts
   whole.
 * ``buckets``: sends per equal slice of the window (``BUCKETS`` of them, 10 s for a 60 s window);
-  sends before the scheduled time (by more than ``CLOCK_TOLERANCE_S``) or at/after its end are
+  sends before the scheduled time or at/after its end, by more than ``CLOCK_TOLERANCE_S``, are
   counted apart (``outside``).
 * ``evenness``: the fullest bucket over the mean bucket (1.0: perfectly even; ``BUCKETS``: every
   send in one bucket).
@@ -40,7 +40,8 @@ __all__ = [
 BUCKETS = 6
 #: The beat schedules on ZooKeeper's server time, which it estimates from a znode's ``mtime``
 #: (milliseconds) and a round trip; this machine's clock may read a send a few milliseconds
-#: before the minute. A send at most this early counts as on time (in the first bucket).
+#: before the minute, and a send due just before the window's end lands just after it (the
+#: publication's few milliseconds). A send at most this far outside counts in the nearest bucket.
 CLOCK_TOLERANCE_S = 0.05
 #: With jitter, the peak second may hold at most this share of the sends (500 -> 50), or
 #: ``JITTER_PEAK_RATE`` times the even rate (sends / window) when that is more (a short window:
@@ -118,13 +119,13 @@ def peak_per_second(times: Sequence[float], width: float = 1.0) -> int:
 
 def buckets(offsets: Sequence[float], window: float, count: int = BUCKETS) -> tuple[list[int], int]:
     """Sends per ``count`` equal slices of ``[0, window)``, and the sends outside it (an offset
-    in ``[-CLOCK_TOLERANCE_S, 0)`` counts in the first slice)."""
+    at most ``CLOCK_TOLERANCE_S`` outside counts in the nearest slice)."""
     if window <= 0 or count < 1:
         raise ValueError(f"buckets need a window > 0 and count >= 1, not {window}, {count}")
     found = [0] * count
     outside = 0
     for offset in offsets:
-        if -CLOCK_TOLERANCE_S <= offset < window:
+        if -CLOCK_TOLERANCE_S <= offset < window + CLOCK_TOLERANCE_S:
             found[min(max(int(offset / window * count), 0), count - 1)] += 1
         else:
             outside += 1
