@@ -45,8 +45,10 @@ beatleader's own settings come from ``BEATLEADER_*`` variables; nothing here set
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import signal
 import time
 from collections.abc import Mapping
 from datetime import timedelta
@@ -59,6 +61,10 @@ from celery.schedules import crontab, schedule
 from beatleader.testing import fstransport
 from beatleader.worker import guard as dedup
 from tests import dedup_tasks
+
+# SIGUSR1 writes every thread's stack to the log: what a process stuck at its exit was doing
+# (tests.harness.CeleryProcess.wait_exit asks for it before it fails).
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 APP_NAME = "beatleader_tests"
 RECORD_TASK = "tests.app.record"

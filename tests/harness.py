@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import socket
 import sys
 import time
@@ -119,6 +120,24 @@ class CeleryProcess(LoggedProcess):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def wait_exit(self, timeout: float | None = None) -> int:
+        """As :meth:`LoggedProcess.wait_exit`; a process still running after ``timeout`` is
+        asked for its threads' stacks first (SIGUSR1: ``tests.app`` registers faulthandler),
+        so the failure's log tail shows where it is stuck."""
+        try:
+            return super().wait_exit(timeout)
+        except AssertionError:
+            if not self.alive:
+                raise
+            before = len(self.log())
+            self.send_signal(signal.SIGUSR1)
+            with contextlib.suppress(AssertionError):
+                wait_for(lambda: "most recent call first" in self.log()[before:], 5, interval=0.1)
+            raise AssertionError(
+                f"{self.name} (pid {self.pid}) still running after {timeout}s; its threads' "
+                f"stacks and log tail:\n" + self.log_tail(200)
+            ) from None
 
     def log_matches(self, regex: str | re.Pattern[str]) -> list[re.Match[str]]:
         """Every match of ``regex`` (multiline mode) in the log so far."""
