@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -217,6 +218,29 @@ def test_close_sync_and_setup_in_any_order_keep_at_most_one_contender(
     run_until(scheduler, lambda: len(scheduler.published) >= before + 2)
     scheduler.sync()
     scheduler.close()
+    wait_for(lambda: not contenders(zk_client, zk_root), 10, message="no contender after close")
+
+
+def test_a_closed_scheduler_ends_celerys_beat_loop(factory, zk_client, zk_root) -> None:
+    """celery 5.7's SIGTERM handler closes the scheduler and raises SystemExit, and its
+    ``sync()`` no longer sets the loop's shutdown flag: a loop that ticked on after the close
+    never ended (seen once: a beat at 100% of a 30 s stop timeout). Here ``close`` alone, from
+    another thread, with no SystemExit and no flag, must end celery's own loop."""
+    scheduler = elected(factory.make({ENTRY: every(1)}))
+
+    class Loop(beat.Service):  # type: ignore[misc]
+        scheduler: Any = None  # shadows celery's lazy property (as beatleader's embedded beat)
+
+    loop = Loop(scheduler.app)
+    loop.scheduler = scheduler
+    thread = threading.Thread(target=loop.start, daemon=True)
+    thread.start()
+    wait_for(lambda: len(scheduler.published) >= 1, 10, message="the loop sends a run")
+    scheduler.close()
+    thread.join(10)
+    assert not thread.is_alive(), "celery's loop ticked on after close()"
+    with pytest.raises(SystemExit):
+        scheduler.tick()
     wait_for(lambda: not contenders(zk_client, zk_root), 10, message="no contender after close")
 
 

@@ -172,7 +172,8 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     #: A stored ``last_run_at`` later than its own write by more than this is "in the future".
     future_tolerance = 2.0
 
-    #: Seconds a closed scheduler's tick asks celery to sleep (short, so an embedded loop ends).
+    #: Seconds a tick asks celery to sleep before ``setup_schedule`` or when ``close`` ended the
+    #: session under it (short; the next tick of a closed scheduler raises SystemExit).
     closed_tick_interval = 0.1
 
     #: Seconds ``close`` waits for the election thread to finish.
@@ -330,8 +331,15 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """One pass of the algorithm in the module docstring; returns seconds to sleep."""
         self._check_process()
+        if self._closed:
+            # close() runs at shutdown only (celery's SIGTERM handler, the end of its loop, an
+            # embedded beat's stop). A celery beat whose handler had closed it was once seen
+            # ticking on (SIGTERM just after a SIGCONT past the session, under load; celery 5.7's
+            # sync() no longer sets the loop's shutdown flag): this ends the loop, as the handler
+            # meant. celery's loop takes SystemExit as the end, whatever its version.
+            raise SystemExit()
         election = self._election
-        if election is None or self._closed:
+        if election is None:
             return self.closed_tick_interval
         if not election.is_leader:
             election.wait_for_leadership(timeout=self.max_interval)

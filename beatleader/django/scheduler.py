@@ -61,6 +61,7 @@ from typing import Any
 from celery import beat, schedules
 from celery.utils.time import maybe_make_aware
 
+from beatleader.beat import sigmask
 from beatleader.beat.scheduler import Scheduler
 from beatleader.beat.state import StoredState
 from beatleader.django.describe import publish_rows
@@ -163,7 +164,8 @@ class DatabaseScheduler(Scheduler):
                 self.observers.add(self._recorder)
             self._db = DatabaseSync(self)
             super().setup_schedule()
-            self._db.start()
+            with sigmask.blocked_in_new_threads():  # signals reach the tick thread only
+                self._db.start()
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         with self._own():
