@@ -18,9 +18,10 @@ from typing import Any
 
 from beatleader.ops.status import Contender, Entry, Status
 
-#: Widest a cell of the narrow table may be, per column heading.
+#: Widest a cell of the narrow table may be, per column heading. The entries table is then 100
+#: columns at most while RUNS has at most 4 digits (OUTCOME "succeeded", DURATION's heading).
 NARROW_LIMITS = {
-    "IDENTITY": 24, "HOST": 16, "NAME": 20, "SCHEDULE": 18, "WORKER": 20, "ERROR / REASON": 40,
+    "IDENTITY": 24, "HOST": 16, "NAME": 20, "SCHEDULE": 17, "WORKER": 20, "ERROR / REASON": 40,
 }  # fmt: skip
 #: Widest the leader's label may be in the narrow view.
 LEADER_LIMIT = 56
