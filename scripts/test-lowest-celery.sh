@@ -33,7 +33,7 @@ for pin in sys.argv[1:]:
 PY
 # The SQLite case of test_django_beat.py is left out: under Django 4.2, three beat processes and
 # the test writing one SQLite file fail with "database is locked" (its PostgreSQL case runs).
-workers="${BEATLEADER_TEST_WORKERS:-3}"  # as scripts/test.sh: one test file per worker at a time
+workers="${BEATLEADER_TEST_WORKERS:-2}"  # as scripts/test.sh: one test file per worker at a time
 parallel=()
 [ "$workers" = 1 ] || parallel=(-n "$workers" --dist loadfile)
 exec "$venv/bin/python" -m pytest -p no:cacheprovider -q "${parallel[@]}" \
