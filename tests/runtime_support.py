@@ -247,9 +247,20 @@ def measure_scale(
                 while not applied():
                     time.sleep(min(scheduler.tick(), TICK))
                 seconds = time.perf_counter() - started
-                after = _lcxid(server, session)
-                requests = after - before if after is not None and before is not None else None
                 sent = tuple(counter.kinds)
+                # a request the client just sent may not be in the server's lcxid yet (seen in
+                # CI: 1 counted of 2 sent); give the server 2 s to count what was sent
+                deadline = time.monotonic() + 2.0
+                after = _lcxid(server, session)
+                while (
+                    after is not None
+                    and before is not None
+                    and after - before < len(sent)
+                    and time.monotonic() < deadline
+                ):
+                    time.sleep(0.02)
+                    after = _lcxid(server, session)
+                requests = after - before if after is not None and before is not None else None
                 # the election's own reads (PeerWatch follows election/ on every instance, at
                 # its own times) are not the change's: the runtime's are every other one
                 elected = counter.under(layout.election_path(root))
